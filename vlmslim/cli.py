@@ -1,0 +1,39 @@
+"""Command line: one thin click command per pipeline step, each calling a library function.
+
+Commands parse options and turn expected library errors (`VlmslimError`) into one-line
+`click.ClickException`s; no logic lives here.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from vlmslim import __version__
+
+
+def _setup_logging(verbosity: int) -> None:
+    level = {-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG if verbosity > 0 else logging.ERROR)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
+    # transformers / datasets are chatty at INFO; keep them at WARNING unless -vv.
+    for noisy in ("transformers", "datasets", "urllib3", "filelock", "codecarbon", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbosity > 1 else logging.WARNING)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="vlmslim")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for library debug logs).")
+@click.option("-q", "--quiet", count=True, help="Less log output.")
+def cli(verbose: int, quiet: int) -> None:
+    """Prune, quantize and benchmark vision-language models.
+
+    \b
+    Steps: data -> prune -> quantize -> bench -> figures.  `vlmslim demo` runs them all
+    on the embedded miniature VLM on a CPU.
+    """
+    _setup_logging(verbose - quiet)
+
+
+def main() -> None:
+    cli(prog_name="vlmslim")
