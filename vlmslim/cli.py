@@ -6,11 +6,13 @@ Commands parse options and turn expected library errors (`VlmslimError`) into on
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import click
 
 from vlmslim import __version__
+from vlmslim.errors import VlmslimError
 
 
 def _setup_logging(verbosity: int) -> None:
@@ -19,6 +21,19 @@ def _setup_logging(verbosity: int) -> None:
     # transformers / datasets are chatty at INFO; keep them at WARNING unless -vv.
     for noisy in ("transformers", "datasets", "urllib3", "filelock", "codecarbon", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbosity > 1 else logging.WARNING)
+
+
+def handle_errors(fn):
+    """Turn expected library errors into one-line CLI errors (exit 1), keeping tracebacks for bugs."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except VlmslimError as e:
+            raise click.ClickException(str(e)) from e
+
+    return wrapper
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -1,0 +1,33 @@
+"""Expected failures. The CLI turns every `VlmslimError` into a one-line message and exit code 1."""
+
+
+class VlmslimError(Exception):
+    """Base class: an input or state the user can fix; the message says how."""
+
+
+class ModelLoadError(VlmslimError):
+    """A model path/hub id cannot be loaded (missing, offline, not a model, unsupported family)."""
+
+
+class UnsupportedFamilyError(VlmslimError):
+    """The model's `model_type` has no adapter in `vlmslim.families.FAMILIES`."""
+
+
+class OutputExistsError(VlmslimError):
+    """The output directory exists and `overwrite` was not given."""
+
+
+class DataError(VlmslimError):
+    """A dataset directory or source is missing, empty, corrupt or of the wrong task."""
+
+
+class PruningError(VlmslimError):
+    """A pruning request that would leave an inconsistent or empty model."""
+
+
+class QuantizationError(VlmslimError):
+    """A quantization request that cannot be honoured (recipe, target or shapes)."""
+
+
+class BenchmarkError(VlmslimError):
+    """A benchmark configuration or results directory that cannot be used."""
