@@ -1,0 +1,275 @@
+"""Loading, saving and describing checkpoints.
+
+A vlmslim checkpoint is a `save_pretrained` directory plus `vlmslim.json` (the manifest: base model,
+ordered steps, architecture, census, sizes, versions) and a model-card `README.md`. Pruned shapes that
+stock `from_pretrained` cannot rebuild (e.g. 22 of 32 heads: `LlamaConfig` refuses
+hidden_size % heads != 0) are rebuilt here from the manifest's per-layer architecture.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import json
+import logging
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import AutoConfig, AutoProcessor
+from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+from vlmslim import __version__
+from vlmslim.census import census
+from vlmslim.errors import ModelLoadError
+from vlmslim.families import get_family
+from vlmslim.inputs import fixed_inputs
+from vlmslim.io import atomic_dir, dir_size, write_json
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "vlmslim.json"
+DEMO_DIR = Path(__file__).parent / "demo" / "model"
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+           "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def parse_dtype(dtype) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype) or dtype == "auto":
+        return None if dtype == "auto" else dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(_DTYPES)} or 'auto', got {dtype!r}")
+    return _DTYPES[dtype]
+
+
+def _looks_like_path(src: str) -> bool:
+    # Hub ids are "name" or "org/name"; anything else with a slash is meant as a path.
+    return src.startswith((".", "/", "~")) or src.rstrip("/").count("/") >= 2
+
+
+def resolve_source(src: str | os.PathLike) -> str:
+    """A local model directory or a hub id (checked for reachability by the loader); 'demo' = shipped model."""
+    src = str(src)
+    if src == "demo":
+        if not (DEMO_DIR / "config.json").exists():
+            raise ModelLoadError(f"the embedded demo model is missing from the installed package ({DEMO_DIR})")
+        return str(DEMO_DIR)
+    path = Path(src).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelLoadError(f"{src} is a file, not a model directory")
+        if not (path / "config.json").exists():
+            raise ModelLoadError(f"{src} is not a model directory (no config.json)")
+        return str(path)
+    if _looks_like_path(src):
+        raise ModelLoadError(f"model path {src} does not exist")
+    return src  # a hub id
+
+
+def read_manifest(path: str | os.PathLike) -> dict | None:
+    f = Path(path) / MANIFEST
+    return json.loads(f.read_text()) if f.exists() else None
+
+
+def load_config(src: str):
+    try:
+        return AutoConfig.from_pretrained(src)
+    except OSError as e:
+        if Path(src).exists():
+            raise ModelLoadError(f"cannot read the config in {src}: {e}") from e
+        raise ModelLoadError(
+            f"cannot load {src!r}: not a local directory, and the hub is unreachable "
+            "(offline or HF_HUB_OFFLINE=1); download it first or pass a local directory"
+        ) from e
+    except ValueError as e:  # unknown model_type in config.json
+        raise ModelLoadError(f"{src} has a config transformers cannot read: {e}") from e
+
+
+def model_class(config):
+    name = MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.get(config.model_type)
+    get_family(config)  # unsupported families fail here with the list of supported ones
+    if name is None:
+        raise ModelLoadError(f"model type {config.model_type!r} is not an image-text-to-text model")
+    return getattr(transformers, name)
+
+
+def load_model(src: str | os.PathLike, dtype=None, device: str = "cpu", quant=None):
+    """(model in eval mode, processor or None) from a hub id, an HF dir, a vlmslim checkpoint or 'demo'.
+
+    `quant` quantizes at load (a `vlmslim.quantization` recipe); `dtype` None keeps the saved dtype.
+    """
+    src = resolve_source(src)
+    config = load_config(src)
+    cls = model_class(config)
+    manifest = read_manifest(src) if Path(src).is_dir() else None
+    torch_dtype = parse_dtype(dtype)
+    if quant is not None:
+        from vlmslim.quantization import load_quantized
+
+        model = load_quantized(src, cls, config, manifest, quant, dtype=torch_dtype, device=device)
+    elif manifest and not manifest.get("stock_loadable", True):
+        model = _load_rebuilt(src, cls, config, manifest, torch_dtype, device)
+    else:
+        model = _load_stock(src, cls, torch_dtype, device)
+    model.eval()
+    return model, load_processor(src)
+
+
+def _load_stock(src: str, cls, dtype, device: str):
+    kwargs = {"dtype": dtype or "auto"}
+    if device == "auto":
+        kwargs["device_map"] = "auto"  # spread over GPUs/CPU for models bigger than one device
+    try:
+        model = cls.from_pretrained(src, **kwargs)
+    except OSError as e:
+        raise ModelLoadError(f"cannot load weights from {src}: {e}") from e
+    return model if device == "auto" else model.to(device)
+
+
+def _load_rebuilt(src: str, cls, config, manifest: dict, dtype, device: str):
+    """Build the base architecture without allocating weights, cut it to the manifest's shapes, load."""
+    from accelerate import init_empty_weights
+    from safetensors.torch import load_file
+
+    from vlmslim.pruning.surgery import apply_architecture
+
+    with init_empty_weights():  # parameters on meta, buffers (rotary inv_freq) real
+        model = cls._from_config(config)
+        apply_architecture(model, manifest["architecture"])
+    state = {}
+    for f in sorted(Path(src).glob("*.safetensors")):
+        state.update(load_file(f))
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    model.tie_weights()
+    still_meta = [n for n, p in model.named_parameters() if p.is_meta]
+    if unexpected or still_meta:
+        raise ModelLoadError(
+            f"checkpoint {src} does not match its manifest architecture "
+            f"(unexpected: {unexpected[:3]}, not loaded: {still_meta[:3]})"
+        )
+    if dtype is not None:
+        model = model.to(dtype)
+    return model.to(device)
+
+
+def load_processor(src: str):
+    try:
+        return AutoProcessor.from_pretrained(src)
+    except (OSError, ValueError, ImportError, TypeError, KeyError) as e:
+        # Qwen2.5-VL's processor needs torchvision; model-only dirs have no processor files.
+        logger.warning("no processor loaded from %s (%s: %s)", src, type(e).__name__, str(e).splitlines()[0][:200])
+        return None
+
+
+# ---------------------------------------------------------------- manifest + save
+
+
+def library_versions() -> dict[str, str | None]:
+    out = {"python": platform.python_version(), "vlmslim": __version__}
+    for pkg in ("torch", "transformers", "accelerate", "bitsandbytes", "safetensors"):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def git_revision() -> str | None:
+    """The vlmslim source revision when run from a git checkout (None from an installed wheel)."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=Path(__file__).parent,
+                               capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return rev + ("-dirty" if dirty else "")
+
+
+def new_manifest(source: str, config, prior: dict | None = None, seed: int | None = None) -> dict:
+    """The manifest of a step's output: the input's manifest carried forward, or a fresh base record."""
+    if prior is not None:
+        manifest = json.loads(json.dumps(prior))  # deep copy
+    else:
+        manifest = {
+            "format": "vlmslim-checkpoint/1",
+            "base": {"model": source, "model_type": config.model_type,
+                     "revision": getattr(config, "_commit_hash", None)},
+            "steps": [],
+            "architecture": None,
+            "stock_loadable": True,
+        }
+    manifest["seed"] = seed
+    return manifest
+
+
+def save_checkpoint(model, processor, out: str | os.PathLike, manifest: dict, overwrite: bool = False) -> Path:
+    """Write model + processor + manifest + model card atomically to `out`."""
+    family = get_family(model)
+    with atomic_dir(out, overwrite) as tmp:
+        model.save_pretrained(tmp)
+        if processor is not None:
+            processor.save_pretrained(tmp)
+        manifest = dict(manifest)
+        manifest["family"] = family.model_type
+        manifest["census"] = census(model)
+        manifest["library_versions"] = library_versions()
+        manifest["vlmslim_git_revision"] = git_revision()
+        manifest["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        manifest["bytes_on_disk"] = dir_size(tmp)  # weights + processor, before the manifest/card
+        write_json(tmp / MANIFEST, manifest)
+        (tmp / "README.md").write_text(model_card(manifest))
+    return Path(out)
+
+
+def model_card(manifest: dict) -> str:
+    base = manifest["base"]
+    lines = [
+        f"# vlmslim checkpoint of `{base['model']}`",
+        "",
+        f"Family `{manifest.get('family')}`; created {manifest.get('created')} by vlmslim "
+        f"{manifest['library_versions']['vlmslim']} (git {manifest.get('vlmslim_git_revision')}).",
+        "",
+        "## Steps applied",
+        "",
+    ]
+    steps = manifest.get("steps") or []
+    lines += [f"{i + 1}. `{s.get('kind')}` {json.dumps(s.get('params', {}), sort_keys=True)}"
+              for i, s in enumerate(steps)] or ["none (base model)"]
+    lines += ["", "## Census", "", "| component | params | MB | linear layers by precision |", "|---|---:|---:|---|"]
+    for comp, c in manifest["census"]["components"].items():
+        kinds = ", ".join(f"{k}: {v}" for k, v in c["linear"].items()) or "-"
+        lines.append(f"| {comp} | {c['params']:,} | {c['bytes'] / 1e6:.2f} | {kinds} |")
+    loader = ("`AutoModelForImageTextToText.from_pretrained(path)` or `vlmslim.load_model(path)`"
+              if manifest.get("stock_loadable", True) else
+              "`vlmslim.load_model(path)` only (the pruned shapes are not expressible in the stock config)")
+    lines += ["", f"Bytes on disk (weights + processor): {manifest['bytes_on_disk']:,}", "", f"Load with {loader}.", ""]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- reload check
+
+
+@torch.no_grad()
+def reference_logits(model, processor=None, seed: int = 0) -> torch.Tensor:
+    """Logits (float32, CPU) on the fixed input used by `verify_reload`."""
+    inputs = fixed_inputs(model, processor, seed=seed)
+    device = next(model.parameters()).device
+    inputs = {k: v.to(device) for k, v in inputs.items()}
+    return model.eval()(**inputs).logits.float().cpu()
+
+
+def verify_reload(out: str | os.PathLike, expected: torch.Tensor, atol: float = 1e-5, device: str = "cpu") -> float:
+    """Reload `out` in eval mode and compare its logits with `expected`; returns the max abs difference."""
+    model, processor = load_model(out, device=device)
+    got = reference_logits(model, processor)
+    if got.shape != expected.shape:
+        raise ModelLoadError(f"reloaded {out} gives logits of shape {tuple(got.shape)}, expected {tuple(expected.shape)}")
+    diff = (got - expected).abs().max().item()
+    if not diff <= atol:  # `not <=` also catches NaN
+        raise ModelLoadError(f"reloaded {out} differs from the saved model: max |Δlogit| = {diff:.3g} > {atol:g}")
+    logger.info("reload check of %s: max |Δlogit| = %.3g", out, diff)
+    return diff

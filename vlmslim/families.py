@@ -1,0 +1,167 @@
+"""Model-family adapters: where each VLM keeps its parts, and how to prompt it.
+
+Every step reads this registry instead of guessing module names: pruning finds decoder layers and
+their attention/MLP projections here, quantization builds its skip lists from the component paths,
+the census groups parameters by component, and the benchmark builds prompts. A new family is one
+`Family` entry plus a tiny test model in `vlmslim.testing`.
+
+Dotted paths are relative to the top-level `*ForConditionalGeneration` module (transformers 5 layout).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from vlmslim.errors import UnsupportedFamilyError
+
+COMPONENTS = ("vision", "projector", "language", "lm_head")
+
+
+@dataclass(frozen=True)
+class Family:
+    model_type: str
+    vision: tuple[str, ...]
+    projector: tuple[str, ...]
+    language: str  # the decoder stack (a *Model with `.layers`/`.embed_tokens`)
+    lm_head: str = "lm_head"
+    layers: str = "layers"  # relative to `language`
+    vision_layers: str | None = None  # encoder layer list, relative to the top model
+    attn: str = "self_attn"
+    q_proj: str = "q_proj"
+    k_proj: str = "k_proj"
+    v_proj: str = "v_proj"
+    o_proj: str = "o_proj"
+    mlp: str = "mlp"
+    # GLU MLP: down(act(gate(x)) * up(x)). None for families with a plain 2-layer MLP (OPT).
+    gate_proj: str | None = "gate_proj"
+    up_proj: str | None = "up_proj"
+    down_proj: str | None = "down_proj"
+    text_config: str = "text_config"
+    chat_template: bool = True  # False: the processor takes the instruction as plain text (PaliGemma)
+
+    @property
+    def has_glu(self) -> bool:
+        return self.gate_proj is not None
+
+    def component_paths(self) -> dict[str, tuple[str, ...]]:
+        return {
+            "vision": self.vision,
+            "projector": self.projector,
+            "language": (self.language,),
+            "lm_head": (self.lm_head,),
+        }
+
+    def component_of(self, name: str) -> str:
+        """Component ("vision", "projector", "language", "lm_head", "other") owning a parameter/module name."""
+        best, best_len = "other", -1
+        for comp, paths in self.component_paths().items():
+            for p in paths:
+                if (name == p or name.startswith(p + ".")) and len(p) > best_len:
+                    best, best_len = comp, len(p)
+        return best
+
+    def language_model(self, model: nn.Module) -> nn.Module:
+        return model.get_submodule(self.language)
+
+    def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
+        return self.language_model(model).get_submodule(self.layers)
+
+    def get_text_config(self, config):
+        return getattr(config, self.text_config)
+
+    def build_prompt(self, processor, instruction: str) -> str:
+        """The text the processor needs for one image + instruction, ending where the answer starts."""
+        if not self.chat_template:
+            return instruction
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": instruction}]}]
+        return processor.apply_chat_template(messages, add_generation_prompt=True)
+
+
+def _llama_like(model_type: str, **kw) -> Family:
+    return Family(model_type=model_type, **kw)
+
+
+FAMILIES: dict[str, Family] = {
+    f.model_type: f
+    for f in [
+        _llama_like(
+            "llava",
+            vision=("model.vision_tower",),
+            projector=("model.multi_modal_projector",),
+            language="model.language_model",
+            vision_layers="model.vision_tower.vision_model.encoder.layers",
+        ),
+        _llama_like(
+            "idefics3",
+            vision=("model.vision_model",),
+            projector=("model.connector",),
+            language="model.text_model",
+            vision_layers="model.vision_model.encoder.layers",
+        ),
+        _llama_like(
+            "smolvlm",
+            vision=("model.vision_model",),
+            projector=("model.connector",),
+            language="model.text_model",
+            vision_layers="model.vision_model.encoder.layers",
+        ),
+        _llama_like(
+            "qwen2_5_vl",
+            # The patch merger is Qwen's projector but lives inside `visual`: the longest prefix wins.
+            vision=("model.visual",),
+            projector=("model.visual.merger",),
+            language="model.language_model",
+            vision_layers="model.visual.blocks",
+        ),
+        _llama_like(
+            "paligemma",
+            vision=("model.vision_tower",),
+            projector=("model.multi_modal_projector",),
+            language="model.language_model",
+            vision_layers="model.vision_tower.vision_model.encoder.layers",
+            chat_template=False,
+        ),
+        Family(
+            model_type="blip-2",
+            vision=("vision_model",),
+            projector=("qformer", "language_projection", "query_tokens"),
+            language="language_model.model.decoder",
+            lm_head="language_model.lm_head",
+            vision_layers="vision_model.encoder.layers",
+            o_proj="out_proj",
+            gate_proj=None,
+            up_proj=None,
+            down_proj=None,
+            chat_template=False,
+        ),
+    ]
+}
+
+
+def get_family(model_or_config) -> Family:
+    """The adapter for a model, a config, or a `model_type` string; a clear error for unknown families."""
+    if isinstance(model_or_config, str):
+        model_type = model_or_config
+    else:
+        config = getattr(model_or_config, "config", model_or_config)
+        model_type = getattr(config, "model_type", None)
+    if model_type not in FAMILIES:
+        raise UnsupportedFamilyError(
+            f"unsupported model family {model_type!r}; supported: {', '.join(sorted(FAMILIES))}"
+        )
+    return FAMILIES[model_type]
+
+
+def layer_attention(family: Family, layer: nn.Module) -> nn.Module:
+    return layer.get_submodule(family.attn)
+
+
+def layer_mlp(family: Family, layer: nn.Module) -> nn.Module:
+    return layer.get_submodule(family.mlp)
+
+
+def first_param_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device

@@ -1,0 +1,100 @@
+"""Model inputs without a dataset: a fixed image + prompt through the processor, or, when there is no
+processor (architecture-only runs, Qwen without torchvision), token ids and pixels built from the config
+with the family's real image-token count.
+
+Used by `verify_reload` (the same fixed input before save and after reload) and by random-weight
+efficiency runs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vlmslim.families import get_family
+
+FIXED_PROMPT = "Provide a one-sentence caption for the provided image."
+
+
+def fixed_image(size: int = 64, seed: int = 0) -> Image.Image:
+    """A deterministic RGB noise image (noise, not zeros: zeros hide indexing bugs)."""
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+
+
+def processor_inputs(model, processor, images, prompts: list[str]) -> dict[str, torch.Tensor]:
+    family = get_family(model)
+    texts = [family.build_prompt(processor, p) for p in prompts]
+    tokenizer = getattr(processor, "tokenizer", processor)
+    tokenizer.padding_side = "left"  # decoder-only generation continues from the right edge
+    return dict(processor(images=images, text=texts, return_tensors="pt", padding=True))
+
+
+def image_token_count(config) -> int:
+    """Image placeholder tokens per image, as the model's forward expects them."""
+    mt = config.model_type
+    vc = config.vision_config
+    if mt in ("llava", "paligemma"):
+        n = (vc.image_size // vc.patch_size) ** 2
+        if mt == "llava" and getattr(config, "vision_feature_select_strategy", "default") == "full":
+            n += 1
+        return n
+    if mt in ("idefics3", "smolvlm"):
+        return (vc.image_size // vc.patch_size) ** 2 // (config.scale_factor**2)
+    if mt == "blip-2":
+        return config.num_query_tokens
+    if mt == "qwen2_5_vl":
+        side = 448 // vc.patch_size  # a 448-px image; synthetic_inputs builds the matching grid
+        return side * side // vc.spatial_merge_size**2
+    raise ValueError(f"no synthetic inputs for {mt!r}")
+
+
+def synthetic_inputs(model, batch_size: int = 1, prompt_len: int = 16, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Token ids and pixel values from the config alone: one image per sample, `prompt_len` text tokens."""
+    config = model.config
+    family = get_family(model)
+    text_cfg = family.get_text_config(config)
+    vc = config.vision_config
+    g = torch.Generator().manual_seed(seed)
+    n_img = image_token_count(config)
+    image_token = getattr(config, "image_token_id", None)
+    if image_token is None:
+        image_token = config.image_token_index
+    # Text tokens from the low end of the vocabulary, away from the special image/pad ids.
+    text = torch.randint(5, min(text_cfg.vocab_size, 1000), (batch_size, prompt_len), generator=g)
+    special = [getattr(config, k, None) for k in
+               ("image_token_id", "image_token_index", "video_token_id", "vision_start_token_id",
+                "vision_end_token_id", "pad_token_id")]
+    for sid in {s for s in special if s is not None}:
+        text[text == sid] = 5  # a stray placeholder id would change the image-token count
+    img = torch.full((batch_size, n_img), image_token, dtype=torch.long)
+    out: dict[str, torch.Tensor] = {}
+    mt = config.model_type
+    if mt == "qwen2_5_vl":
+        side = 448 // vc.patch_size
+        start = torch.full((batch_size, 1), config.vision_start_token_id)
+        end = torch.full((batch_size, 1), config.vision_end_token_id)
+        input_ids = torch.cat([start, img, end, text], dim=1)
+        patch_dim = vc.in_channels * vc.temporal_patch_size * vc.patch_size**2
+        # (sum over images of t*h*w patches, C*T*P*P): Qwen's flattened patch layout.
+        out["pixel_values"] = torch.randn(batch_size * side * side, patch_dim, generator=g)
+        out["image_grid_thw"] = torch.tensor([[1, side, side]] * batch_size)
+    else:
+        input_ids = torch.cat([img, text], dim=1)
+        shape = (batch_size, 3, vc.image_size, vc.image_size)
+        if mt in ("idefics3", "smolvlm"):
+            shape = (batch_size, 1, 3, vc.image_size, vc.image_size)  # (B, images per sample, C, H, W)
+        out["pixel_values"] = torch.randn(*shape, generator=g)
+    out["input_ids"] = input_ids
+    out["attention_mask"] = torch.ones_like(input_ids)
+    if mt == "paligemma":
+        out["token_type_ids"] = torch.cat([torch.zeros_like(img), torch.ones_like(text)], dim=1)
+    return out
+
+
+def fixed_inputs(model, processor=None, seed: int = 0) -> dict[str, torch.Tensor]:
+    """The deterministic input used to compare logits across save/reload."""
+    if processor is not None:
+        return processor_inputs(model, processor, [fixed_image(seed=seed)], [FIXED_PROMPT])
+    return synthetic_inputs(model, seed=seed)
