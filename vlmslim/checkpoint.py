@@ -273,3 +273,45 @@ def verify_reload(out: str | os.PathLike, expected: torch.Tensor, atol: float = 
         raise ModelLoadError(f"reloaded {out} differs from the saved model: max |Δlogit| = {diff:.3g} > {atol:g}")
     logger.info("reload check of %s: max |Δlogit| = %.3g", out, diff)
     return diff
+
+
+# ---------------------------------------------------------------- inspect
+
+
+def _shapes(config) -> dict:
+    family = get_family(config)
+    text = family.get_text_config(config)
+    vision = config.vision_config
+    keys = ("hidden_size", "intermediate_size", "ffn_dim", "num_hidden_layers", "num_attention_heads",
+            "num_key_value_heads", "head_dim", "vocab_size")
+    return {
+        "language": {k: getattr(text, k) for k in keys if getattr(text, k, None) is not None},
+        "vision": {k: getattr(vision, k) for k in (*keys, "depth", "num_heads", "image_size", "patch_size")
+                   if getattr(vision, k, None) is not None},
+    }
+
+
+def describe(src: str | os.PathLike) -> dict:
+    """Manifest + census + key shapes, without reading weights (the census of an unmanifested model
+    comes from its architecture built on the meta device)."""
+    from accelerate import init_empty_weights
+
+    src = resolve_source(src)
+    config = load_config(src)
+    cls = model_class(config)
+    manifest = read_manifest(src) if Path(src).is_dir() else None
+    if manifest is not None:
+        info_census = manifest["census"]
+    else:
+        with init_empty_weights():
+            info_census = census(cls._from_config(config))
+    return {
+        "source": src,
+        "model_type": config.model_type,
+        "architecture": cls.__name__,
+        "quantization_config": getattr(config, "quantization_config", None),
+        "shapes": _shapes(config),
+        "census": info_census,
+        "bytes_on_disk": dir_size(src) if Path(src).is_dir() else None,
+        "manifest": manifest,
+    }

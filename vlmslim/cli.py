@@ -50,5 +50,29 @@ def cli(verbose: int, quiet: int) -> None:
     _setup_logging(verbose - quiet)
 
 
+# --- inspect -------------------------------------------------------------------------------
+
+
+@cli.command("inspect")
+@click.argument("model")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of tables.")
+@handle_errors
+def inspect_cmd(model: str, as_json: bool) -> None:
+    """Show a checkpoint's manifest, census and key shapes (no weights are read).
+
+    \b
+    Example:
+      vlmslim inspect runs/llava-glu30
+      vlmslim inspect runs/llava-glu30 --json | jq .census
+    """
+    import json
+
+    from vlmslim.checkpoint import describe
+    from vlmslim.report import describe_text
+
+    info = describe(model)
+    click.echo(json.dumps(info, indent=2, default=str) if as_json else describe_text(info))
+
+
 def main() -> None:
     cli(prog_name="vlmslim")
