@@ -1,0 +1,17 @@
+"""Data step: evaluation sets on disk in one local layout (see `layout.py`), read with `load()`.
+
+Producers: `download` (registered hub sets or local copies of them), `import_captions` (own images +
+captions), `make_synthetic` (the offline shapes set). Consumers: `load(DIR) -> LocalDataset`,
+`select_subset` for seeded subsets.
+"""
+
+from vlmslim.data.downloader import DownloadConfig, download
+from vlmslim.data.importer import import_captions
+from vlmslim.data.layout import TASKS, LocalDataset, Sample, load, select_subset
+from vlmslim.data.sources import SOURCES, SourceSpec
+from vlmslim.data.synthetic import SyntheticConfig, make_synthetic, vocabulary
+
+__all__ = [
+    "SOURCES", "TASKS", "DownloadConfig", "LocalDataset", "Sample", "SourceSpec", "SyntheticConfig",
+    "download", "import_captions", "load", "make_synthetic", "select_subset", "vocabulary",
+]
