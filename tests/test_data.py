@@ -72,14 +72,14 @@ COCO_FEATURES = Features({
 })
 
 
-def coco_source(root: Path, n: int = 8, bad: dict[int, bytes] | None = None) -> Path:
+def coco_source(root: Path, n: int = 8, bad: dict[int, bytes] | None = None, shade: int = 0) -> Path:
     """lmms-lab/COCO-Caption2017 layout: data/val-0000X-of-00002.parquet."""
     bad = bad or {}
     rows = {k: [] for k in COCO_FEATURES}
     for i in range(n):
         name = f"{i:012d}.jpg"
         rows["question_id"].append(name)
-        rows["image"].append({"bytes": bad.get(i, _jpeg(i)), "path": None})
+        rows["image"].append({"bytes": bad.get(i, _jpeg(i + shade)), "path": None})
         rows["question"].append("Provide a one-sentence caption for the provided image.")
         rows["answer"].append([f"caption {j} of image {i}" for j in range(5)])
         rows["id"].append(100 + i)
@@ -256,6 +256,23 @@ def test_interrupted_download_resumes_without_refetching(tmp_path, monkeypatch):
     download_mod.download("coco-captions", out, source=str(src))
     assert reads == [_jpeg(i) for i in range(2, 8)]  # the 2 staged images were not read again
     assert len(load(out)) == 8 and not staging.exists()
+
+
+def test_staged_images_of_another_source_are_not_reused(tmp_path, monkeypatch):
+    src_a, src_b = coco_source(tmp_path / "a"), coco_source(tmp_path / "b", shade=7)
+    real = download_mod._image_bytes
+
+    def interrupted(value):
+        if len(list((tmp_path / "out.partial" / "images").iterdir())) == 2:
+            raise RuntimeError("interrupted")
+        return real(value)
+
+    monkeypatch.setattr(download_mod, "_image_bytes", interrupted)
+    with pytest.raises(RuntimeError):
+        download_mod.download("coco-captions", tmp_path / "out", source=str(src_a))
+    monkeypatch.setattr(download_mod, "_image_bytes", real)
+    ds = load(download_mod.download("coco-captions", tmp_path / "out", source=str(src_b)))
+    assert [ds.image_path(s).read_bytes() for s in ds] == [_jpeg(i + 7) for i in range(8)]
 
 
 def test_download_errors_are_one_line_and_leave_nothing(tmp_path):
