@@ -1,0 +1,419 @@
+"""Data step: sources in their real column layouts -> `vlmslim data ...` -> `vlmslim.data.load`.
+
+Everything is built in tmp_path (datasets + PIL); nothing touches the network.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import random
+import shutil
+from pathlib import Path
+
+import datasets
+import huggingface_hub
+import pytest
+from click.testing import CliRunner
+from datasets import Features, List, Value
+from PIL import Image
+from pycocotools.coco import COCO
+
+from vlmslim.cli import cli
+from vlmslim.data import downloader as download_mod
+from vlmslim.data import load, select_subset, vocabulary
+from vlmslim.data.layout import sha256_file
+from vlmslim.data.synthetic import LOCATIONS, captions, random_scene
+from vlmslim.errors import DataError
+
+
+@pytest.fixture(autouse=True)
+def _isolated_hf(tmp_path, monkeypatch):
+    # Offline whatever the environment says, and datasets' arrow cache inside tmp.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
+
+
+def _jpeg(i: int, size=(16, 12)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, (10 * i % 256, 80, 160)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def _png(i: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (10, 10), (200, 10 * i % 256, 0)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli, ["-q", *map(str, args)])
+
+
+def assert_one_line_error(result, *needles: str) -> None:
+    assert result.exit_code == 1, result.output
+    # stderr may carry warnings/progress before it; the error itself is exactly one line, the last.
+    lines = result.output.strip().splitlines()
+    errors = [line for line in lines if line.startswith("Error: ")]
+    assert errors == lines[-1:] and "Traceback" not in result.output, result.output
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+
+
+# --- sources in their published column layouts ---------------------------------------------------
+
+COCO_FEATURES = Features({
+    "question_id": Value("string"), "image": datasets.Image(), "question": Value("string"),
+    "answer": List(Value("string")), "id": Value("int64"), "license": Value("int8"),
+    "file_name": Value("string"), "coco_url": Value("string"), "height": Value("int32"),
+    "width": Value("int32"), "date_captured": Value("string"),
+})
+
+
+def coco_source(root: Path, n: int = 8, bad: dict[int, bytes] | None = None, shade: int = 0) -> Path:
+    """lmms-lab/COCO-Caption2017 layout: data/val-0000X-of-00002.parquet."""
+    bad = bad or {}
+    rows = {k: [] for k in COCO_FEATURES}
+    for i in range(n):
+        name = f"{i:012d}.jpg"
+        rows["question_id"].append(name)
+        rows["image"].append({"bytes": bad.get(i, _jpeg(i + shade)), "path": None})
+        rows["question"].append("Provide a one-sentence caption for the provided image.")
+        rows["answer"].append([f"caption {j} of image {i}" for j in range(5)])
+        rows["id"].append(100 + i)
+        rows["license"].append(3)
+        rows["file_name"].append(name)
+        rows["coco_url"].append(f"http://images.cocodataset.org/val2017/{name}")
+        rows["height"].append(12)
+        rows["width"].append(16)
+        rows["date_captured"].append("2013-11-14 17:02:52")
+    ds = datasets.Dataset.from_dict(rows, features=COCO_FEATURES)
+    (root / "data").mkdir(parents=True)
+    half = n // 2
+    ds.select(range(half)).to_parquet(root / "data" / "val-00000-of-00002.parquet")
+    ds.select(range(half, n)).to_parquet(root / "data" / "val-00001-of-00002.parquet")
+    return root
+
+
+TEXTVQA_FEATURES = Features({
+    "image_id": Value("string"), "question_id": Value("int32"), "question": Value("string"),
+    "question_tokens": List(Value("string")), "image": datasets.Image(), "image_width": Value("int32"),
+    "image_height": Value("int32"), "flickr_original_url": Value("string"), "flickr_300k_url": Value("string"),
+    "answers": List(Value("string")), "image_classes": List(Value("string")), "set_name": Value("string"),
+    "ocr_tokens": List(Value("string")),
+})
+
+
+def textvqa_source(root: Path) -> Path:
+    """lmms-lab/textvqa columns, saved with save_to_disk; questions 0 and 1 share an image."""
+    rows = {k: [] for k in TEXTVQA_FEATURES}
+    for i in range(5):
+        image_id = f"img{max(i - 1, 0):03d}"
+        rows["image_id"].append(image_id)
+        rows["question_id"].append(34602 + i)
+        rows["question"].append(f"what is written on sign {i}?")
+        rows["question_tokens"].append(["what", "is", "written", "on", "sign", str(i)])
+        rows["image"].append({"bytes": _jpeg(i, (20, 20)), "path": None})
+        rows["image_width"].append(20)
+        rows["image_height"].append(20)
+        rows["flickr_original_url"].append(f"https://farm.example/{image_id}_o.jpg")
+        rows["flickr_300k_url"].append(f"https://farm.example/{image_id}_z.jpg")
+        rows["answers"].append([f"stop {i}"] * 7 + ["stop", "halt", "unanswerable"])
+        rows["image_classes"].append(["Traffic sign"])
+        rows["set_name"].append("val")
+        rows["ocr_tokens"].append(["STOP", str(i)])
+    ds = datasets.Dataset.from_dict(rows, features=TEXTVQA_FEATURES)
+    datasets.DatasetDict({"validation": ds}).save_to_disk(str(root))
+    return root
+
+
+def vqaonline_source(root: Path) -> Path:
+    """ChongyanChen/VQAonline layout: test.json rows naming images spread over images*/ folders."""
+    rows = []
+    for i in range(5):
+        folder = root / ("images" if i < 3 else "images2")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"q{i}.png").write_bytes(_png(i))
+        rows.append({"image": f"q{i}.png", "question": f"How do I fix problem {i}?",
+                     "context": f"I tried restarting, see screenshot {i}.", "answer": f"A long answer number {i}.",
+                     "topic": "superuser", "url": f"https://superuser.example/q/{i}"})
+    (root / "test.json").write_text(json.dumps(rows))
+    return root
+
+
+# --- download ---------------------------------------------------------------------------------------
+
+def test_download_coco_end_to_end_seeded_subset(tmp_path):
+    src = coco_source(tmp_path / "coco")
+    seed = 1
+    expected = select_subset(8, 4, seed)
+    assert expected != [0, 1, 2, 3]  # a random subset, not the first N
+
+    result = run("data", "download", "coco-captions", "--source", src, "--limit", 4, "--seed", seed,
+                 "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    ds = load(tmp_path / "out")
+    assert ds.task == "caption" and len(ds) == 4
+    assert [s.extras["coco_id"] for s in ds] == [100 + i for i in expected]
+    assert all(len(s.references) == 5 and s.question is None for s in ds)
+    first = ds[0]
+    assert first.references[0] == f"caption 0 of image {expected[0]}"
+    img = ds.open_image(first)
+    assert img.mode == "RGB" and img.size == (16, 12)
+    # Original bytes kept (no JPEG re-encoding).
+    assert ds.image_path(first).read_bytes() == _jpeg(expected[0])
+    meta = ds.meta
+    assert meta["selected_indices"] == expected and meta["seed"] == seed and meta["limit"] == 4
+    assert meta["split"] == "val" and meta["source_total"] == 8 and meta["source"]["kind"] == "local"
+    assert meta["counts"] == {"samples": 4, "images": 4, "skipped": 0}
+    assert meta["samples_sha256"] == sha256_file(tmp_path / "out" / "samples.jsonl")
+
+    coco = COCO(str(tmp_path / "out" / "annotations.json"))
+    assert sorted(coco.getImgIds()) == [100 + i for i in expected]
+    assert len(coco.getAnnIds()) == 20
+    res = coco.loadRes([{"image_id": 100 + i, "caption": "a photo"} for i in expected])
+    assert len(res.getAnnIds()) == 4
+
+    # Same seed, the same files given as a parquet glob -> identical samples.jsonl.
+    again = run("data", "download", "coco-captions", "--source", src / "data" / "val-*.parquet", "--limit", 4,
+                "--seed", seed, "--out", tmp_path / "again")
+    assert again.exit_code == 0, again.output
+    assert (tmp_path / "again" / "samples.jsonl").read_bytes() == (tmp_path / "out" / "samples.jsonl").read_bytes()
+    other = run("data", "download", "coco-captions", "--source", src, "--limit", 4, "--seed", 2, "--out", tmp_path / "s2")
+    assert other.exit_code == 0
+    assert load(tmp_path / "s2").meta["selected_indices"] == select_subset(8, 4, 2) != expected
+
+
+def test_corrupt_images_are_skipped_counted_and_named(tmp_path):
+    truncated = _jpeg(5, (64, 64))[:200]
+    src = coco_source(tmp_path / "coco", bad={3: b"definitely not an image", 5: truncated})
+    result = run("data", "download", "coco-captions", "--source", src, "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    ds = load(tmp_path / "out")
+    assert len(ds) == 6 and ds.meta["counts"]["skipped"] == 2
+    skipped = {s["image"]: s for s in ds.meta["skipped"]}
+    assert set(skipped) == {"000000000003.jpg", "000000000005.jpg"}
+    assert skipped["000000000003.jpg"]["id"] == "103" and skipped["000000000003.jpg"]["index"] == 3
+    assert all("corrupt image" in s["reason"] for s in skipped.values())
+    assert len(list((tmp_path / "out" / "images").iterdir())) == 6
+
+
+def test_download_textvqa_from_save_to_disk(tmp_path):
+    src = textvqa_source(tmp_path / "textvqa")
+    result = run("data", "download", "textvqa", "--source", src, "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    ds = load(tmp_path / "out")
+    assert ds.task == "vqa" and len(ds) == 5
+    s = ds[2]
+    assert s.id == str(34602 + 2) and s.question == "what is written on sign 2?"
+    assert len(s.references) == 10 and s.references[0] == "stop 2"
+    assert s.extras["ocr_tokens"] == ["STOP", "2"] and s.extras["image_id"] == "img001"
+    assert ds[0].image == ds[1].image  # one file for the questions that share an image
+    assert len(list((tmp_path / "out" / "images").iterdir())) == 4
+    assert not (tmp_path / "out" / "annotations.json").exists()
+    wrong = run("data", "download", "textvqa", "--source", src, "--split", "train", "--out", tmp_path / "o2")
+    assert_one_line_error(wrong, "splits ['validation']")
+
+
+def test_download_vqaonline_json_and_image_folders(tmp_path):
+    src = vqaonline_source(tmp_path / "vqaonline")
+    result = run("data", "download", "vqaonline", "--source", src, "--limit", 3, "--seed", 0, "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    ds = load(tmp_path / "out")
+    assert ds.task == "open-vqa" and len(ds) == 3 and ds.meta["split"] == "test"
+    for s in ds:
+        i = int(s.id)  # no id column: the row index
+        assert s.references == [f"A long answer number {i}."]
+        assert s.extras["context"] == f"I tried restarting, see screenshot {i}."
+        assert ds.image_path(s).read_bytes() == _png(i)  # found in images/ or images2/
+
+
+def test_interrupted_download_resumes_without_refetching(tmp_path, monkeypatch):
+    src = coco_source(tmp_path / "coco")
+    out = tmp_path / "out"
+    real = download_mod._image_bytes
+    reads, interrupt = [], True
+
+    class Interrupted(Exception):  # stands for Ctrl-C / a dropped connection mid-download
+        pass
+
+    def flaky(value):
+        reads.append(value["bytes"])
+        if interrupt and len(reads) == 3:
+            raise Interrupted
+        return real(value)
+
+    monkeypatch.setattr(download_mod, "_image_bytes", flaky)
+    with pytest.raises(Interrupted):
+        download_mod.download("coco-captions", out, source=str(src))
+    staging = tmp_path / "out.partial"
+    assert not out.exists() and len(list((staging / "images").iterdir())) == 2
+
+    interrupt = False
+    reads.clear()
+    download_mod.download("coco-captions", out, source=str(src))
+    assert reads == [_jpeg(i) for i in range(2, 8)]  # the 2 staged images were not read again
+    assert len(load(out)) == 8 and not staging.exists()
+
+
+def test_staged_images_of_another_source_are_not_reused(tmp_path, monkeypatch):
+    src_a, src_b = coco_source(tmp_path / "a"), coco_source(tmp_path / "b", shade=7)
+    real = download_mod._image_bytes
+
+    def interrupted(value):
+        if len(list((tmp_path / "out.partial" / "images").iterdir())) == 2:
+            raise RuntimeError("interrupted")
+        return real(value)
+
+    monkeypatch.setattr(download_mod, "_image_bytes", interrupted)
+    with pytest.raises(RuntimeError):
+        download_mod.download("coco-captions", tmp_path / "out", source=str(src_a))
+    monkeypatch.setattr(download_mod, "_image_bytes", real)
+    ds = load(download_mod.download("coco-captions", tmp_path / "out", source=str(src_b)))
+    assert [ds.image_path(s).read_bytes() for s in ds] == [_jpeg(i + 7) for i in range(8)]
+
+
+def test_download_errors_are_one_line_and_leave_nothing(tmp_path):
+    src = coco_source(tmp_path / "coco", n=2, bad={0: b"x", 1: b"y"})
+    out = tmp_path / "out"
+    assert_one_line_error(run("data", "download", "nope", "--out", out), "unknown dataset 'nope'", "coco-captions")
+    assert_one_line_error(run("data", "download", "textvqa", "--out", out), "lmms-lab/textvqa", "HF_HUB_OFFLINE")
+    assert_one_line_error(run("data", "download", "coco-captions", "--source", src, "--out", out),
+                          "no samples", "corrupt image")
+    assert_one_line_error(run("data", "download", "coco-captions", "--source", tmp_path / "missing", "--out", out),
+                          "no such file")
+    assert not out.exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_existing_out_needs_overwrite(tmp_path):
+    src = coco_source(tmp_path / "coco", n=4)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert_one_line_error(run("data", "download", "coco-captions", "--source", src, "--out", out), "--overwrite")
+    assert (out / "keep.txt").read_text() == "mine" and not (tmp_path / "out.partial").exists()
+    result = run("data", "download", "coco-captions", "--source", src, "--out", out, "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert not (out / "keep.txt").exists() and len(load(out)) == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["coco", "hf-cache", "out"]  # no .old-/.partial left
+
+
+# --- subset, loader ---------------------------------------------------------------------------------
+
+def test_select_subset_is_seeded_sorted_and_nested():
+    a = select_subset(1000, 50, seed=7)
+    assert a == select_subset(1000, 50, seed=7) and a == sorted(set(a)) and len(a) == 50
+    assert a != list(range(50)) and a != select_subset(1000, 50, seed=8)
+    assert set(select_subset(1000, 20, seed=7)) <= set(a)  # smaller subset inside the larger one
+    assert select_subset(5, None) == select_subset(5, 10) == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="limit"):
+        select_subset(5, 0)
+
+
+def test_load_rejects_broken_directories(tmp_path):
+    good = tmp_path / "good"
+    assert run("data", "synthetic", "--out", good, "--n", 3).exit_code == 0
+    with pytest.raises(DataError, match="not found"):
+        load(tmp_path / "nowhere")
+
+    def broken(name, damage):
+        d = tmp_path / name
+        shutil.copytree(good, d)
+        damage(d)
+        return d
+
+    with pytest.raises(DataError, match="samples.jsonl is missing"):
+        load(broken("nosamples", lambda d: (d / "samples.jsonl").unlink()))
+    with pytest.raises(DataError, match="sha256"):
+        load(broken("tampered", lambda d: (d / "samples.jsonl").open("a").write("{}\n")))
+    with pytest.raises(DataError, match="1 image file"):
+        load(broken("noimage", lambda d: (d / "images" / "shapes-s0-00001.png").unlink()))
+    corrupt = broken("corrupt", lambda d: (d / "images" / "shapes-s0-00002.png").write_bytes(b"garbage"))
+    ds = load(corrupt)
+    with pytest.raises(DataError, match="shapes-s0-00002.png"):
+        ds.open_image(ds[2])
+    sub = ds.select(2, seed=0)
+    assert len(sub) == 2 and sub.meta["subset"]["indices"] == select_subset(3, 2, 0)
+
+
+# --- synthetic --------------------------------------------------------------------------------------
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_synthetic_is_byte_identical_per_seed(tmp_path):
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        result = run("data", "synthetic", "--out", tmp_path / name, "--n", 30, "--seed", seed, "--size", 48)
+        assert result.exit_code == 0, result.output
+    a, b, c = (_tree(tmp_path / n) for n in "abc")
+    assert a == b and len(a) == 33  # 30 PNGs + samples.jsonl + meta.json + annotations.json
+    assert a["samples.jsonl"] != c["samples.jsonl"]
+    ds = load(tmp_path / "a")
+    assert ds.task == "caption" and len(ds) == 30
+    assert all(len(s.references) == 5 and len(set(s.references)) == 5 for s in ds)
+    assert ds.open_image(ds[0]).size == (48, 48)
+    assert len(COCO(str(tmp_path / "a" / "annotations.json")).getAnnIds()) == 150
+
+
+def test_synthetic_captions_follow_the_scene_and_vocabulary():
+    vocab = set(vocabulary())
+    rng = random.Random(0)
+    for _ in range(300):
+        scene = random_scene(rng)
+        caps = captions(scene)
+        assert all(set(c.split()) <= vocab for c in caps), caps
+        for s in scene.shapes:  # every shape's facts are in every caption
+            full, where = f"{s.size} {s.color} {s.shape}", LOCATIONS[s.cell]
+            assert all(f"{full} {where}" in c for c in (caps[0], caps[1], caps[3])), caps
+            assert f"{where} a {full}" in caps[2] and f"{s.color} {s.shape}" in caps[4]
+        assert all(f"{scene.background} background" in c for c in caps)
+        assert caps[3].startswith(("one shape ", "two shapes ", "three shapes ")[len(scene.shapes) - 1])
+        assert caps == captions(scene)
+        order = [s.cell for s in scene.shapes]
+        assert order == sorted(order)  # reading order: the fixed ordering rule
+    # Same facts -> same captions, regardless of pixel jitter.
+    scene = random_scene(random.Random(3))
+    moved = type(scene)(scene.background, tuple(type(s)(s.shape, s.color, s.size, s.cell) for s in scene.shapes))
+    assert captions(moved) == captions(scene)
+
+
+# --- import -----------------------------------------------------------------------------------------
+
+def _photos(root: Path, n: int = 3) -> Path:
+    root.mkdir()
+    for i in range(n):
+        (root / f"p{i}.jpg").write_bytes(_jpeg(i))
+    return root
+
+
+def test_import_coco_json(tmp_path):
+    photos = _photos(tmp_path / "photos")
+    doc = {"images": [{"id": 7 + i, "file_name": f"p{i}.jpg"} for i in range(3)],
+           "annotations": [{"id": k, "image_id": 7 + k % 3, "caption": f"caption {k}"} for k in range(6)]}
+    (tmp_path / "caps.json").write_text(json.dumps(doc))
+    result = run("data", "import", photos, "--captions", tmp_path / "caps.json", "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    ds = load(tmp_path / "out")
+    assert [s.id for s in ds] == ["7", "8", "9"] and ds[0].references == ["caption 0", "caption 3"]
+    assert [s.extras["coco_id"] for s in ds] == [7, 8, 9]
+    assert COCO(str(tmp_path / "out" / "annotations.json")).getImgIds() == [7, 8, 9]
+
+
+def test_import_csv_groups_rows_and_names_missing_images(tmp_path):
+    photos = _photos(tmp_path / "photos", n=2)
+    rows = [("p0.jpg", "a red thing"), ("p1.jpg", "a blue thing"), ("p0.jpg", "something red")]
+    with open(tmp_path / "caps.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("image", "caption"), *rows])
+    result = run("data", "import", photos, "--captions", tmp_path / "caps.csv", "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    ds = load(tmp_path / "out")
+    assert [(s.id, s.references) for s in ds] == [("p0", ["a red thing", "something red"]), ("p1", ["a blue thing"])]
+
+    with open(tmp_path / "more.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("image", "caption"), ("p0.jpg", "x"), ("gone.jpg", "y")])
+    missing = run("data", "import", photos, "--captions", tmp_path / "more.csv", "--out", tmp_path / "o2")
+    assert_one_line_error(missing, "gone.jpg", "missing")
+    assert not (tmp_path / "o2").exists()

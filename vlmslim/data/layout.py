@@ -1,0 +1,208 @@
+"""The local dataset layout that every later step reads, and its loader.
+
+```
+DIR/
+  images/...         image files; samples refer to them by path relative to DIR ("images/x.jpg")
+  samples.jsonl      one JSON object per line: id, image, task, question, references, extras
+  meta.json          provenance: source id + revision, split, source size, selected indices, seed,
+                     counts, skipped items and why, sha256 of samples.jsonl
+  annotations.json   caption sets only: the references in COCO format (pycocotools' COCO reads it;
+                     image ids are `extras["coco_id"]`)
+```
+
+`load(DIR)` is the one entry point for consumers (benchmarks, pruning calibration): it validates the
+directory and returns a `LocalDataset`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import Counter
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path, PurePosixPath
+from typing import Iterator
+
+import numpy as np
+from PIL import Image
+
+from vlmslim.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+TASKS = ("caption", "vqa", "open-vqa")
+IMAGES_DIR = "images"
+SAMPLES_FILE = "samples.jsonl"
+META_FILE = "meta.json"
+ANNOTATIONS_FILE = "annotations.json"
+
+# What PIL raises for unreadable image bytes: UnidentifiedImageError and truncation are OSErrors,
+# some broken PNG chunks raise SyntaxError, bad headers ValueError, huge images DecompressionBombError.
+IMAGE_DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+@dataclass
+class Sample:
+    """One evaluation item. `image` is relative to the dataset root; `references` are the gold texts
+    (5 COCO captions, 10 TextVQA answers, the one VQAonline answer)."""
+
+    id: str
+    image: str
+    task: str
+    question: str | None = None
+    references: list[str] = field(default_factory=list)
+    extras: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.id, str) or not self.id:
+            raise ValueError(f"sample id must be a non-empty string, got {self.id!r}")
+        if self.task not in TASKS:
+            raise ValueError(f"sample {self.id}: task must be one of {TASKS}, got {self.task!r}")
+        path = PurePosixPath(self.image)
+        if not self.image or path.is_absolute() or ".." in path.parts:
+            raise ValueError(f"sample {self.id}: image must be a relative path inside the dataset, got {self.image!r}")
+        if self.task != "caption" and not self.question:
+            raise ValueError(f"sample {self.id}: task {self.task!r} needs a question")
+        if not isinstance(self.references, list) or not all(isinstance(r, str) for r in self.references):
+            raise ValueError(f"sample {self.id}: references must be a list of strings")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Sample":
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown keys {sorted(unknown)}")
+        return cls(**d)
+
+
+@dataclass
+class LocalDataset:
+    """A validated dataset directory: `samples` in file order, `meta` as written by the producer."""
+
+    root: Path
+    meta: dict
+    samples: list[Sample]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __iter__(self) -> Iterator[Sample]:
+        return iter(self.samples)
+
+    def __getitem__(self, i: int) -> Sample:
+        return self.samples[i]
+
+    @property
+    def task(self) -> str:
+        tasks = sorted({s.task for s in self.samples})
+        if len(tasks) != 1:
+            raise DataError(f"{self.root} mixes tasks {tasks}; pick one with the benchmark's --task")
+        return tasks[0]
+
+    def image_path(self, sample: Sample) -> Path:
+        return self.root / sample.image
+
+    def open_image(self, sample: Sample) -> Image.Image:
+        """The sample's image as an RGB PIL image; `DataError` naming the file if it is missing or corrupt."""
+        path = self.image_path(sample)
+        try:
+            with Image.open(path) as im:
+                return im.convert("RGB")
+        except FileNotFoundError as e:
+            raise DataError(f"image file missing: {path} (sample {sample.id})") from e
+        except IMAGE_DECODE_ERRORS as e:
+            raise DataError(f"cannot decode image {path} (sample {sample.id}): {e}") from e
+
+    def select(self, limit: int | None, seed: int = 0) -> "LocalDataset":
+        """A seeded random subset (see `select_subset`); the chosen indices are recorded in `meta`."""
+        indices = select_subset(len(self.samples), limit, seed)
+        meta = dict(self.meta, subset={"limit": limit, "seed": seed, "indices": indices})
+        return LocalDataset(self.root, meta, [self.samples[i] for i in indices])
+
+
+def select_subset(n_total: int, limit: int | None, seed: int = 0) -> list[int]:
+    """Indices of a seeded random subset of `range(n_total)`, sorted ascending (source order).
+
+    Not the first N: a seeded permutation is drawn and its first `limit` entries kept, so for one seed
+    a smaller subset is contained in a larger one. `limit=None` or `limit >= n_total` keeps everything.
+    NumPy's legacy `RandomState` is used because its stream is frozen across NumPy versions (the
+    `Generator` API does not promise that), so a recorded (seed, limit) reproduces the same subset.
+    """
+    if n_total < 0:
+        raise ValueError(f"n_total must be >= 0, got {n_total}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1 (or None for all), got {limit}")
+    if limit is None or limit >= n_total:
+        return list(range(n_total))
+    perm = np.random.RandomState(seed).permutation(n_total)
+    return sorted(int(i) for i in perm[:limit])
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def coco_annotations(samples: list[Sample]) -> dict:
+    """COCO caption-format references; image ids come from `extras["coco_id"]` (set by every producer)."""
+    images, annotations = [], []
+    for s in samples:
+        image_id = s.extras["coco_id"]
+        images.append({"id": image_id, "file_name": s.image, "sample_id": s.id})
+        for ref in s.references:
+            annotations.append({"id": len(annotations), "image_id": image_id, "caption": ref})
+    # pycocotools' loadRes copies "images" and some versions read "info"/"licenses": keep all present.
+    return {"info": {"description": "vlmslim caption references"}, "licenses": [], "type": "captions",
+            "images": images, "annotations": annotations}
+
+
+def load(path: str | Path, *, check_images: bool = True) -> LocalDataset:
+    """Read and validate a dataset directory written by `vlmslim data ...`.
+
+    Raises `DataError` for a missing directory or file, a `samples.jsonl` that no longer matches the
+    sha256 recorded in `meta.json`, malformed rows, duplicate ids, an empty set, or (with
+    `check_images`) image files that are missing.
+    """
+    root = Path(path)
+    hint = "create it with `vlmslim data download|synthetic|import`"
+    if not root.is_dir():
+        raise DataError(f"dataset directory not found: {root} ({hint})")
+    samples_path, meta_path = root / SAMPLES_FILE, root / META_FILE
+    for required in (samples_path, meta_path):
+        if not required.is_file():
+            raise DataError(f"{root} is not a vlmslim dataset: {required.name} is missing ({hint})")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{meta_path}: not valid JSON ({e})") from e
+    expected = meta.get("samples_sha256")
+    actual = sha256_file(samples_path)
+    if expected != actual:
+        raise DataError(f"{samples_path} does not match the sha256 in {META_FILE} "
+                        f"({actual[:12]}… != {str(expected)[:12]}…): it was modified or truncated; re-create the dataset")
+    samples: list[Sample] = []
+    with open(samples_path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            try:
+                samples.append(Sample.from_dict(json.loads(line)))
+            except (json.JSONDecodeError, TypeError, ValueError) as e:
+                raise DataError(f"{samples_path}:{lineno}: bad sample row ({e})") from e
+    if not samples:
+        raise DataError(f"{samples_path} has no samples")
+    dups = [i for i, n in Counter(s.id for s in samples).items() if n > 1]
+    if dups:
+        raise DataError(f"{samples_path}: duplicate sample id {dups[0]!r}")
+    if check_images:
+        missing = sorted({s.image for s in samples if not (root / s.image).is_file()})
+        if missing:
+            shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+            raise DataError(f"{root}: {len(missing)} image file(s) missing: {shown}")
+    logger.debug("loaded %d samples from %s", len(samples), root)
+    return LocalDataset(root, meta, samples)
