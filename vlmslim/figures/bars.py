@@ -49,7 +49,8 @@ def bar_figure(runs: Sequence[Run], metric: str, baseline: Run, context: str) ->
             if run is baseline:
                 tick.set_fontweight("bold")
         ax.invert_yaxis()
-        ax.set_xlabel(f"{metric_label(metric)} (95% CI); dashed line: baseline")
+        ci_note = " (95% CI)" if any(metric in r.ci for r in rows) else ""
+        ax.set_xlabel(f"{metric_label(metric)}{ci_note}; dashed line: baseline")
         ax.grid(True, axis="x", color="0.92", zorder=0)
         for side in ("top", "right"):
             ax.spines[side].set_visible(False)

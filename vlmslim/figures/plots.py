@@ -111,7 +111,8 @@ def draw_frontier(ax, af: AxisFrontier, metric: str) -> None:
         c = costs.pop()
         ax.set_xlim(*((c / 1.5, c * 1.5) if af.axis.log else (c * 0.7, c * 1.3)))
     ax.set_xlabel(_axis_label(af))
-    ax.set_ylabel(f"{metric_label(metric)}, 95% CI  ↑ better")
+    ci_note = ", 95% CI" if any(p.ci is not None for p in af.points) else ""
+    ax.set_ylabel(f"{metric_label(metric)}{ci_note}  ↑ better")
     ax.grid(True, which="major", color="0.92", lw=0.8, zorder=-1)
     ax.set_axisbelow(True)
     for side in ("top", "right"):
