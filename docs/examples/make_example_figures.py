@@ -1,7 +1,8 @@
 """Regenerate docs/img/frontier_example.png from FABRICATED results (until `vlmslim demo` exists).
 
-The numbers are invented but plausible for LLaVA-1.5-7B on COCO captions on an H100 (latency, VRAM and
-size follow DESIGN.md's measured anchors); every figure says "fabricated example" in its subtitle.
+The numbers are invented but plausible for LLaVA-1.5-7B on COCO captions on an H100 (fp16 / int8 / nf4
+decode speed and peak memory follow DESIGN.md's measured anchors: 27.9 / 112.6 / 38.8 ms per token and
+17.5 / 10.8 / 7.7 GB, ~15-token captions); every figure says "fabricated example" in its subtitle.
 
     pip install -e .   # once
     python docs/examples/make_example_figures.py                    # writes docs/img/frontier_example.png
@@ -26,15 +27,15 @@ REPO = Path(__file__).resolve().parents[2]
 
 # name, precision, pruning steps, CIDEr-D, latency p50 s, peak VRAM MB, size MB, energy Wh/sample
 RUNS = [
-    ("llava-1.5-7b", "16-bit", [], 1.102, 0.58, 15210, 13480, 0.041),
-    ("int8", "int8", [], 1.095, 2.12, 8930, 7150, 0.118),
-    ("nf4", "nf4", [], 1.061, 0.79, 5620, 3950, 0.054),
-    ("fp4", "fp4", [], 1.012, 0.77, 5610, 3950, 0.053),
-    ("glu30", "16-bit", [("glu", 0.3)], 0.981, 0.50, 12310, 10650, 0.036),
-    ("heads25", "16-bit", [("heads", 0.25)], 0.902, 0.53, 13720, 12100, 0.038),
-    ("drop4", "16-bit", [("layers", 4)], 0.764, 0.51, 13300, 11820, 0.037),
-    ("glu30+heads25", "16-bit", [("glu", 0.3), ("heads", 0.25)], 0.829, 0.45, 11020, 9400, 0.033),
-    ("glu30-nf4", "nf4", [("glu", 0.3)], 0.942, 0.70, 4720, 3120, 0.049),
+    ("llava-1.5-7b", "16-bit", [], 1.102, 0.58, 17500, 13480, 0.041),
+    ("int8", "int8", [], 1.095, 1.85, 10800, 7150, 0.112),
+    ("nf4", "nf4", [], 1.061, 0.70, 7700, 3950, 0.050),
+    ("fp4", "fp4", [], 1.012, 0.69, 7690, 3950, 0.049),
+    ("glu30", "16-bit", [("glu", 0.3)], 0.981, 0.50, 14600, 10650, 0.036),
+    ("heads25", "16-bit", [("heads", 0.25)], 0.902, 0.53, 16050, 12100, 0.038),
+    ("drop4", "16-bit", [("layers", 4)], 0.764, 0.51, 15700, 11820, 0.037),
+    ("glu30+heads25", "16-bit", [("glu", 0.3), ("heads", 0.25)], 0.829, 0.45, 13300, 9400, 0.033),
+    ("glu30-nf4", "nf4", [("glu", 0.3)], 0.942, 0.63, 6800, 3120, 0.046),
 ]
 CAPTIONS = ["a red circle on a grey background", "a blue square next to a green triangle",
             "two yellow circles above a black line", "a small green square in the corner"]
