@@ -31,3 +31,7 @@ class QuantizationError(VlmslimError):
 
 class BenchmarkError(VlmslimError):
     """A benchmark configuration or results directory that cannot be used."""
+
+
+class FiguresError(VlmslimError):
+    """Results directories that cannot be plotted together (not a results dir, mixed runs, no metric)."""

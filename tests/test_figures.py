@@ -1,0 +1,411 @@
+"""Figures step: exact frontiers, label placement, results-dir loading and `vlmslim figures` end to end
+on fabricated results dirs (no model, no network)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from vlmslim.cli import _COST_CHOICES, cli
+from vlmslim.errors import FiguresError
+from vlmslim.figures import COST_AXES, choose_baseline, frontier_order, load_run, load_runs, pareto_front
+from vlmslim.figures.labels import place_labels
+from vlmslim.figures.style import DPI, FRONTIER_FIGSIZE, bar_figsize, combined_figsize
+
+REPO = Path(__file__).resolve().parents[1]
+
+# ---------------------------------------------------------------------------------------------------
+# Pareto frontier on hand-made point sets: (quality, cost), higher quality and lower cost are better.
+
+
+@pytest.mark.parametrize(
+    "points, expected",
+    [
+        ([], []),
+        ([(0.5, 3.0)], [True]),  # a single point is its own frontier
+        ([(1.0, 1.0), (2.0, 1.0), (0.5, 2.0)], [False, True, False]),  # (2, 1) dominates both others
+        ([(1.0, 5.0), (0.9, 5.0)], [True, False]),  # equal cost, lower quality: dominated
+        ([(1.0, 5.0), (1.0, 6.0)], [True, False]),  # equal quality, higher cost: dominated
+        ([(1.0, 1.0), (1.0, 1.0), (0.5, 2.0)], [True, True, False]),  # exact duplicates both stay
+        ([(1.0, 2.0), (1.0, 2.0), (1.1, 1.0)], [False, False, True]),  # duplicates dominated together
+        ([(0.5, 1.0), (0.7, 2.0), (0.9, 3.0)], [True, True, True]),  # a staircase: all on the front
+        ([(0.9, 1.0), (0.5, 2.0), (0.7, 3.0), (0.95, 4.0)], [True, False, False, True]),
+    ],
+)
+def test_pareto_front_exact(points, expected):
+    assert pareto_front(points) == expected
+
+
+def test_pareto_front_excludes_missing_values():
+    # None / NaN / inf are never on the front and never dominate: (0.5, 2) stays although a NaN-cost
+    # point has a higher quality.
+    points = [(None, 1.0), (2.0, float("nan")), (0.5, 2.0), (3.0, float("inf")), (float("nan"), 0.1)]
+    assert pareto_front(points) == [False, False, True, False, False]
+
+
+def test_pareto_front_directions():
+    points = [(1.0, 1.0), (2.0, 2.0)]
+    assert pareto_front(points) == [True, True]
+    assert pareto_front(points, higher_quality=False) == [True, False]  # (1, 1) lower and cheaper
+    assert pareto_front(points, lower_cost=False) == [False, True]  # (2, 2) better and "costlier"
+
+
+def test_frontier_order_cheapest_first_and_deterministic_for_ties():
+    points = [(1.1, 3.0), (0.9, 1.0), (1.0, 2.0), (1.0, 2.0), (0.8, 2.5)]
+    assert frontier_order(points) == [1, 2, 3, 0]
+
+
+def test_pareto_front_property_on_random_integer_grid():
+    """Every front point is undominated; every other valid point is dominated by a front point."""
+    rng = random.Random(0)
+    points = [(rng.randint(0, 6), rng.randint(0, 6)) for _ in range(60)]  # many ties and duplicates
+
+    def dominates(a, b):
+        return a[0] >= b[0] and a[1] <= b[1] and a != b
+
+    flags = pareto_front(points)
+    front = [p for p, f in zip(points, flags) if f]
+    for p, f in zip(points, flags):
+        assert f == (not any(dominates(q, p) for q in points)), p
+        if not f:
+            assert any(dominates(q, p) for q in front)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Label placement (pure, pixel space).
+
+
+def _rects(anchors, sizes, placements):
+    return [(a[0] + p.dx, a[1] + p.dy, a[0] + p.dx + s[0], a[1] + p.dy + s[1]) for a, s, p in zip(anchors, sizes, placements)]
+
+
+def test_place_labels_free_label_goes_right_without_leader():
+    [p] = place_labels([(100, 100)], [(40, 10)], radii=(5, 10))
+    assert (p.dx, p.dy, p.leader, p.overlap) == (5, -5, False, 0)
+
+
+def test_place_labels_cluster_has_no_overlaps_and_stays_inside():
+    anchors = [(200 + 6 * i, 150 + 4 * (i % 3)) for i in range(6)]  # six points within 30 px
+    sizes = [(50, 11)] * 6
+    bounds = (0, 0, 400, 300)
+    placements = place_labels(anchors, sizes, obstacles=[(a[0] - 4, a[1] - 4, a[0] + 4, a[1] + 4) for a in anchors],
+                              bounds=bounds)
+    rects = _rects(anchors, sizes, placements)
+    assert all(p.overlap == 0 for p in placements)
+    for i, a in enumerate(rects):
+        assert bounds[0] <= a[0] and a[2] <= bounds[2] and bounds[1] <= a[1] and a[3] <= bounds[3]
+        for b in rects[i + 1:]:
+            assert min(a[2], b[2]) <= max(a[0], b[0]) or min(a[3], b[3]) <= max(a[1], b[1])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Fabricated results dirs. name: (precision, pruning, cider, ci half-width, latency, vram, size)
+# Frontiers by hand (energy is null everywhere, as on a CPU run):
+#   latency: glu30 (0.50, 0.98) → base (0.60, 1.10); nf4 and fp4 tie at 0.80, both below base
+#   vram/size: glu30-nf4 → nf4 → int8 → base; fp4 ties nf4's cost with lower quality → dominated
+RUNS = {
+    "base": ("16-bit", [], 1.10, 0.05, 0.60, 15000, 13500),
+    "int8": ("int8", [], 1.09, 0.05, 2.00, 9000, 7000),
+    "nf4": ("nf4", [], 1.05, 0.05, 0.80, 5600, 3900),
+    "fp4": ("fp4", [], 1.00, 0.06, 0.80, 5600, 3900),
+    "glu30": ("16-bit", [{"kind": "glu", "ratio": 0.3, "importance": "maw"}], 0.98, 0.06, 0.50, 12300, 10600),
+    "glu30-nf4": ("nf4", [{"kind": "glu", "ratio": 0.3}, {"kind": "heads", "ratio": 0.25}], 0.94, 0.06, 0.70, 4700, 3100),
+}
+EXPECTED_FRONT = {
+    "latency": ["glu30", "base"],
+    "vram": ["glu30-nf4", "nf4", "int8", "base"],
+    "size": ["glu30-nf4", "nf4", "int8", "base"],
+}
+N_IDS = 10
+
+
+def _summary(name, data_dir, task="caption", n_samples=500, **overrides):
+    precision, pruning, cider, half, latency, vram, size = RUNS[name]
+    summary = {
+        "model": {"name": name, "path": f"ckpt/{name}", "family": "llava", "precision": precision,
+                  "pruning": pruning, "is_baseline": name == "base"},
+        "task": task,
+        "dataset": {"path": str(data_dir), "name": "tiny-coco", "sha256": "f" * 64},
+        "n_samples": n_samples,
+        "metrics": {"cider": cider, "bleu4": round(cider * 0.27, 4), "meteor": round(0.25 + cider / 40, 4),
+                    "mean_len_words": 9.5},
+        "ci": {"cider": [cider - half, cider + half], "bleu4": [cider * 0.26, cider * 0.28]},
+        "efficiency": {"latency_s_p50": latency, "latency_s_p90": latency * 1.3, "peak_vram_mb": vram,
+                       "model_size_mb": size, "energy_wh_per_sample": None, "params": 7_000_000_000},
+        "environment": {"device": "cpu", "git_revision": "abc"},
+        "checkpoint_sha256": name * 4,
+        "data_dir": str(data_dir),
+        "an_extra_key_from_a_newer_bench": {"ignored": True},
+    }
+    summary.update(overrides)
+    return summary
+
+
+def _samples(name):
+    """Per-sample CIDEr: base 1.0 everywhere; glu30 drops by 0.1·i on sample i, so larger i = worse."""
+    rows = []
+    ids = range(N_IDS - 1) if name == "int8" else range(N_IDS)  # int8 lacks s09: never in the gallery
+    for i in ids:
+        score = 1.0 - (0.1 * i if name == "glu30" else 0.01 * i if name != "base" else 0.0)
+        pred = f"<script>alert({i})</script> a | pipe" if name == "nf4" else f"{name} says shape {i}"
+        rows.append({"id": f"s{i:02d}", "image": f"images/s{i:02d}.png", "prediction": pred,
+                     "references": [f"a shape number {i}", "a <b>shape</b>"], "scores": {"cider": score},
+                     "latency_s": 0.5, "ttft_s": 0.1, "tokens": 5})
+    return rows
+
+
+def write_run(root: Path, name: str, data_dir: Path, **overrides) -> Path:
+    run_dir = root / name
+    run_dir.mkdir(parents=True)
+    (run_dir / "summary.json").write_text(json.dumps(_summary(name, data_dir, **overrides)))
+    (run_dir / "config.yaml").write_text(f"model: {name}\n")
+    lines = [json.dumps(r) for r in _samples(name)]
+    if name == "fp4":
+        lines.append('{"id": "s0')  # a truncated last line, as a killed benchmark leaves it
+    (run_dir / "samples.jsonl").write_text("\n".join(lines) + "\n")
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> list[Path]:
+    root = tmp_path_factory.mktemp("results")
+    data_dir = root / "data"
+    (data_dir / "images").mkdir(parents=True)
+    for i in range(N_IDS):
+        Image.new("RGB", (8, 6), (20 * i, 100, 200)).save(data_dir / "images" / f"s{i:02d}.png")
+    return [write_run(root, name, data_dir) for name in RUNS]
+
+
+def _invoke(*args):
+    return CliRunner().invoke(cli, ["figures", *map(str, args)], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def figures_out(results, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("figs") / "out"
+    res = _invoke(*results, "--out", out, "--metric", "cider", "--spotcheck", "4", "--seed", "3")
+    assert res.exit_code == 0, res.output
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading.
+
+
+def test_load_run_reads_fields_and_tolerates_extra_keys(results):
+    run = load_run(results[-1])
+    assert (run.name, run.precision, run.pruning_method, run.task, run.n_samples) == ("glu30-nf4", "nf4", "combined", "caption", 500)
+    assert run.metrics["cider"] == 0.94 and run.ci["cider"] == pytest.approx((0.88, 1.00))
+    assert run.cost("energy_wh_per_sample") is None and run.cost("model_size_mb") == 3100
+    assert run.pruning_text == "glu 30% + heads 25%"
+    assert "an_extra_key_from_a_newer_bench" in run.summary
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda d: None, "does not exist"),
+        (lambda d: d.mkdir(), "is not a results dir (no summary.json)"),
+        (lambda d: (d.mkdir(), (d / "summary.json").write_text("{not json")), "is not valid JSON"),
+        (lambda d: (d.mkdir(), (d / "summary.json").write_text('{"model": {"name": "x"}, "task": "caption"}')),
+         "lacks n_samples, metrics, efficiency, model.precision"),
+    ],
+)
+def test_load_run_errors_are_specific(tmp_path, make, message):
+    bad = tmp_path / "bad"
+    make(bad)
+    with pytest.raises(FiguresError, match=re.escape(message)):
+        load_run(bad)
+
+
+def test_choose_baseline(results):
+    runs = load_runs(results)
+    assert choose_baseline(runs).name == "base"  # is_baseline
+    assert choose_baseline(runs, "nf4").name == "nf4"  # by name
+    assert choose_baseline(runs, str(results[1])).name == "int8"  # by dir
+    with pytest.raises(FiguresError, match="matches no run"):
+        choose_baseline(runs, "nope")
+    for run in runs:
+        run.is_baseline = False
+    assert choose_baseline(runs).name == "base"  # the only unpruned 16-bit run
+    runs[4].pruning = []  # now glu30 is unpruned 16-bit too: ambiguous
+    with pytest.raises(FiguresError, match="several runs are unpruned 16-bit"):
+        choose_baseline(runs)
+
+
+# ---------------------------------------------------------------------------------------------------
+# `vlmslim figures` end to end.
+
+
+def test_figures_writes_every_file(figures_out):
+    names = {p.relative_to(figures_out).as_posix() for p in figures_out.rglob("*")}
+    for stem in ["frontier_latency", "frontier_vram", "frontier_size", "bars_cider", "bars_bleu4", "bars_meteor", "combined"]:
+        assert {f"{stem}.png", f"{stem}.svg"} <= names, stem
+    assert {"summary.md", "frontier.json", "spotcheck.html", "spotcheck.md"} <= names
+    assert not any("energy" in n for n in names)  # energy is null in every run: axis skipped
+    assert not any("mean_len" in n for n in names)  # output length is not a quality metric
+    assert len([n for n in names if n.startswith("spotcheck_images/")]) == 4
+    assert not list(figures_out.parent.glob("*.partial-*"))
+
+
+def test_pngs_have_the_stated_size(figures_out):
+    # figsize × dpi, exactly: no bbox_inches="tight" cropping.
+    expected = {"frontier_latency": FRONTIER_FIGSIZE, "bars_cider": bar_figsize(len(RUNS)),
+                "combined": combined_figsize(3 + 1)}  # 3 cost axes + the change heatmap
+    assert (round(FRONTIER_FIGSIZE[0] * DPI), round(FRONTIER_FIGSIZE[1] * DPI)) == (1350, 825)
+    for stem, (w, h) in expected.items():
+        with Image.open(figures_out / f"{stem}.png") as im:
+            im.load()
+            assert im.size == (round(w * DPI), round(h * DPI)), stem
+            assert DPI >= 150 and im.info["dpi"][0] == pytest.approx(DPI, abs=0.5)
+    for png in figures_out.glob("*.png"):
+        with Image.open(png) as im:
+            im.verify()
+    assert (figures_out / "frontier_size.svg").read_text().lstrip().startswith("<?xml")
+
+
+def test_frontier_json_matches_hand_computed_fronts(figures_out, results):
+    data = json.loads((figures_out / "frontier.json").read_text())
+    assert data["metric"] == "cider" and data["baseline"] == "base"
+    assert set(data["axes"]) == set(EXPECTED_FRONT)
+    for axis, names in EXPECTED_FRONT.items():
+        front = data["axes"][axis]["frontier"]
+        assert [p["run"] for p in front] == names, axis
+        for p in front:
+            _, _, cider, _, latency, vram, size = RUNS[p["run"]]
+            assert p["quality"] == cider
+            assert p["cost"] == {"latency": latency, "vram": vram, "size": size}[axis]
+        assert {p["run"] for p in data["axes"][axis]["points"] if p["on_frontier"]} == set(names)
+    assert data["axes"]["size"]["log_scale"] is True and data["axes"]["size"]["cost_key"] == "model_size_mb"
+    assert "energy" in data["skipped_axes"]
+
+
+def test_summary_md_bolds_exactly_the_frontier_runs(figures_out):
+    text = (figures_out / "summary.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| Run")]
+    assert len(rows) == len(RUNS)
+    bold = {re.match(r"\| \*\*(.+?)(?: \(baseline\))?\*\*", r).group(1).replace("\\", "") for r in rows if r.startswith("| **")}
+    assert bold == {n for names in EXPECTED_FRONT.values() for n in names}
+    fp4 = next(r for r in rows if r.startswith("| fp4"))
+    assert "-9.1%" in fp4 and "5,600" in fp4  # (1.00 - 1.10) / 1.10
+
+
+def test_spotcheck_gallery(figures_out):
+    html_text = (figures_out / "spotcheck.html").read_text()
+    ids = re.findall(r"<code>(s\d\d)</code>", html_text)
+    assert len(ids) == 4 and "s09" not in ids  # s09 is missing from int8: not common to all runs
+    # glu30 drops 0.1·i on sample i: worst drop first means descending i.
+    assert ids == sorted(ids, reverse=True)
+    assert html_text.count("data:image/jpeg;base64,") == 4
+    assert "<script>" not in html_text and "src='http" not in html_text  # escaped, self-contained
+    assert html_text.count("&lt;script&gt;alert(") == 4
+    assert "a &lt;b&gt;shape&lt;/b&gt;" in html_text
+    md = (figures_out / "spotcheck.md").read_text()
+    for link in re.findall(r"\]\((spotcheck_images/[^)]+)\)", md):
+        assert (figures_out / link).is_file()
+    assert re.findall(r"^## \d+\. `(s\d\d)`", md, flags=re.M) == ids
+    assert "worst Δ vs baseline" in md and "(glu30)" in md
+
+
+def test_spotcheck_is_seeded(results, figures_out, tmp_path):
+    out = tmp_path / "again"
+    assert _invoke(*results, "--out", out, "--metric", "cider", "--spotcheck", "4", "--seed", "3", "--cost", "latency").exit_code == 0
+    assert (out / "spotcheck.md").read_text() == (figures_out / "spotcheck.md").read_text()
+
+
+def test_mixing_tasks_is_refused(results, tmp_path):
+    data_dir = Path(load_run(results[0]).data_dir)
+    vqa = write_run(tmp_path / "r", "nf4", data_dir, task="vqa")
+    out = tmp_path / "out"
+    res = _invoke(results[0], vqa, "--out", out)
+    assert res.exit_code == 1
+    assert "runs differ in task (caption: base vs vqa: nf4)" in res.output and "--allow-mixed" in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    assert not out.exists() and not list(tmp_path.glob("out*"))
+    res = _invoke(results[0], vqa, "--out", out, "--allow-mixed", "--cost", "size", "--spotcheck", "0")
+    assert res.exit_code == 0, res.output
+    assert "caption/vqa" in (out / "summary.md").read_text()
+
+
+def test_metric_missing_everywhere_and_somewhere(results, tmp_path):
+    res = _invoke(*results, "--out", tmp_path / "o1", "--metric", "vqa_accuracy")
+    assert res.exit_code == 1
+    assert "metric 'vqa_accuracy' is in none of the runs; available: cider, bleu4, meteor" in res.output
+    assert not (tmp_path / "o1").exists()
+
+    # A run without meteor is left out of meteor plots (with a warning) but kept elsewhere.
+    data_dir = Path(load_run(results[0]).data_dir)
+    summary = _summary("nf4", data_dir)
+    del summary["metrics"]["meteor"]
+    no_meteor = write_run(tmp_path / "r", "nf4", data_dir, metrics=summary["metrics"])
+    out = tmp_path / "o2"
+    res = _invoke(results[0], results[4], no_meteor, "--out", out, "--metric", "meteor", "--cost", "latency", "--spotcheck", "0")
+    assert res.exit_code == 0, res.output
+    data = json.loads((out / "frontier.json").read_text())
+    assert [p["run"] for p in data["axes"]["latency"]["points"]] == ["base", "glu30"]
+    assert data["axes"]["latency"]["excluded"] == {"nf4": "no meteor"}
+    assert "WARNING vlmslim.figures.report: meteor is missing from nf4" in res.stderr  # the CLI logs to stderr
+
+
+def test_existing_out_refused_unless_overwrite(results, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("x")
+    args = [*results[:2], "--out", out, "--cost", "latency", "--spotcheck", "0"]
+    res = _invoke(*args)
+    assert res.exit_code == 1 and "exists; pass --overwrite" in res.output
+    assert _invoke(*args, "--overwrite").exit_code == 0
+    assert not (out / "old.txt").exists() and (out / "frontier_latency.png").is_file()
+    res = _invoke(*args[:2], "--out", results[0], "--overwrite")  # never replace a results dir
+    assert res.exit_code == 1 and "would replace the results dir" in res.output
+    assert (results[0] / "summary.json").is_file()
+
+
+def test_not_a_results_dir_is_one_line(tmp_path):
+    res = _invoke(tmp_path, "--out", tmp_path / "o")
+    assert res.exit_code == 1
+    assert res.output.strip() == f"Error: {tmp_path} is not a results dir (no summary.json); run `vlmslim bench … --out {tmp_path}` first"
+
+
+def test_cli_cost_choices_match_registry():
+    assert _COST_CHOICES == [*COST_AXES, "all"]
+
+
+def test_figures_never_import_torch(results, tmp_path):
+    code = (
+        "import sys; from vlmslim.figures import make_figures, FiguresConfig\n"
+        f"make_figures({[str(r) for r in results[:3]]!r}, {str(tmp_path / 'o')!r}, FiguresConfig(costs=('size',), spotcheck=2))\n"
+        "import vlmslim.cli\n"
+        "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_example_script_is_importable():
+    # The README figure's generator must stay in sync with the API it calls.
+    spec = importlib.util.spec_from_file_location("make_example_figures", REPO / "docs/examples/make_example_figures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert callable(module.write_results) and len(module.RUNS) >= 5
+
+
+def test_single_run_without_cis_or_scores(results, tmp_path):
+    """One checkpoint, no CIs, no per-sample scores: still a figure set, gallery in sampled order."""
+    data_dir = Path(load_run(results[0]).data_dir)
+    run = write_run(tmp_path / "r", "base", data_dir, ci={})
+    rows = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    (run / "samples.jsonl").write_text("".join(json.dumps({**r, "scores": {}}) + "\n" for r in rows))
+    out = tmp_path / "o"
+    res = _invoke(run, "--out", out, "--cost", "size", "--spotcheck", "3")
+    assert res.exit_code == 0, res.output
+    assert (out / "combined.png").is_file() and (out / "spotcheck.html").is_file()
+    assert [p["run"] for p in json.loads((out / "frontier.json").read_text())["axes"]["size"]["frontier"]] == ["base"]

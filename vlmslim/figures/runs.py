@@ -1,0 +1,241 @@
+"""Read benchmark results directories (summary.json, samples.jsonl) into plain dataclasses.
+
+Only the keys the figures need are validated; extra keys are kept in `Run.summary` and ignored, so the
+benchmark step can grow its output without breaking this reader.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from vlmslim.errors import FiguresError
+
+logger = logging.getLogger(__name__)
+
+REQUIRED_KEYS = ("model", "task", "n_samples", "metrics", "efficiency")
+REQUIRED_MODEL_KEYS = ("name", "precision")
+KNOWN_PRECISIONS = ("16-bit", "int8", "nf4", "fp4")
+
+
+@dataclass
+class Run:
+    """One checkpoint's benchmark results (one results dir)."""
+
+    dir: Path
+    name: str
+    precision: str
+    pruning: list[dict]
+    is_baseline: bool
+    task: str
+    n_samples: int
+    metrics: dict[str, float]  # missing / null metrics are left out
+    ci: dict[str, tuple[float, float]]
+    efficiency: dict[str, Optional[float]]
+    dataset: dict[str, Any] = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)
+    data_dir: Optional[Path] = None
+    summary: dict[str, Any] = field(default_factory=dict)  # the whole summary.json, extra keys included
+
+    @property
+    def pruning_method(self) -> str:
+        """'none', a single step kind ('glu', 'heads', 'layers', …) or 'combined' for several kinds."""
+        kinds = sorted({str(step.get("kind", "?")) for step in self.pruning})
+        if not kinds:
+            return "none"
+        return kinds[0] if len(kinds) == 1 else "combined"
+
+    @property
+    def pruning_text(self) -> str:
+        """e.g. 'glu 30% (maw) + heads 25%' for tables."""
+        parts = []
+        for step in self.pruning:
+            text = str(step.get("kind", "?"))
+            if isinstance(step.get("ratio"), (int, float)):
+                text += f" {100 * step['ratio']:.0f}%"
+            elif step.get("n") is not None:
+                text += f" {step['n']}"
+            if step.get("importance"):
+                text += f" ({step['importance']})"
+            parts.append(text)
+        return " + ".join(parts) or "none"
+
+    @property
+    def device(self) -> str:
+        return str(self.environment.get("device") or "unknown device")
+
+    @property
+    def dataset_sha256(self) -> Optional[str]:
+        return self.dataset.get("sha256")
+
+    @property
+    def dataset_name(self) -> str:
+        return str(self.dataset.get("name") or Path(str(self.dataset.get("path", "?"))).name)
+
+    def cost(self, key: str) -> Optional[float]:
+        return self.efficiency.get(key)
+
+
+def finite_or_none(value: Any) -> Optional[float]:
+    """A finite float, or None for null / NaN / non-numbers (bools are not numbers here)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _read_summary(path: Path) -> dict:
+    if not path.exists():
+        raise FiguresError(f"{path} does not exist")
+    if not path.is_dir():
+        raise FiguresError(f"{path} is not a directory; pass results dirs written by `vlmslim bench`")
+    summary_path = path / "summary.json"
+    if not summary_path.is_file():
+        raise FiguresError(f"{path} is not a results dir (no summary.json); run `vlmslim bench … --out {path}` first")
+    try:
+        summary = json.loads(summary_path.read_text())
+    except json.JSONDecodeError as e:
+        raise FiguresError(f"{summary_path} is not valid JSON ({e}); re-run the benchmark") from e
+    if not isinstance(summary, dict):
+        raise FiguresError(f"{summary_path} must hold a JSON object")
+    return summary
+
+
+def load_run(path: str | Path) -> Run:
+    """Load and validate one results dir; raise `FiguresError` naming the dir and what is missing."""
+    path = Path(path)
+    summary = _read_summary(path)
+    missing = [k for k in REQUIRED_KEYS if k not in summary]
+    model = summary.get("model")
+    if isinstance(model, dict):
+        missing += [f"model.{k}" for k in REQUIRED_MODEL_KEYS if k not in model]
+    elif "model" not in missing:
+        missing.append("model (must be an object)")
+    if missing:
+        raise FiguresError(f"{path / 'summary.json'} lacks {', '.join(missing)}; was it written by `vlmslim bench`?")
+    for key in ("metrics", "efficiency"):
+        if not isinstance(summary[key], dict):
+            raise FiguresError(f"{path / 'summary.json'}: '{key}' must be an object")
+
+    metrics = {k: v for k, v in ((k, finite_or_none(v)) for k, v in summary["metrics"].items()) if v is not None}
+    ci = {}
+    for key, bounds in (summary.get("ci") or {}).items():
+        lo, hi = (finite_or_none(b) for b in bounds) if isinstance(bounds, (list, tuple)) and len(bounds) == 2 else (None, None)
+        if lo is not None and hi is not None:
+            ci[key] = (lo, hi)
+    precision = str(model["precision"])
+    if precision not in KNOWN_PRECISIONS:
+        logger.warning("%s: unknown precision %r (known: %s); drawn in grey", path, precision, ", ".join(KNOWN_PRECISIONS))
+    pruning = model.get("pruning") or []
+    if not isinstance(pruning, list):
+        raise FiguresError(f"{path / 'summary.json'}: model.pruning must be a list of steps")
+    data_dir = summary.get("data_dir")
+    return Run(
+        dir=path,
+        name=str(model["name"]),
+        precision=precision,
+        pruning=[s if isinstance(s, dict) else {"kind": str(s)} for s in pruning],
+        is_baseline=bool(model.get("is_baseline", False)),
+        task=str(summary["task"]),
+        n_samples=int(summary["n_samples"]),
+        metrics=metrics,
+        ci=ci,
+        efficiency={k: finite_or_none(v) for k, v in summary["efficiency"].items()},
+        dataset=summary.get("dataset") or {},
+        environment=summary.get("environment") or {},
+        data_dir=Path(data_dir) if data_dir else None,
+        summary=summary,
+    )
+
+
+def load_runs(paths: Sequence[str | Path]) -> list[Run]:
+    """Load every dir; duplicate model names get the dir name appended so labels stay unique."""
+    if not paths:
+        raise FiguresError("no results dirs given")
+    runs = [load_run(p) for p in paths]
+    seen: dict[str, int] = {}
+    for run in runs:
+        seen[run.name] = seen.get(run.name, 0) + 1
+    for run in runs:
+        if seen[run.name] > 1:
+            logger.warning("model name %r is used by several runs; labelling it %r", run.name, f"{run.name} ({run.dir.name})")
+            run.name = f"{run.name} ({run.dir.name})"
+    return runs
+
+
+def mixed_fields(runs: Sequence[Run]) -> dict[str, dict[str, list[str]]]:
+    """{field: {value: [run names]}} for each of task / dataset sha256 / n_samples that differs."""
+    getters = {"task": lambda r: r.task, "dataset sha256": lambda r: str(r.dataset_sha256)[:12], "n_samples": lambda r: str(r.n_samples)}
+    out = {}
+    for label, get in getters.items():
+        groups: dict[str, list[str]] = {}
+        for run in runs:
+            groups.setdefault(get(run), []).append(run.name)
+        if len(groups) > 1:
+            out[label] = groups
+    return out
+
+
+def check_compatible(runs: Sequence[Run], *, allow_mixed: bool) -> None:
+    """Refuse runs on different tasks / data / sample counts: their numbers are not comparable."""
+    diffs = mixed_fields(runs)
+    if not diffs:
+        return
+    text = "; ".join(
+        f"{label} (" + " vs ".join(f"{value}: {', '.join(names)}" for value, names in groups.items()) + ")"
+        for label, groups in diffs.items()
+    )
+    if not allow_mixed:
+        raise FiguresError(f"runs differ in {text}; pass --allow-mixed to plot them together anyway")
+    logger.warning("plotting runs that differ in %s (--allow-mixed)", text)
+
+
+def choose_baseline(runs: Sequence[Run], requested: Optional[str] = None) -> Run:
+    """The reference run: `requested` (name or dir), else the one marked `is_baseline`, else the only
+    unpruned 16-bit run."""
+    if requested is not None:
+        as_path = Path(requested).resolve()
+        for run in runs:
+            if run.name == requested or run.dir.resolve() == as_path:
+                return run
+        raise FiguresError(f"--baseline {requested!r} matches no run; runs: {', '.join(r.name for r in runs)}")
+    for candidates, why in (
+        ([r for r in runs if r.is_baseline], "marked is_baseline"),
+        ([r for r in runs if not r.pruning and r.precision == "16-bit"], "unpruned 16-bit"),
+    ):
+        if len(candidates) == 1:
+            return candidates[0]
+        if len(candidates) > 1:
+            raise FiguresError(
+                f"several runs are {why} ({', '.join(r.name for r in candidates)}); choose one with --baseline NAME_OR_DIR"
+            )
+    raise FiguresError("no baseline: no run is marked is_baseline or is unpruned 16-bit; choose one with --baseline NAME_OR_DIR")
+
+
+def load_samples(run: Run) -> Optional[dict[str, dict]]:
+    """samples.jsonl as {id: row}, or None when the file is absent.
+
+    The benchmark appends rows as it goes, so a killed run can leave a truncated last line and a resumed
+    run can repeat an id: unparseable lines are skipped with a warning, the last row of an id wins.
+    """
+    path = run.dir / "samples.jsonl"
+    if not path.is_file():
+        return None
+    rows: dict[str, dict] = {}
+    bad = 0
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            bad += 1
+            continue
+        if isinstance(row, dict) and "id" in row and row.get("prediction") is not None:
+            rows[str(row["id"])] = row
+    if bad:
+        logger.warning("%s: skipped %d unparseable line(s)", path, bad)
+    return rows
