@@ -157,8 +157,6 @@ def data_synthetic(out, n, seed, size, overwrite) -> None:
     _echo_dataset(_data.make_synthetic(out, n=n, seed=seed, size=size, overwrite=overwrite), out)
 
 
-def main() -> None:
-    cli(prog_name="vlmslim")
 
 
 # --- figures -----------------------------------------------------------------------------------------
@@ -198,3 +196,7 @@ def figures_command(results_dirs, out, metric, costs, allow_mixed, baseline, spo
     result = make_figures(results_dirs, out, config)
     for path in result.files:
         click.echo(path)
+
+
+def main() -> None:
+    cli(prog_name="vlmslim")
