@@ -239,6 +239,11 @@ def model_card(manifest: dict) -> str:
     steps = manifest.get("steps") or []
     lines += [f"{i + 1}. `{s.get('kind')}` {json.dumps(s.get('params', {}), sort_keys=True)}"
               for i, s in enumerate(steps)] or ["none (base model)"]
+    if manifest.get("training"):
+        t = manifest["training"]
+        lines += ["", "## Training", "", f"Trained from scratch on {t.get('device_name')} in {t.get('train_seconds')} s: "
+                  f"{json.dumps(t.get('config'), sort_keys=True)}; final loss {t.get('final_loss'):.3g}; "
+                  f"held-out exact match {t.get('heldout_exact_match')} ({t.get('heldout')})."]
     lines += ["", "## Census", "", "| component | params | MB | linear layers by precision |", "|---|---:|---:|---|"]
     for comp, c in manifest["census"]["components"].items():
         kinds = ", ".join(f"{k}: {v}" for k, v in c["linear"].items()) or "-"
