@@ -125,7 +125,7 @@ def train(cfg: TrainConfig, arch: DemoArchitecture, device: str):
     logger.info("held-out exact match %.3f; e.g. %r (ref %r)", em, preds[0], eval_caps[0])
     record = {"config": asdict(cfg), "architecture": asdict(arch), "device": device,
               "device_name": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
-              "train_seconds": round(train_s, 1), "final_loss": float(np.mean(losses[-100:])),
+              "train_seconds": round(train_s, 1), "first_loss": losses[0], "final_loss": float(np.mean(losses[-100:])),
               "heldout_exact_match": em, "heldout": "vlmslim data synthetic --seed 0, first "
               f"{cfg.eval_scenes} scenes", "target": "first reference caption of each scene"}
     return model.cpu(), processor, record
