@@ -1,0 +1,119 @@
+"""Greedy decoding engines: `eager` (plain `generate`) and `compiled` (static KV cache + CUDA graphs).
+
+Plain `generate` on a 7B LLaVA spends most of each decode step in Python and kernel launches (27.9 ms
+per token on an H100 against a 4.7 ms bandwidth floor), so a 30%-smaller MLP barely moves latency.
+The compiled engine runs the prefill (vision tower + projector + language model) eagerly into a
+`StaticCache`, then decodes with the *language model step only* under `torch.compile(mode=
+"reduce-overhead")`: fixed shapes and a fixed cache address let CUDA graphs replay the whole step.
+Compiling the whole LLaVA forward instead crashed (a CUDA-graph output overwritten by the next replay):
+here each step's output token is cloned out of the graph before the next replay.
+
+Both engines return the same greedy tokens (checked against `generate` in tests and on the GPU).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from transformers import StaticCache
+
+from vlmslim.families import get_family
+
+logger = logging.getLogger(__name__)
+
+ENGINES = ("eager", "compiled")
+# mrope (Qwen2.5-VL) needs 3-D position ids offset by rope deltas; not wired into the static step yet.
+COMPILED_FAMILIES = ("llava", "idefics3", "smolvlm", "paligemma")
+
+
+@dataclass
+class DecodeResult:
+    tokens: torch.Tensor  # (B, new_tokens) generated ids, pad after EOS
+    prefill_s: float  # prefill wall time (device-synchronised)
+    decode_s: float  # all decode steps after the first token
+    decode_steps: int  # number of decode steps run (tokens after the first)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timer():
+    import time
+
+    return time.perf_counter()
+
+
+class CompiledDecoder:
+    """Reusable compiled decoder for one (batch size, max length); `decode(inputs, n)` runs greedy.
+
+    Build it once per shape: the first call compiles and records the graph (warm it up before timing).
+    """
+
+    def __init__(self, model, batch_size: int, max_cache_len: int, compile: bool = True):
+        family = get_family(model)
+        if family.model_type not in COMPILED_FAMILIES:
+            raise ValueError(f"--engine compiled supports {', '.join(COMPILED_FAMILIES)}; "
+                             f"use --engine eager for {family.model_type}")
+        self.model = model
+        self.lm = family.language_model(model)
+        self.head = model.get_submodule(family.lm_head)
+        self.text_config = family.get_text_config(model.config)
+        self.batch_size, self.max_cache_len = batch_size, max_cache_len
+        self.device = next(model.parameters()).device
+        step = self._step
+        if compile:
+            # reduce-overhead = CUDA graphs on GPU; on CPU it falls back to plain inductor code.
+            step = torch.compile(step, mode="reduce-overhead" if self.device.type == "cuda" else "default",
+                                 fullgraph=False, dynamic=False)
+        self.step = step
+
+    def _step(self, tok: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor, cache) -> torch.Tensor:
+        # tok (B, 1), position_ids (B, 1), mask (B, max_cache_len) -> next token (B,)
+        hidden = self.lm(input_ids=tok, position_ids=position_ids, attention_mask=mask,
+                         past_key_values=cache, use_cache=True).last_hidden_state
+        return self.head(hidden[:, -1]).argmax(-1)
+
+    @torch.no_grad()
+    def decode(self, inputs: dict[str, torch.Tensor], max_new_tokens: int, eos_token_id: int | None = None,
+               pad_token_id: int = 0, ignore_eos: bool = False) -> DecodeResult:
+        ids = inputs["input_ids"]
+        b, length = ids.shape
+        if b != self.batch_size or length + max_new_tokens > self.max_cache_len:
+            raise ValueError(f"decoder built for batch {self.batch_size} and {self.max_cache_len} positions, "
+                             f"got batch {b} with {length}+{max_new_tokens}")
+        attn = inputs.get("attention_mask", torch.ones_like(ids))
+        # Left padding: a row's positions count its real tokens only (as `generate` does).
+        position_ids = (attn.long().cumsum(-1) - 1).clamp(min=0)
+        mask = torch.zeros(b, self.max_cache_len, dtype=attn.dtype, device=ids.device)
+        mask[:, :length] = attn
+        cache = StaticCache(config=self.text_config, max_cache_len=self.max_cache_len)
+        _sync(self.device)
+        t0 = _timer()
+        out = self.model(**inputs, position_ids=position_ids, past_key_values=cache, use_cache=True)
+        tok = out.logits[:, -1].argmax(-1)
+        _sync(self.device)
+        t1 = _timer()
+        tokens = [tok]
+        done = torch.zeros(b, dtype=torch.bool, device=ids.device)
+        pos = position_ids[:, -1:]
+        steps = 0
+        for i in range(max_new_tokens - 1):
+            if not ignore_eos and eos_token_id is not None:
+                done |= tok == eos_token_id
+                if bool(done.all()):
+                    break
+            mask[:, length + i] = 1
+            pos = pos + 1
+            # clone(): the CUDA-graph output buffer is overwritten by the next replay.
+            tok = self.step(tok[:, None], pos, mask, cache).clone()
+            if not ignore_eos and eos_token_id is not None:
+                tok = torch.where(done, torch.full_like(tok, pad_token_id), tok)
+            tokens.append(tok)
+            steps += 1
+        _sync(self.device)
+        t2 = _timer()
+        return DecodeResult(torch.stack(tokens, dim=1), t1 - t0, t2 - t1, steps)
