@@ -363,3 +363,24 @@ def test_vqa_task_pins_its_protocol(tmp_path, ckpt):
     assert s["task"] == "vqa" and "vqa_accuracy" in s["metrics"] and s["protocol"]["max_new_tokens"] == 16
     assert s["protocol"]["prompt_example"].endswith(
         "what color is the circle ?\nAnswer the question using a single word or phrase. ASSISTANT:")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("device", ["cuda", "auto"])
+def test_bench_on_gpu_measures_memory_roofline_energy(tmp_path, ckpt, device):
+    """Run with `pytest -m gpu` on a CUDA machine: the numbers a CPU run cannot produce."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    data = make_dataset(tmp_path / "data", n=4)
+    r = run_cli(ckpt, "--data", data, "--out", tmp_path / "res", "--device", device, "--dtype", "float16",
+                "--batch-size", "2", "--max-new-tokens", "8", "--bootstrap", "10", "--warmup", "2")
+    assert r.exit_code == 0, r.output
+    s = json.loads((tmp_path / "res" / "summary.json").read_text())
+    eff = s["efficiency"]
+    assert eff["peak_vram_reserved_mb"] >= eff["peak_vram_mb"] > 0
+    assert eff["memory_bandwidth_gb_s"] > 100 and 0 < eff["roofline_fraction"] < 1.5
+    assert 0 < eff["ttft_s_p50"] < eff["latency_s_p50"] and eff["decode_ms_per_token"] > 0
+    assert eff["energy"]["basis"] == "gpu (measured)"
+    wh = eff["energy_wh_per_sample"]
+    assert (wh is not None and wh > 0) or (wh is None and eff["energy"]["notes"])  # measured, or flagged
+    assert "cuda" in s["environment"]["device"] and s["protocol"]["resolved_dtype"] == "float16"

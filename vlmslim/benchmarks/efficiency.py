@@ -57,21 +57,23 @@ def peak_rss_mb() -> float:
 
 def measure_bandwidth_gb_s(device: torch.device, max_bytes: int = 1 << 30, iters: int = 10) -> float:
     """Device memory bandwidth from a large device-to-device copy (each byte read once and written once)."""
-    free, _ = torch.cuda.mem_get_info(device)
-    n = int(min(max_bytes, free // 4)) // 4  # two fp32 buffers, leaving room for the run itself
-    src = torch.empty(n, dtype=torch.float32, device=device)
-    dst = torch.empty_like(src)
-    for _ in range(2):
-        dst.copy_(src)  # warm-up: first touch, clock ramp
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        dst.copy_(src)
-    end.record()
-    torch.cuda.synchronize(device)
-    seconds = start.elapsed_time(end) / 1000
-    del src, dst
-    torch.cuda.empty_cache()
+    # The events must be recorded on the stream the copies run on: that of `device`, made current here.
+    with torch.cuda.device(device):
+        free, _ = torch.cuda.mem_get_info(device)
+        n = int(min(max_bytes, free // 4)) // 4  # two fp32 buffers, leaving room for the run itself
+        src = torch.empty(n, dtype=torch.float32, device=device)
+        dst = torch.empty_like(src)
+        for _ in range(2):
+            dst.copy_(src)  # warm-up: first touch, clock ramp
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(iters):
+            dst.copy_(src)
+        end.record()
+        torch.cuda.synchronize(device)
+        seconds = start.elapsed_time(end) / 1000
+        del src, dst
+        torch.cuda.empty_cache()
     return 2 * n * 4 * iters / seconds / 1e9
 
 

@@ -124,6 +124,7 @@ def run_bench(config: BenchConfig, *, progress: bool = True,
     out = Path(cfg.out)
     source = resolve_source(cfg.model)
     weights = res.weights_dir(source)
+    logger.info("hashing the weights files in %s (results are keyed by them)", weights)
     checkpoint_sha, weight_files = res.weights_sha256(weights)
     record = {
         "config": dataclasses.asdict(cfg),
