@@ -1,0 +1,287 @@
+"""`bench`: one controlled, resumable run of a checkpoint on a dataset — quality and efficiency from the
+same generations.
+
+Flow: validate config → load data (task check, --limit subset) → hash the weights → open/resume the
+results dir (refusing a different checkpoint, dataset or protocol) → generate the missing samples,
+appending each batch's rows → score every row → summary.json/.csv. Results-dir format: `results.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from vlmslim.benchmarks import results as res
+from vlmslim.benchmarks._data import load as load_dataset  # TODO(merge): from vlmslim.data import load
+from vlmslim.benchmarks.efficiency import EnergyMeter, measure_bandwidth_gb_s, peak_memory_mb, peak_rss_mb
+from vlmslim.benchmarks.efficiency import reset_peak_memory
+from vlmslim.benchmarks.generate import cuda_devices, device_sync, generate_batch, prompt_text
+from vlmslim.benchmarks.report import compact_manifest, environment, model_label, now, score_and_summarise
+from vlmslim.benchmarks.tasks import DEFAULT_BERTSCORE_MODEL, get_task
+from vlmslim.census import census as take_census
+from vlmslim.checkpoint import load_model, read_manifest, resolve_source
+from vlmslim.errors import BenchmarkError, DataError, VlmslimError
+from vlmslim.families import get_family
+from vlmslim.io import sha256_file, write_json
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    model: str
+    data: str
+    out: str
+    task: str | None = None  # None: the dataset's task
+    limit: int | None = None  # a seeded subset (nested: a larger limit contains a smaller one)
+    batch_size: int = 1
+    max_new_tokens: int | None = None  # None: the task's
+    prompt: str | None = None  # None: the task's
+    ocr_tokens: bool = False
+    device: str | None = None  # None: cuda if available, else cpu; "auto": device_map="auto"
+    dtype: str | None = None  # None: as saved
+    quant: str | None = None  # a vlmslim.quantization recipe applied at load
+    baseline: str | None = None  # results dir for paired differences
+    bertscore_model: str | None = DEFAULT_BERTSCORE_MODEL  # None: no BERTScore
+    energy: bool = True
+    country: str = "USA"  # codecarbon needs one offline; it affects CO2, not energy
+    warmup: int = 1
+    seed: int = 0
+    bootstrap: int = 1000
+
+    def __post_init__(self):
+        if self.task is not None:
+            get_task(self.task)
+        for name, value, low in (("batch_size", self.batch_size, 1), ("limit", self.limit, 1),
+                                 ("max_new_tokens", self.max_new_tokens, 1), ("warmup", self.warmup, 0),
+                                 ("bootstrap", self.bootstrap, 0)):
+            if value is not None and (not isinstance(value, int) or value < low):
+                raise ValueError(f"{name} must be an integer >= {low} (--{name.replace('_', '-')}), got {value!r}")
+        if self.dtype not in (None, "auto", "float16", "bfloat16", "float32", "fp16", "bf16", "fp32"):
+            raise ValueError(f"dtype must be float16, bfloat16, float32 or auto (--dtype), got {self.dtype!r}")
+
+    def resolved(self, dataset_task: str) -> "BenchConfig":
+        task = get_task(self.task or dataset_task)
+        model = str(Path(self.model).resolve()) if Path(self.model).exists() else self.model  # a hub id stays
+        return dataclasses.replace(
+            self, task=task.name, model=model, data=str(Path(self.data).resolve()), out=str(Path(self.out).resolve()),
+            baseline=self.baseline and str(Path(self.baseline).resolve()),
+            prompt=task.prompt if self.prompt is None else self.prompt,
+            max_new_tokens=self.max_new_tokens or task.max_new_tokens,
+            device=self.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+        )
+
+
+def select_samples(config: BenchConfig):
+    """(dataset restricted to --limit, its task); DataError for a missing/empty set or a task mismatch."""
+    dataset = load_dataset(config.data)
+    tasks = sorted({s.task for s in dataset.samples})
+    if config.task is not None and tasks != [config.task]:
+        raise DataError(f"{config.data} is a {'/'.join(tasks)} dataset; --task {config.task} needs a "
+                        f"{config.task} dataset (or leave --task out to use the dataset's task)")
+    if len(tasks) != 1:
+        raise DataError(f"{config.data} mixes tasks {tasks}; a benchmark runs one task")
+    task = get_task(tasks[0])
+    if config.ocr_tokens and not any(s.extras.get("ocr_tokens") for s in dataset.samples):
+        raise DataError(f"--ocr-tokens: no sample in {config.data} has extras.ocr_tokens")
+    return dataset.select(config.limit, config.seed), task
+
+
+def _quant_recipe(name: str | None):
+    if name is None:
+        return None
+    try:
+        from vlmslim.quantization import parse_recipe
+    except ImportError as e:  # TODO(merge): vlmslim.quantization.parse_recipe comes with the quantization step
+        raise BenchmarkError("--quant needs vlmslim.quantization.parse_recipe, missing from this build") from e
+    return parse_recipe(name)
+
+
+def bench(model: str, data: str, out: str, *, progress: bool = True,
+          on_batch: Callable[[list[dict]], None] | None = None, **options) -> dict:
+    """Benchmark one model (hub id, HF dir, vlmslim checkpoint) on a dataset dir; resumes `out` if it holds
+    the same run. `options` are `BenchConfig` fields (task, limit, batch_size, …). Returns the summary."""
+    return run_bench(BenchConfig(model=model, data=data, out=out, **options), progress=progress, on_batch=on_batch)
+
+
+def run_bench(config: BenchConfig, *, progress: bool = True,
+              on_batch: Callable[[list[dict]], None] | None = None) -> dict:
+    """Run (or resume) one benchmark; returns the summary also written to `config.out`/summary.json.
+
+    `on_batch(rows)` is called after each batch's rows are flushed (progress hooks, tests).
+    """
+    dataset, task = select_samples(config)
+    cfg = config.resolved(task.name)
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise BenchmarkError(f"--device {cfg.device}: no CUDA device is available here (use --device cpu)")
+    out = Path(cfg.out)
+    source = resolve_source(cfg.model)
+    weights = res.weights_dir(source)
+    logger.info("hashing the weights files in %s (results are keyed by them)", weights)
+    checkpoint_sha, weight_files = res.weights_sha256(weights)
+    record = {
+        "config": dataclasses.asdict(cfg),
+        "generation": {k: getattr(cfg, k) for k in res.PROTOCOL_KEYS},
+        "checkpoint_sha256": checkpoint_sha,
+        "weights_files": weight_files,
+        "dataset_sha256": sha256_file(Path(cfg.data) / res.SAMPLES),
+    }
+    old = res.read_config(out) if out.exists() else None
+    if old is not None:
+        res.check_resumable(out, old, record)
+    elif out.exists() and any(out.iterdir()):
+        raise BenchmarkError(f"{out} exists and is not a results dir (no {res.CONFIG}); pass another --out")
+    baseline = _read_baseline(cfg, task, record["dataset_sha256"]) if cfg.baseline else None
+    out.mkdir(parents=True, exist_ok=True)
+    writer = res.SamplesWriter(out)  # takes the results dir's lock before anything is written
+    try:
+        res.write_config(out, record)
+        sessions = res.read_jsonl(out / res.SESSIONS)
+        done = {r["id"] for r in writer.rows}
+        todo = [s for s in dataset.samples if s.id not in done]
+        logger.info("%s: %d samples selected, %d already in %s, %d to generate",
+                    model_label(cfg.model), len(dataset.samples), len(done), out, len(todo))
+        if todo or not any(s.get("census") for s in sessions):
+            model, processor = load_model(source, dtype=cfg.dtype, device=cfg.device, quant=_quant_recipe(cfg.quant))
+            if processor is None:
+                raise BenchmarkError(f"{source} has no processor (tokenizer + image processor); bench needs one")
+            session = {"session": len(sessions), "started": now(), "model_source": source}
+            try:
+                _generate(model, processor, dataset, todo, task, cfg, writer, session, progress, on_batch)
+            except torch.cuda.OutOfMemoryError as e:
+                raise BenchmarkError(f"out of GPU memory at batch size {cfg.batch_size} ({len(writer.rows)} rows "
+                                     f"kept in {out}); a smaller --batch-size is a new protocol: "
+                                     "use a new --out") from e
+            finally:
+                session["ended"] = now()
+                res.append_jsonl(out / res.SESSIONS, session)
+                sessions.append(session)
+            del model, processor
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        rows = list(writer.rows)
+    finally:
+        writer.close()
+    return score_and_summarise(cfg, task, dataset, out, rows, sessions, record, baseline, weights, weight_files)
+
+
+def _generate(model, processor, dataset, todo, task, cfg, writer, session, progress, on_batch) -> None:
+    """Warm up, then generate `todo` batch by batch; fills `session` (also when interrupted)."""
+    devices = cuda_devices(model)
+    sync = device_sync(model)
+    family = get_family(model).model_type
+    session.update(
+        family=family, census=take_census(model), manifest=compact_manifest(read_manifest(session["model_source"])),
+        resolved_dtype=str(model.dtype).removeprefix("torch."), environment=environment(devices),
+        prompt_example=prompt_text(model, processor, task.instruction(dataset.samples[0], cfg.prompt, cfg.ocr_tokens)),
+        # Measured before the pass (and freed) so it does not show in the peak-memory numbers.
+        bandwidth_gb_s=measure_bandwidth_gb_s(devices[0]) if devices else None,
+        n_generated=0, n_skipped=0, completed=False, energy=None,
+    )
+    meter = EnergyMeter(cfg.country, devices) if cfg.energy and todo else None
+    measuring = False
+    bar = tqdm(total=len(todo), disable=not progress, desc=model_label(cfg.model), unit="img")
+    try:
+        for start in range(0, len(todo), cfg.batch_size):
+            batch, images, skipped = [], [], []
+            for s in todo[start:start + cfg.batch_size]:
+                try:
+                    images.append(dataset.open_image(s))
+                    batch.append(s)
+                except DataError as e:  # a corrupt/missing image: recorded, counted, not fatal
+                    skipped.append({"id": s.id, "image": s.image, "prediction": None, "references": s.references,
+                                    "skipped": str(e), "session": session["session"], "scores": None})
+            if skipped:
+                logger.warning("skipping %d sample(s): %s", len(skipped), "; ".join(r["skipped"] for r in skipped))
+                writer.append(skipped)
+                session["n_skipped"] += len(skipped)
+            if batch:
+                instructions = [task.instruction(s, cfg.prompt, cfg.ocr_tokens) for s in batch]
+                if not measuring:
+                    for _ in range(cfg.warmup):  # same inputs as the first measured batch; outputs discarded
+                        generate_batch(model, processor, images, instructions, cfg.max_new_tokens, sync)
+                    reset_peak_memory(devices)
+                    if meter is not None:
+                        meter.start()
+                    measuring = True
+                out = generate_batch(model, processor, images, instructions, cfg.max_new_tokens, sync)
+                batch_id = f"s{session['session']}-b{start // cfg.batch_size}"
+                rows = [{
+                    "id": s.id, "image": s.image, "question": s.question, "prediction": pred,
+                    "references": s.references, "tokens": n, "latency_s": out.latency_s, "ttft_s": out.ttft_s,
+                    "preprocess_s": out.preprocess_s, "decode_s": out.decode_s, "steps": out.steps,
+                    "decode_ms_per_token": out.decode_ms_per_token, "batch": batch_id, "batch_size": len(batch),
+                    "session": session["session"], "scores": None,
+                } for s, pred, n in zip(batch, out.predictions, out.tokens)]
+                writer.append(rows)
+                session["n_generated"] += len(rows)
+                if on_batch is not None:
+                    on_batch(rows)
+            bar.update(len(skipped) + len(batch))
+        session["completed"] = True
+    finally:
+        bar.close()
+        if meter is not None and measuring:
+            session["energy"] = meter.stop()
+        if measuring:
+            session["peak_vram_mb"], session["peak_vram_reserved_mb"] = peak_memory_mb(devices)
+        session["peak_rss_mb"] = peak_rss_mb()
+
+
+def _read_baseline(cfg: BenchConfig, task, dataset_sha: str) -> dict:
+    summary, rows = res.read_results(cfg.baseline)
+    if summary.get("task") != task.name:
+        raise BenchmarkError(f"--baseline {cfg.baseline} is a {summary.get('task')} run; this is {task.name}")
+    if (summary.get("dataset") or {}).get("sha256") != dataset_sha:
+        raise BenchmarkError(f"--baseline {cfg.baseline} was run on another dataset (samples.jsonl sha256 differs)")
+    preds = {r["id"]: r["prediction"] for r in rows if r.get("prediction") is not None}
+    return {"path": str(cfg.baseline), "summary": summary, "predictions": preds}
+
+
+def bench_many(models: list[str], out: str, *, progress: bool = True,
+               **options) -> tuple[list[tuple[str, dict]], list[dict]]:
+    """Benchmark several models, one results dir each under `out` (just `out` for a single model).
+
+    A model that fails is recorded in `out`/failures.json and the others go on. Returns
+    ([(results dir, summary)], failures).
+    """
+    if len(models) == 1:  # a single model's errors propagate as they are
+        return [(out, run_bench(BenchConfig(model=models[0], out=out, **options), progress=progress))], []
+    # All configs are built (and validated) before the first model runs.
+    configs = [BenchConfig(model=m, out=str(Path(out) / name), **options)
+               for m, name in zip(models, _unique_names(models))]
+    results, failures = [], []
+    for cfg in configs:
+        try:
+            results.append((cfg.out, run_bench(cfg, progress=progress)))
+        # One bad checkpoint (unloadable, OOM, a kernel refusing a shape) must not stop a sweep:
+        # record it with its message and go on; the caller exits non-zero.
+        except (VlmslimError, torch.cuda.OutOfMemoryError, RuntimeError) as e:
+            logger.error("%s failed: %s: %s", cfg.model, type(e).__name__, e)
+            failures.append({"model": cfg.model, "out": cfg.out, "error": type(e).__name__, "message": str(e)})
+        gc.collect()  # the failed run's frames held the model; free it before the next one
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    Path(out).mkdir(parents=True, exist_ok=True)
+    write_json(Path(out) / "failures.json", failures)
+    return results, failures
+
+
+def _unique_names(models: list[str]) -> list[str]:
+    names: list[str] = []
+    for m in models:
+        base = name = model_label(m)
+        k = 1
+        while name in names:  # two checkpoints both called "final" get final, final-2
+            k += 1
+            name = f"{base}-{k}"
+        names.append(name)
+    return names

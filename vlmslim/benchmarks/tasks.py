@@ -1,0 +1,129 @@
+"""Benchmark tasks: what to ask the model, how long it may answer, and how its answers are scored.
+
+Each task pins the evaluation protocol of DESIGN.md (prompt wording moves LLaVA's CIDEr from ~10 to
+~120, OCR tokens move TextVQA by ~12 points), so a results dir records exactly which regime it ran.
+`--prompt` / `--max-new-tokens` override the pinned values and the override is recorded.
+
+This is the only module that calls `vlmslim.benchmarks.metrics`: scoring functions and paired
+differences are reached through `Task.score` / `paired_differences` below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from vlmslim.errors import BenchmarkError
+
+CAPTION_METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider", "rouge1", "rouge2",
+                   "rougeL_f", "caption_len_mean", "caption_len_p90")
+DEFAULT_BERTSCORE_MODEL = "roberta-large"
+
+
+def _metrics():
+    # Imported on use: pycocoevalcap / bert-score are not needed for --help or for generation.
+    # TODO(merge): the metrics helper's module; names below follow the agreed contract.
+    try:
+        from vlmslim.benchmarks import metrics
+    except ImportError as e:
+        raise BenchmarkError(f"quality metrics unavailable ({e}); the generated rows are kept: "
+                             "re-run the same command to score them") from e
+    return metrics
+
+
+def bertscore_config(model: str | None):
+    """The metrics module's BERTScore settings for a model name/dir, or None when BERTScore is off."""
+    if model is None:
+        return None
+    m = _metrics()
+    if model == DEFAULT_BERTSCORE_MODEL:
+        return m.BertScoreConfig()  # roberta-large, layer 17, baseline rescaling
+    # A local dir (e.g. the offline MiniLM): its own layer count, and no rescale baseline exists for it.
+    # TODO(merge): check the metrics helper's handling of num_layers/rescale for custom models.
+    return m.BertScoreConfig(model=model)
+
+
+# ---------------------------------------------------------------- instructions
+
+
+def caption_instruction(sample, prompt: str, ocr_tokens: bool) -> str:
+    return prompt
+
+
+def vqa_instruction(sample, prompt: str, ocr_tokens: bool) -> str:
+    # LLaVA-1.5's TextVQA format: question, optional OCR line, then the answer-style instruction.
+    lines = [sample.question.strip()]
+    if ocr_tokens and sample.extras.get("ocr_tokens"):
+        lines.append("Reference OCR token: " + ", ".join(sample.extras["ocr_tokens"]))
+    if prompt:
+        lines.append(prompt)
+    return "\n".join(lines)
+
+
+def open_vqa_instruction(sample, prompt: str, ocr_tokens: bool) -> str:
+    # VQAonline questions are full user posts; their optional context (post body) follows the title.
+    lines = [sample.question.strip()]
+    context = (sample.extras or {}).get("context")
+    if context:
+        lines.append(f"Context: {context.strip()}")
+    if prompt:
+        lines.append(prompt)
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- scoring
+
+
+def _score_caption(predictions, references, *, n_bootstrap, seed, bertscore):
+    return _metrics().score_captions(predictions, references, n_bootstrap=n_bootstrap, seed=seed)
+
+
+def _score_vqa(predictions, references, *, n_bootstrap, seed, bertscore):
+    return _metrics().score_vqa(predictions, references, n_bootstrap=n_bootstrap, seed=seed)
+
+
+def _score_open_vqa(predictions, references, *, n_bootstrap, seed, bertscore):
+    return _metrics().score_open_vqa(predictions, references, bertscore=bertscore,
+                                     n_bootstrap=n_bootstrap, seed=seed)
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    prompt: str  # the pinned instruction (caption) or answer-style suffix (vqa, open-vqa)
+    max_new_tokens: int
+    headline: str  # the metric a one-line summary shows
+    metric_keys: tuple[str, ...]
+    instruction: Callable  # (sample, prompt, ocr_tokens) -> text after the image
+    score: Callable  # (predictions, references, *, n_bootstrap, seed, bertscore) -> ScoreResult
+    uses_bertscore: bool = False
+
+
+TASKS: dict[str, Task] = {
+    t.name: t
+    for t in [
+        Task("caption", "Provide a one-sentence caption for the provided image.", 64, "cider",
+             CAPTION_METRICS, caption_instruction, _score_caption),
+        # 16 tokens: a "single word or phrase" answer; longer output only inflates latency.
+        Task("vqa", "Answer the question using a single word or phrase.", 16, "vqa_accuracy",
+             ("vqa_accuracy",), vqa_instruction, _score_vqa),
+        # No suffix: the question is the instruction; answers are paragraphs, hence 256 tokens.
+        Task("open-vqa", "", 256, "rouge_l", ("rouge_l", "meteor", "bertscore_f1"), open_vqa_instruction,
+             _score_open_vqa, uses_bertscore=True),
+    ]
+}
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise ValueError(f"task must be one of {sorted(TASKS)}, got {name!r}")
+    return TASKS[name]
+
+
+def paired_differences(task: Task, predictions, baseline_predictions, references, *, n_bootstrap, seed, bertscore):
+    """{metric: (model − baseline, lo, hi)} on the common ids, paired bootstrap over samples."""
+    # TODO(merge): the metrics helper's paired API (name/signature agreed as below; adjust here only).
+    kwargs = {"bertscore": bertscore} if task.uses_bertscore else {}
+    out = _metrics().paired_differences(predictions, baseline_predictions, references, task=task.name,
+                                        n_bootstrap=n_bootstrap, seed=seed, **kwargs)
+    return {k: tuple(float(x) for x in v) for k, v in out.items()}
