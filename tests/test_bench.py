@@ -22,6 +22,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from vlmslim.benchmarks import results as res
+from vlmslim.io import sha256_file
 from vlmslim.benchmarks.efficiency import energy_summary, nvml_gpu_ids, roofline, stats
 from vlmslim.benchmarks.generate import FirstTokenTimer, decode_new_tokens, generate_batch
 from vlmslim.benchmarks.run import BenchConfig, bench
@@ -103,7 +104,8 @@ def make_dataset(root, n=4, task="caption", corrupt=()):
                      "question": None if task == "caption" else "what color is the circle ?",
                      "references": ["a red circle on the left", "a small red circle"], "extras": {}})
     (root / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (root / "meta.json").write_text(json.dumps({"name": "tiny-shapes"}))
+    (root / "meta.json").write_text(json.dumps({"dataset": "tiny-shapes",
+                                                "samples_sha256": sha256_file(root / "samples.jsonl")}))
     return str(root)
 
 
@@ -181,7 +183,7 @@ def test_first_token_timer_syncs_once():
 
 
 def test_task_prompts_pinned():
-    from vlmslim.benchmarks._data import Sample
+    from vlmslim.data import Sample
 
     assert TASKS["caption"].prompt == "Provide a one-sentence caption for the provided image."
     assert TASKS["caption"].max_new_tokens == 64
@@ -317,6 +319,7 @@ def test_bad_inputs_clear_errors(tmp_path, ckpt, case, expect):
     elif case == "empty":
         (data / "images").mkdir(parents=True)
         (data / "samples.jsonl").write_text("")
+        (data / "meta.json").write_text(json.dumps({"samples_sha256": sha256_file(data / "samples.jsonl")}))
     r = run_cli(ckpt, "--data", data, "--out", tmp_path / "res", *args, "--no-energy")
     assert r.exit_code in (1, 2) and expect in r.output, r.output
     assert not (tmp_path / "res" / "samples.jsonl").exists()

@@ -187,7 +187,7 @@ def score_and_summarise(cfg, task, dataset, out, rows, sessions, record, baselin
         "model": model_block(cfg.model, last["model_source"], last.get("manifest"), last["census"], last["family"],
                              cfg.quant),
         "task": task.name,
-        "dataset": {"path": str(Path(cfg.data).resolve()), "name": dataset.meta.get("name") or Path(cfg.data).name,
+        "dataset": {"path": str(Path(cfg.data).resolve()), "name": dataset.meta.get("dataset") or Path(cfg.data).name,
                     "sha256": record["dataset_sha256"], "limit": cfg.limit, "seed": cfg.seed},
         "data_dir": str(Path(cfg.data).resolve()),
         "n_samples": len(scored),

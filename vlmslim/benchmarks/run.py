@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from vlmslim.benchmarks import results as res
-from vlmslim.benchmarks._data import load as load_dataset  # TODO(merge): from vlmslim.data import load
+from vlmslim.data import load as load_dataset
 from vlmslim.benchmarks.efficiency import EnergyMeter, measure_bandwidth_gb_s, peak_memory_mb, peak_rss_mb
 from vlmslim.benchmarks.efficiency import reset_peak_memory
 from vlmslim.benchmarks.generate import cuda_devices, device_sync, generate_batch, prompt_text
