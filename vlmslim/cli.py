@@ -236,6 +236,8 @@ def _echo_summary(out: str, summary: dict) -> None:
                                 "Default: cuda if present.")
 @click.option("--dtype", type=click.Choice(["auto", "float16", "bfloat16", "float32"]), help="Default: as saved.")
 @click.option("--quant", help="Quantize at load with this vlmslim.quantization recipe (e.g. nf4).")
+@click.option("--engine", type=click.Choice(["eager", "compiled"]), default="eager", show_default=True,
+              help="eager: plain generate; compiled: static KV cache + CUDA-graph decode step (GPU).")
 @click.option("--baseline", type=click.Path(exists=True, file_okay=False),
               help="Results dir to compare against (paired CIs).")
 @click.option("--bertscore-model", default=DEFAULT_BERTSCORE_MODEL, show_default=True, help="Hub id or local dir.")
@@ -247,7 +249,7 @@ def _echo_summary(out: str, summary: dict) -> None:
 @click.option("--bootstrap", type=int, default=1000, show_default=True, help="Bootstrap resamples for 95% CIs.")
 @handle_errors
 def bench(models, data, out, task, limit, batch_size, max_new_tokens, prompt, ocr_tokens, device, dtype, quant,
-          baseline, bertscore_model, no_bertscore, no_energy, energy_country, warmup, seed, bootstrap):
+          engine, baseline, bertscore_model, no_bertscore, no_energy, energy_country, warmup, seed, bootstrap):
     """Quality and efficiency of checkpoints on one dataset, from the same greedy generations.
 
     \b
@@ -260,7 +262,8 @@ def bench(models, data, out, task, limit, batch_size, max_new_tokens, prompt, oc
     from vlmslim.benchmarks.run import BenchConfig, bench_many
 
     options = dict(data=data, task=task, limit=limit, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                   prompt=prompt, ocr_tokens=ocr_tokens, device=device, dtype=dtype, quant=quant, baseline=baseline,
+                   prompt=prompt, ocr_tokens=ocr_tokens, device=device, dtype=dtype, quant=quant, engine=engine,
+                   baseline=baseline,
                    bertscore_model=None if no_bertscore else bertscore_model, energy=not no_energy,
                    country=energy_country, warmup=warmup, seed=seed, bootstrap=bootstrap)
     try:

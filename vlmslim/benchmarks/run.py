@@ -9,6 +9,7 @@ appending each batch's rows → score every row → summary.json/.csv. Results-d
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import logging
 from dataclasses import dataclass
@@ -22,7 +23,9 @@ from vlmslim.benchmarks import results as res
 from vlmslim.data import load as load_dataset
 from vlmslim.benchmarks.efficiency import EnergyMeter, measure_bandwidth_gb_s, peak_memory_mb, peak_rss_mb
 from vlmslim.benchmarks.efficiency import reset_peak_memory
-from vlmslim.benchmarks.generate import cuda_devices, device_sync, generate_batch, prompt_text
+from vlmslim.benchmarks.engine import ENGINES
+from vlmslim.benchmarks.generate import (cuda_devices, device_sync, generate_batch, generate_batch_compiled,
+                                         prompt_text)
 from vlmslim.benchmarks.report import compact_manifest, environment, model_label, now, score_and_summarise
 from vlmslim.benchmarks.tasks import DEFAULT_BERTSCORE_MODEL, get_task
 from vlmslim.census import census as take_census
@@ -48,6 +51,7 @@ class BenchConfig:
     device: str | None = None  # None: cuda if available, else cpu; "auto": device_map="auto"
     dtype: str | None = None  # None: as saved
     quant: str | None = None  # a vlmslim.quantization recipe applied at load
+    engine: str = "eager"  # "compiled": static KV cache + CUDA-graph decode step (benchmarks/engine.py)
     baseline: str | None = None  # results dir for paired differences
     bertscore_model: str | None = DEFAULT_BERTSCORE_MODEL  # None: no BERTScore
     energy: bool = True
@@ -64,6 +68,8 @@ class BenchConfig:
                                  ("bootstrap", self.bootstrap, 0)):
             if value is not None and (not isinstance(value, int) or value < low):
                 raise ValueError(f"{name} must be an integer >= {low} (--{name.replace('_', '-')}), got {value!r}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)} (--engine), got {self.engine!r}")
         if self.dtype not in (None, "auto", "float16", "bfloat16", "float32", "fp16", "bf16", "fp32"):
             raise ValueError(f"dtype must be float16, bfloat16, float32 or auto (--dtype), got {self.dtype!r}")
 
@@ -188,6 +194,9 @@ def _generate(model, processor, dataset, todo, task, cfg, writer, session, progr
     )
     meter = EnergyMeter(cfg.country, devices) if cfg.energy and todo else None
     measuring = False
+    gen = generate_batch
+    if cfg.engine == "compiled":
+        gen = functools.partial(generate_batch_compiled, decoders={})
     bar = tqdm(total=len(todo), disable=not progress, desc=model_label(cfg.model), unit="img")
     try:
         for start in range(0, len(todo), cfg.batch_size):
@@ -207,12 +216,12 @@ def _generate(model, processor, dataset, todo, task, cfg, writer, session, progr
                 instructions = [task.instruction(s, cfg.prompt, cfg.ocr_tokens) for s in batch]
                 if not measuring:
                     for _ in range(cfg.warmup):  # same inputs as the first measured batch; outputs discarded
-                        generate_batch(model, processor, images, instructions, cfg.max_new_tokens, sync)
+                        gen(model, processor, images, instructions, cfg.max_new_tokens, sync)
                     reset_peak_memory(devices)
                     if meter is not None:
                         meter.start()
                     measuring = True
-                out = generate_batch(model, processor, images, instructions, cfg.max_new_tokens, sync)
+                out = gen(model, processor, images, instructions, cfg.max_new_tokens, sync)
                 batch_id = f"s{session['session']}-b{start // cfg.batch_size}"
                 rows = [{
                     "id": s.id, "image": s.image, "question": s.question, "prediction": pred,
