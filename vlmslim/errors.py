@@ -31,3 +31,7 @@ class QuantizationError(VlmslimError):
 
 class BenchmarkError(VlmslimError):
     """A benchmark configuration or results directory that cannot be used."""
+
+
+class JavaMissingError(BenchmarkError):
+    """`java` is not on PATH: the PTB tokenizer and METEOR 1.5 (pycocoevalcap jars) cannot run."""
