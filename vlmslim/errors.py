@@ -35,3 +35,7 @@ class BenchmarkError(VlmslimError):
 
 class FiguresError(VlmslimError):
     """Results directories that cannot be plotted together (not a results dir, mixed runs, no metric)."""
+
+
+class JavaMissingError(BenchmarkError):
+    """`java` is not on PATH: the PTB tokenizer and METEOR 1.5 (pycocoevalcap jars) cannot run."""

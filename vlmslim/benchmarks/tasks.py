@@ -10,6 +10,9 @@ differences are reached through `Task.score` / `paired_differences` below.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from dataclasses import dataclass
 from typing import Callable
 
@@ -22,7 +25,6 @@ DEFAULT_BERTSCORE_MODEL = "roberta-large"
 
 def _metrics():
     # Imported on use: pycocoevalcap / bert-score are not needed for --help or for generation.
-    # TODO(merge): the metrics helper's module; names below follow the agreed contract.
     try:
         from vlmslim.benchmarks import metrics
     except ImportError as e:
@@ -38,9 +40,12 @@ def bertscore_config(model: str | None):
     m = _metrics()
     if model == DEFAULT_BERTSCORE_MODEL:
         return m.BertScoreConfig()  # roberta-large, layer 17, baseline rescaling
-    # A local dir (e.g. the offline MiniLM): its own layer count, and no rescale baseline exists for it.
-    # TODO(merge): check the metrics helper's handling of num_layers/rescale for custom models.
-    return m.BertScoreConfig(model=model)
+    # A local dir (e.g. the offline MiniLM): its last layer, and no rescale baseline exists for it.
+    config = Path(model).expanduser() / "config.json"
+    if config.is_file():
+        layers = json.loads(config.read_text()).get("num_hidden_layers")
+        return m.BertScoreConfig(model=model, num_layers=layers, rescale_with_baseline=False)
+    return m.BertScoreConfig(model=model, num_layers=None)  # a hub name bert_score knows
 
 
 # ---------------------------------------------------------------- instructions
@@ -121,9 +126,18 @@ def get_task(name: str) -> Task:
 
 
 def paired_differences(task: Task, predictions, baseline_predictions, references, *, n_bootstrap, seed, bertscore):
-    """{metric: (model − baseline, lo, hi)} on the common ids, paired bootstrap over samples."""
-    # TODO(merge): the metrics helper's paired API (name/signature agreed as below; adjust here only).
-    kwargs = {"bertscore": bertscore} if task.uses_bertscore else {}
-    out = _metrics().paired_differences(predictions, baseline_predictions, references, task=task.name,
-                                        n_bootstrap=n_bootstrap, seed=seed, **kwargs)
+    """{metric: (model − baseline, lo, hi)} on the common ids, paired bootstrap over samples.
+
+    Captions: corpus metrics recomputed on the same resamples for both (CIDEr-D IDF included). VQA and
+    open VQA: paired differences of the per-sample scores' means (for METEOR a per-sample mean, not the
+    corpus aggregate)."""
+    m = _metrics()
+    if task.name == "caption":
+        out = m.paired_differences(predictions, baseline_predictions, references, n_bootstrap=n_bootstrap, seed=seed)
+    else:
+        ours = task.score(predictions, references, n_bootstrap=0, seed=seed, bertscore=bertscore).per_sample
+        theirs = task.score(baseline_predictions, references, n_bootstrap=0, seed=seed, bertscore=bertscore).per_sample
+        keys = sorted(set.intersection(*(set(v) for v in [*ours.values(), *theirs.values()])))
+        out = {k: m.paired_mean_differences({i: v[k] for i, v in ours.items()}, {i: v[k] for i, v in theirs.items()},
+                                            n_bootstrap=n_bootstrap, seed=seed) for k in keys}
     return {k: tuple(float(x) for x in v) for k, v in out.items()}
