@@ -130,10 +130,10 @@ def prune(model: nn.Module, processor, config: PruneConfig, calibration=None) ->
             keep_q, keep_kv = select_heads(scores, n_kv, config.heads, config.head_mode)
             prune_heads(family, attn, keep_q, keep_kv, hd)
             kept_attn.append({"layer": i, "q_heads": keep_q.tolist(), "kv_heads": keep_kv.tolist()})
-            if keep_q.numel() * hd % 64:
-                logger.warning("layer %d keeps %d heads x head_dim %d = %d attention features, not a multiple of "
-                               "64: bitsandbytes 4-bit will refuse o_proj on CPU", i, keep_q.numel(), hd,
-                               keep_q.numel() * hd)
+    odd = sorted({len(a["q_heads"]) * hd for a in kept_attn if len(a["q_heads"]) * hd % 64}) if config.heads else []
+    if odd:
+        logger.warning("kept attention widths %s (heads x head_dim %d) are not multiples of 64: bitsandbytes 4-bit "
+                       "refuses such o_proj layers on CPU and takes slow paths on GPU", odd, hd)
     step: dict = {"kind": "prune", "method": _method(config), "params": config.to_dict(),
                   "criterion": {"neurons": config.importance if config.glu else None,
                                 "heads": config.head_importance if config.heads else None},
