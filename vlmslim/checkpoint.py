@@ -130,29 +130,13 @@ def _load_stock(src: str, cls, dtype, device: str):
 
 
 def _load_rebuilt(src: str, cls, config, manifest: dict, dtype, device: str):
-    """Build the base architecture without allocating weights, cut it to the manifest's shapes, load."""
-    from accelerate import init_empty_weights
-    from safetensors.torch import load_file
+    """Stock `from_pretrained` through a class whose constructor cuts the config's (superset) shapes down to
+    the manifest's architecture, so checkpoint key conversion, dtype and device placement stay transformers'."""
+    from vlmslim.pruning.surgery import rebuilt_class
 
-    from vlmslim.pruning.surgery import apply_architecture
-
-    with init_empty_weights():  # parameters on meta, buffers (rotary inv_freq) real
-        model = cls._from_config(config)
-        apply_architecture(model, manifest["architecture"])
-    state = {}
-    for f in sorted(Path(src).glob("*.safetensors")):
-        state.update(load_file(f))
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-    model.tie_weights()
-    still_meta = [n for n, p in model.named_parameters() if p.is_meta]
-    if unexpected or still_meta:
-        raise ModelLoadError(
-            f"checkpoint {src} does not match its manifest architecture "
-            f"(unexpected: {unexpected[:3]}, not loaded: {still_meta[:3]})"
-        )
-    if dtype is not None:
-        model = model.to(dtype)
-    return model.to(device)
+    model = _load_stock(src, rebuilt_class(cls, manifest["architecture"]), dtype, device)
+    model.__class__ = cls  # the subclass only adds a constructor; later steps see the stock class
+    return model
 
 
 def load_processor(src: str):

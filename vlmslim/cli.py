@@ -15,7 +15,10 @@ import click
 
 from vlmslim import __version__
 from vlmslim import data as _data
+from vlmslim.benchmarks.tasks import DEFAULT_BERTSCORE_MODEL, TASKS
 from vlmslim.errors import VlmslimError
+from vlmslim.pruning.config import HEAD_MODES
+from vlmslim.pruning.importance import HEAD_IMPORTANCE, NEURON_IMPORTANCE
 
 
 def _setup_logging(verbosity: int) -> None:
@@ -81,7 +84,6 @@ def inspect_cmd(model: str, as_json: bool) -> None:
 
 
 # --- data: evaluation sets onto disk (vlmslim.data) ---------------------------------------------
-
 
 
 def _echo_dataset(path: Path, out: Path) -> None:
@@ -157,8 +159,6 @@ def data_synthetic(out, n, seed, size, overwrite) -> None:
     _echo_dataset(_data.make_synthetic(out, n=n, seed=seed, size=size, overwrite=overwrite), out)
 
 
-
-
 # --- figures -----------------------------------------------------------------------------------------
 _COST_CHOICES = ["latency", "vram", "size", "energy", "all"]  # mirrors vlmslim.figures.style.COST_AXES
 
@@ -198,13 +198,58 @@ def figures_command(results_dirs, out, metric, costs, allow_mixed, baseline, spo
         click.echo(path)
 
 
-def main() -> None:
-    cli(prog_name="vlmslim")
+# --- prune -------------------------------------------------------------------------------------
 
 
-# ---------------------------------------------------------------- bench
+@cli.command("prune")
+@click.argument("model")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output checkpoint directory.")
+@click.option("--glu", type=float, default=0.0, show_default=True,
+              help="Fraction of GLU-MLP neurons removed in every decoder layer (0 <= R < 1).")
+@click.option("--heads", type=float, default=0.0, show_default=True,
+              help="Fraction of attention heads removed in every decoder layer (0 <= R < 1).")
+@click.option("--head-mode", type=click.Choice(HEAD_MODES), default="groups", show_default=True,
+              help="groups: remove whole KV groups (shrinks the KV cache); query: query heads inside each group.")
+@click.option("--drop-layers", default=None, metavar="N|I,J",
+              help="Drop the N most redundant decoder layers (needs --calibration) or the listed layer indices.")
+@click.option("--trim-vision", is_flag=True, help="Drop vision layers after vision_feature_layer (never read).")
+@click.option("--importance", type=click.Choice(sorted(NEURON_IMPORTANCE)), default="maw", show_default=True,
+              help="MLP neuron criterion (activation, hybrid need --calibration).")
+@click.option("--head-importance", type=click.Choice(sorted(HEAD_IMPORTANCE)), default="o_norm", show_default=True,
+              help="Attention head criterion (activation needs --calibration).")
+@click.option("--calibration", type=click.Path(), default=None, help="A `vlmslim data` directory.")
+@click.option("--calibration-samples", type=int, default=32, show_default=True)
+@click.option("--round-to", type=int, default=64, show_default=True, help="Kept MLP widths are multiples of this.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
+@click.option("--seed", type=int, default=0, show_default=True, help="Picks the calibration subset.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out directory.")
+@handle_errors
+def prune_cmd(model, out, glu, heads, head_mode, drop_layers, trim_vision, importance, head_importance, calibration,
+              calibration_samples, round_to, device, seed, overwrite):
+    """Structurally prune MODEL (hub id, HF dir or vlmslim checkpoint) into a new checkpoint.
 
-from vlmslim.benchmarks.tasks import DEFAULT_BERTSCORE_MODEL, TASKS  # noqa: E402  (light: no torch)
+    \b
+    vlmslim prune llava-hf/llava-1.5-7b-hf --out ckpt/glu30-h25 --glu 0.3 --heads 0.25 --device cuda
+    """
+    from vlmslim.pruning.config import PruneConfig, parse_drop_layers
+    from vlmslim.pruning.prune import prune_checkpoint
+
+    try:
+        config = PruneConfig(glu=glu, heads=heads, head_mode=head_mode, drop_layers=parse_drop_layers(drop_layers),
+                             trim_vision=trim_vision, importance=importance, head_importance=head_importance,
+                             round_to=round_to, calibration=calibration, calibration_samples=calibration_samples,
+                             seed=seed)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from e
+    path, manifest = prune_checkpoint(model, out, config, device=device, overwrite=overwrite)
+    step = manifest["steps"][-1]
+    before, after = sum(step["params_before"].values()), sum(step["params_after"].values())
+    click.echo(f"{path}: {step['method']} {before:,} -> {after:,} params ({1 - after / before:.1%} removed); "
+               f"stock loadable: {step['stock_loadable']}; reload max |dlogit| {step['reload_max_abs_diff']:.2g}")
+
+
+# --- bench -------------------------------------------------------------------------------------
+
 
 
 def _echo_summary(out: str, summary: dict) -> None:
@@ -277,3 +322,7 @@ def bench(models, data, out, task, limit, batch_size, max_new_tokens, prompt, oc
         for f in failures:
             click.echo(f"FAILED {f['model']}: {f['error']}: {f['message']}", err=True)
         raise click.ClickException(f"{len(failures)} of {len(models)} models failed (see {out}/failures.json)")
+
+
+def main() -> None:
+    cli(prog_name="vlmslim")

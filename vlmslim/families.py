@@ -28,7 +28,7 @@ class Family:
     language: str  # the decoder stack (a *Model with `.layers`/`.embed_tokens`)
     lm_head: str = "lm_head"
     layers: str = "layers"  # relative to `language`
-    vision_layers: str | None = None  # encoder layer list, relative to the top model
+    vision_layers: str | None = None  # encoder layer list, relative to the top model (transformers 5.2x layout)
     attn: str = "self_attn"
     q_proj: str = "q_proj"
     k_proj: str = "k_proj"
@@ -69,6 +69,21 @@ class Family:
     def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
         return self.language_model(model).get_submodule(self.layers)
 
+    def vision_layer_list(self, model: nn.Module) -> nn.ModuleList:
+        """The vision encoder's layers. Older transformers 5.x (e.g. 5.17) nest CLIP/SigLIP towers one level
+        deeper (`vision_tower.vision_model.encoder`); that layout is tried when the 5.2x path is absent."""
+        if self.vision_layers is None:
+            raise UnsupportedFamilyError(f"{self.model_type}: vision layer list unknown")
+        candidates = [self.vision_layers]
+        if "vision_tower.encoder." in self.vision_layers:
+            candidates.append(self.vision_layers.replace("vision_tower.encoder.", "vision_tower.vision_model.encoder."))
+        for path in candidates:
+            try:
+                return model.get_submodule(path)
+            except AttributeError:
+                continue
+        raise UnsupportedFamilyError(f"{self.model_type}: no vision layer list at {' or '.join(candidates)}")
+
     def get_text_config(self, config):
         return getattr(config, self.text_config)
 
@@ -92,7 +107,7 @@ FAMILIES: dict[str, Family] = {
             vision=("model.vision_tower",),
             projector=("model.multi_modal_projector",),
             language="model.language_model",
-            vision_layers="model.vision_tower.vision_model.encoder.layers",
+            vision_layers="model.vision_tower.encoder.layers",
         ),
         _llama_like(
             "idefics3",
@@ -121,7 +136,7 @@ FAMILIES: dict[str, Family] = {
             vision=("model.vision_tower",),
             projector=("model.multi_modal_projector",),
             language="model.language_model",
-            vision_layers="model.vision_tower.vision_model.encoder.layers",
+            vision_layers="model.vision_tower.encoder.layers",
             chat_template=False,
         ),
         Family(

@@ -1,0 +1,13 @@
+"""Structured pruning of VLM decoders: score (importance) -> select (kept indices) -> cut (surgery).
+
+    from vlmslim.pruning import PruneConfig, prune
+    model, step = prune(model, processor, PruneConfig(glu=0.3, heads=0.25))
+"""
+
+from vlmslim.pruning.config import PruneConfig
+from vlmslim.pruning.importance import HEAD_IMPORTANCE, NEURON_IMPORTANCE
+from vlmslim.pruning.prune import prune, prune_checkpoint, record_step
+from vlmslim.pruning.surgery import apply_architecture, architecture_of
+
+__all__ = ["HEAD_IMPORTANCE", "NEURON_IMPORTANCE", "PruneConfig", "apply_architecture", "architecture_of", "prune",
+           "prune_checkpoint", "record_step"]
