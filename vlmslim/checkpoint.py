@@ -110,12 +110,21 @@ def load_model(src: str | os.PathLike, dtype=None, device: str = "cpu", quant=No
         from vlmslim.quantization import load_quantized
 
         model = load_quantized(src, cls, config, manifest, quant, dtype=torch_dtype, device=device)
-    elif manifest and not manifest.get("stock_loadable", True):
-        model = _load_rebuilt(src, cls, config, manifest, torch_dtype, device)
+    elif getattr(config, "quantization_config", None) is not None:  # a saved bnb checkpoint
+        from vlmslim.quantization import load_saved_quantized
+
+        model = load_saved_quantized(src, cls, config, manifest, dtype=torch_dtype, device=device)
     else:
-        model = _load_stock(src, cls, torch_dtype, device)
+        model = load_weights(src, cls, config, manifest, torch_dtype, device)
     model.eval()
     return model, load_processor(src)
+
+
+def load_weights(src: str, cls, config, manifest: dict | None, dtype, device: str):
+    """The unquantized model: stock `from_pretrained`, or rebuilt from the manifest for pruned shapes."""
+    if manifest and not manifest.get("stock_loadable", True):
+        return _load_rebuilt(src, cls, config, manifest, dtype, device)
+    return _load_stock(src, cls, dtype, device)
 
 
 def _load_stock(src: str, cls, dtype, device: str):

@@ -23,7 +23,7 @@ from vlmslim.errors import BenchmarkError
 logger = logging.getLogger(__name__)
 
 QUANT_KINDS = ("int8", "nf4", "fp4")
-QUANT_STEP_KINDS = ("quantize", "quantization")  # TODO(merge): the quantization helper's manifest step kind
+QUANT_STEP_KINDS = ("quantize",)  # the step kind `vlmslim quantize` records
 
 
 def now() -> str:

@@ -103,11 +103,12 @@ def select_samples(config: BenchConfig):
 def _quant_recipe(name: str | None):
     if name is None:
         return None
+    from vlmslim.quantization import as_spec
+
     try:
-        from vlmslim.quantization import parse_recipe
-    except ImportError as e:  # TODO(merge): vlmslim.quantization.parse_recipe comes with the quantization step
-        raise BenchmarkError("--quant needs vlmslim.quantization.parse_recipe, missing from this build") from e
-    return parse_recipe(name)
+        return as_spec(name)
+    except ValueError as e:
+        raise BenchmarkError(f"--quant: {e}") from e
 
 
 def bench(model: str, data: str, out: str, *, progress: bool = True,

@@ -1,0 +1,117 @@
+"""Loading checkpoints that are already quantized.
+
+Stock-loadable ones go through `from_pretrained` (it reads `quantization_config` from config.json and
+rebuilds the bnb modules from its skip list). Pruned ones whose shapes `from_pretrained` cannot rebuild
+are assembled here: the base architecture on the meta device, cut to the manifest's shapes, the
+manifest's exact list of quantized layers swapped for empty bnb modules, then the saved tensors
+(renamed from the checkpoint's key layout to the model's) loaded into them.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vlmslim.errors import ModelLoadError
+from vlmslim.pruning.surgery import apply_architecture
+from vlmslim.quantization.recipes import recipe_from_params
+
+logger = logging.getLogger(__name__)
+
+
+def load_saved_quantized(src: str, cls, config, manifest: dict | None, dtype=None, device: str = "cpu"):
+    """A saved bnb checkpoint on `device`; float parts in `dtype` (None: as saved)."""
+    if manifest is None or manifest.get("stock_loadable", True):
+        # device_map pins the model where asked: without it transformers puts bnb models on cuda:0 if present.
+        device_map = "auto" if device == "auto" else {"": device}
+        try:
+            return cls.from_pretrained(src, dtype=dtype or "auto", device_map=device_map)
+        except OSError as e:
+            raise ModelLoadError(f"cannot load weights from {src}: {e}") from e
+    return rebuild_quantized(src, cls, config, manifest, dtype, device)
+
+
+def rebuild_quantized(src: str, cls, config, manifest: dict, dtype=None, device: str = "cpu") -> nn.Module:
+    """Assemble a quantized checkpoint from its manifest (architecture + exact quantized layer list)."""
+    from accelerate import init_empty_weights
+
+    record = manifest.get("quantization")
+    if not record:
+        raise ModelLoadError(f"{src} has a quantization_config but its vlmslim.json has no quantization record; "
+                             "it was not written by `vlmslim quantize`")
+    recipe = recipe_from_params(record["recipe"])
+    plain = copy.deepcopy(config)
+    plain.quantization_config = None  # build float modules; the bnb ones are put in below, by exact name
+    with init_empty_weights():  # parameters on meta, buffers (rotary inv_freq) real
+        model = cls._from_config(plain)
+        if manifest.get("architecture") is not None:
+            apply_architecture(model, manifest["architecture"])
+        for name in record["target"]["quantized_modules"]:
+            model.set_submodule(name, recipe.empty_module(model.get_submodule(name)))
+    state = checkpoint_state(src, model)
+    load_bnb_state(model, state, device)
+    model.config.quantization_config = recipe.bnb_config(record["target"]["skip_modules"])
+    if dtype is not None:
+        for p in model.parameters():  # float parts only: bnb weights keep their packed dtypes
+            if p.is_floating_point():
+                p.data = p.data.to(dtype)
+    return model
+
+
+def checkpoint_state(src: str, model: nn.Module) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint dir, keyed as in `model.state_dict()`.
+
+    transformers 5 saves some families in their legacy key layout (LLaVA and PaliGemma write
+    `language_model.model.layers...` for the module `model.language_model.layers...`); its own
+    conversion mapping renames them back, as `from_pretrained` does.
+    """
+    from safetensors.torch import load_file
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+
+    conversions = get_model_conversion_mapping(model, add_legacy=True)
+    renamings = [c for c in conversions if isinstance(c, WeightRenaming)]
+    converters = [c for c in conversions if isinstance(c, WeightConverter)]
+    if converters:  # tensor-merging conversions (fused MoE experts) are not a key rename
+        raise ModelLoadError(f"{type(model).__name__} checkpoints need weight conversions vlmslim cannot rebuild")
+    files = sorted(Path(src).glob("*.safetensors"))
+    if not files:
+        raise ModelLoadError(f"{src} has no *.safetensors weights")
+    meta = model.state_dict()
+    state = {}
+    for f in files:
+        for key, tensor in load_file(f).items():
+            state[rename_source_key(key, renamings, [], model.base_model_prefix, meta)[0]] = tensor
+    return state
+
+
+def load_bnb_state(model: nn.Module, state: dict[str, torch.Tensor], device: str = "cpu") -> None:
+    """Fill a meta skeleton holding empty bnb modules with saved tensors (pops what it uses from `state`)."""
+    import bitsandbytes as bnb
+
+    for name, module in model.named_modules():
+        prefix = f"{name}."
+        if isinstance(module, bnb.nn.Linear4bit):
+            weight = state.pop(prefix + "weight")
+            # absmax, quant_map, nested_*, quant_state.bitsandbytes__nf4: bnb rebuilds its QuantState
+            stats = {k[len(prefix + "weight."):]: state.pop(k) for k in
+                     [k for k in state if k.startswith(prefix + "weight.")]}
+            module.weight = bnb.nn.Params4bit.from_prequantized(weight, stats, requires_grad=False,
+                                                                device=torch.device(device), module=module)
+        elif isinstance(module, bnb.nn.Linear8bitLt):
+            weight = state.pop(prefix + "weight").to(device)
+            scb = state.pop(prefix + "SCB").to(device)
+            state.pop(prefix + "weight_format", None)  # always "row" in bnb >= 0.45
+            module.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False, CB=weight,
+                                              SCB=scb)
+    _missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    model.tie_weights()
+    still_meta = [n for n, p in model.named_parameters() if p.is_meta]
+    if unexpected or still_meta:
+        raise ModelLoadError(f"checkpoint does not match its manifest (unexpected: {unexpected[:3]}, "
+                             f"not loaded: {still_meta[:3]})")
+    model.to(device)
