@@ -13,6 +13,10 @@ numerator and squared norm is linear in w = idf^2. So we build three sparse matr
 (rows = (ref, order) or (image, order), columns = n-grams) and, for a block of resamples,
 compute df = D^T counts (images duplicated in a resample count as often as drawn, exactly as
 pycocoevalcap would see a list with repeated images), w = idf^2, then sparse @ dense.
+
+Consequence worth knowing: repeated images raise the document frequency of their n-grams, so resampled
+CIDEr-D is biased low on small sets (30 captions: bootstrap mean 4% under the point estimate; 5,000:
+0.07%), which shifts the percentile CI down a little.
 """
 
 from __future__ import annotations
