@@ -114,8 +114,10 @@ def prepare_statistics(pred_lists: list[list[str]], refs: list[list[str]], famil
         if not allow_fallback:
             require_java()  # raises JavaMissingError with the hint
         logger.warning("Java missing: captions tokenized by the simple Python fallback, METEOR skipped (labelled in notes)")
-        prep.notes["meteor"] = "absent: Java missing (fallback tokenizer in use)"
-    prep.notes["tokenizer"] = TOKENIZER_PTB if use_java else TOKENIZER_FALLBACK
+        if "meteor" in families:
+            prep.notes["meteor"] = "absent: Java missing (fallback tokenizer in use)"
+    if need_tokens:
+        prep.notes["tokenizer"] = TOKENIZER_PTB if use_java else TOKENIZER_FALLBACK
     with contextlib.ExitStack() as stack:
         t0 = time.perf_counter()
         # start the METEOR JVM first: it loads its paraphrase table while the PTB JVM tokenizes

@@ -13,6 +13,10 @@ numerator and squared norm is linear in w = idf^2. So we build three sparse matr
 (rows = (ref, order) or (image, order), columns = n-grams) and, for a block of resamples,
 compute df = D^T counts (images duplicated in a resample count as often as drawn, exactly as
 pycocoevalcap would see a list with repeated images), w = idf^2, then sparse @ dense.
+
+Consequence worth knowing: repeated images raise the document frequency of their n-grams, so resampled
+CIDEr-D is biased low on small sets (30 captions: bootstrap mean 4% under the point estimate; 5,000:
+0.07%), which shifts the percentile CI down a little.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ BLOCK = 32  # resamples per sparse @ dense block: bounds memory at ~ n_ngrams * 
 class CiderStats:
     """Per-sample sufficient statistics of CIDEr-D; independent of which samples are drawn."""
 
-    doc: sp.csr_matrix  # (V, n) 1 if n-gram v occurs in any reference of image i (document frequency)
+    doc: sp.csr_matrix  # (V, n) int 1 if n-gram v occurs in any reference of image i (document frequency)
     hyp_sq: sp.csr_matrix  # (4 n, V) tf_hyp^2 at row 4 i + order
     ref_sq: sp.csr_matrix  # (4 R, V) tf_ref^2 at row 4 k + order, k = global reference index
     cross: sp.csr_matrix  # (4 R, V) min(tf_hyp, tf_ref) * tf_ref
@@ -97,7 +101,8 @@ def build_stats(hyps: list[str], refs: list[list[str]], sigma: float = SIGMA) ->
                                                                   np.asarray(cols, dtype=np.int64))), shape=shape)
 
     return CiderStats(
-        doc=csr(doc_r, doc_c, np.ones(len(doc_r)), (v, n)),
+        doc=sp.csr_matrix((np.ones(len(doc_r), dtype=np.int64), (np.asarray(doc_r, dtype=np.int64),
+                                                                np.asarray(doc_c, dtype=np.int64))), shape=(v, n)),
         hyp_sq=csr(hyp_r, hyp_c, hyp_v, (4 * n, v)),
         ref_sq=csr(ref_r, ref_c, ref_v, (4 * k, v)),
         cross=csr(cross_r, cross_c, cross_v, (4 * k, v)),
@@ -110,19 +115,21 @@ def build_stats(hyps: list[str], refs: list[list[str]], sigma: float = SIGMA) ->
 def _per_image_block(stats: CiderStats, counts: np.ndarray) -> np.ndarray:
     """CIDEr-D of every image under the IDF of each resample in the block: (b, n)."""
     n = stats.n_refs.shape[0]
-    n_images = counts.sum(axis=1)  # (b,) = n for bootstrap resamples; kept general
-    df = np.asarray(stats.doc @ counts.T)  # (V, b)
-    # idf = log N - log max(1, df), as pycocoevalcap (hyp-only n-grams: df = 0 -> idf = log N)
-    idf = np.log(n_images)[None, :] - np.log(np.maximum(df, 1.0))
-    w = idf * idf
+    n_images = int(counts[0].sum())  # N: every resample has as many images as the full set
+    if not np.all(counts.sum(axis=1) == n_images):
+        raise ValueError("cider: every row of counts must draw the same number of images")
+    df = np.asarray(stats.doc @ counts.T.astype(np.int64))  # (V, b) integer document frequencies
+    # idf = log N - log max(1, df), as pycocoevalcap (hyp-only n-grams: df = 0 -> idf = log N).
+    # df takes values 0..N only, so w = idf^2 is a table lookup instead of logs over (V, b).
+    idf_table = np.log(float(n_images)) - np.log(np.maximum(np.arange(n_images + 1, dtype=np.float64), 1.0))
+    w = (idf_table * idf_table)[df]
     hyp_sq = np.asarray(stats.hyp_sq @ w).reshape(n, N, -1)  # (n, 4, b)
     ref_sq = np.asarray(stats.ref_sq @ w).reshape(-1, N, w.shape[1])  # (R, 4, b)
     num = np.asarray(stats.cross @ w).reshape(-1, N, w.shape[1])
-    denom = np.sqrt(hyp_sq[stats.ref_image]) * np.sqrt(ref_sq)
-    # a zero norm means every n-gram of that side has idf 0, so the numerator is 0 too (as upstream)
-    val = np.divide(num, denom, out=np.zeros_like(num), where=denom != 0)
-    val *= stats.penalty[:, None, None]
-    per_ref = val.sum(axis=1)  # (R, b): sum over orders
+    denom = np.sqrt(hyp_sq)[stats.ref_image] * np.sqrt(ref_sq)
+    # a zero norm means every n-gram of that side has idf 0, so the numerator is exactly 0 too: leave it
+    val = np.divide(num, denom, out=num, where=denom != 0)
+    per_ref = val.sum(axis=1) * stats.penalty[:, None]  # (R, b): sum over orders, then length penalty
     # references are stored image by image, so a segmented sum gives the per-image total
     per_image = np.add.reduceat(per_ref, stats.ref_offsets, axis=0)  # (n, b)
     return (per_image / N / stats.n_refs[:, None] * 10.0).T
