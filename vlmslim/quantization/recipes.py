@@ -23,7 +23,7 @@ COMPUTE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32
 QUANT_KINDS = ("int8", "nf4", "fp4")  # census kinds of bnb Linear layers
 _BLOCK_4BIT = 64  # bnb's default 4-bit blocksize (one absmax per 64 weights); transformers uses the same
 _BLOCK_NESTED = 256  # double quant: one fp32 absmax per 256 quantized absmax values
-_OFFSET_REPR = 20  # len(repr(float)) of the double-quant offset in the JSON blob; data dependent (±3 bytes)
+_OFFSET_REPR = 19  # len(repr(float)) of the double-quant offset in its JSON blob: data dependent, 17-20
 
 
 class _OncePerMessage(logging.Filter):
