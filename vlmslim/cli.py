@@ -16,6 +16,7 @@ import click
 from vlmslim import __version__
 from vlmslim import data as _data
 from vlmslim.benchmarks.tasks import DEFAULT_BERTSCORE_MODEL, TASKS
+from vlmslim.demo.pipeline import VARIANTS as _VARIANTS
 from vlmslim.errors import VlmslimError
 from vlmslim.pruning.config import HEAD_MODES
 from vlmslim.pruning.importance import HEAD_IMPORTANCE, NEURON_IMPORTANCE
@@ -282,6 +283,7 @@ def _echo_summary(out: str, summary: dict) -> None:
                                 "Default: cuda if present.")
 @click.option("--dtype", type=click.Choice(["auto", "float16", "bfloat16", "float32"]), help="Default: as saved.")
 @click.option("--quant", help="Quantize at load with this vlmslim.quantization recipe (e.g. nf4).")
+@click.option("--name", help="Label in tables and figures (one MODEL only; default: the dir's or repo's name).")
 @click.option("--engine", type=click.Choice(["eager", "compiled"]), default="eager", show_default=True,
               help="eager: plain generate; compiled: static KV cache + CUDA-graph decode step (GPU).")
 @click.option("--baseline", type=click.Path(exists=True, file_okay=False),
@@ -295,7 +297,7 @@ def _echo_summary(out: str, summary: dict) -> None:
 @click.option("--bootstrap", type=int, default=1000, show_default=True, help="Bootstrap resamples for 95% CIs.")
 @handle_errors
 def bench(models, data, out, task, limit, batch_size, max_new_tokens, prompt, ocr_tokens, device, dtype, quant,
-          engine, baseline, bertscore_model, no_bertscore, no_energy, energy_country, warmup, seed, bootstrap):
+          name, engine, baseline, bertscore_model, no_bertscore, no_energy, energy_country, warmup, seed, bootstrap):
     """Quality and efficiency of checkpoints on one dataset, from the same greedy generations.
 
     \b
@@ -308,7 +310,7 @@ def bench(models, data, out, task, limit, batch_size, max_new_tokens, prompt, oc
     from vlmslim.benchmarks.run import BenchConfig, bench_many
 
     options = dict(data=data, task=task, limit=limit, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                   prompt=prompt, ocr_tokens=ocr_tokens, device=device, dtype=dtype, quant=quant, engine=engine,
+                   prompt=prompt, ocr_tokens=ocr_tokens, device=device, dtype=dtype, quant=quant, name=name, engine=engine,
                    baseline=baseline,
                    bertscore_model=None if no_bertscore else bertscore_model, energy=not no_energy,
                    country=energy_country, warmup=warmup, seed=seed, bootstrap=bootstrap)
@@ -369,6 +371,56 @@ def quantize(model, out, bits, quant_type, double_quant, compute_dtype, int8_thr
     click.echo(f"{out}: {len(t['quantized_modules'])} Linear layers -> {record['recipe']['name']} "
                f"(target {t['name']}); tensors {m['payload']:,} B (analytic {e['total']:,} B); "
                f"logit SQNR {record['sqnr_db']:.1f} dB; reload max |dlogit| {record['reload_max_abs_diff']:.2g}")
+
+
+# --- demo --------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--out", default="vlmslim-demo", show_default=True, help="Where every artifact goes (resumable).")
+@click.option("--n", "n", default=100, show_default=True, type=click.IntRange(min=1),
+              help="Held-out synthetic scenes to benchmark on.")
+@click.option("--batch-size", default=20, show_default=True, type=click.IntRange(min=1))
+@click.option("--bootstrap", default=1000, show_default=True, type=click.IntRange(min=0))
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--variants", default=None, metavar="A,B,...",
+              help="Subset of the demo variants (default: all): " + ", ".join(v.name for v in _VARIANTS))
+@click.option("--no-energy", is_flag=True, help="Skip codecarbon's energy estimate.")
+@handle_errors
+def demo(out, n, batch_size, bootstrap, device, variants, no_energy):
+    """The whole pipeline on the embedded miniature LLaVA, offline, on a CPU.
+
+    \b
+    vlmslim demo --out vlmslim-demo
+
+    Makes a held-out synthetic caption set, prunes (GLU 30/50/70 %, heads 25/50 %, combined, a layer
+    drop), quantizes (int8, nf4, pruned + nf4), benchmarks every checkpoint with bootstrap CIs, draws
+    the figures and prints a summary table. Re-running skips finished steps.
+    """
+    from vlmslim.demo.pipeline import DemoConfig, run_demo
+    from vlmslim.report import table
+
+    kwargs = {"variants": tuple(variants.split(","))} if variants else {}
+    try:
+        cfg = DemoConfig(out=out, n=n, batch_size=batch_size, bootstrap=bootstrap, device=device,
+                         energy=not no_energy, **kwargs)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from e
+    result = run_demo(cfg)
+    fmt = lambda x, spec: "-" if x is None else format(x, spec)  # noqa: E731
+    rows = [[r["name"], fmt(r["cider"], ".3f"),
+             "-" if not r["cider_ci"] else f"[{r['cider_ci'][0]:.3f}, {r['cider_ci'][1]:.3f}]",
+             fmt(r["bleu4"], ".3f"), fmt(r["caption_len"], ".1f"), fmt(r["params_m"], ".2f"),
+             fmt(r["size_mb"], ".2f"), fmt(r["latency_s_p50"], ".3f"), fmt(r["decode_ms_per_token"], ".2f")]
+            for r in result["rows"]]
+    click.echo(table(rows, ["variant", "CIDEr-D", "95% CI", "BLEU-4", "words", "params M", "MB",
+                            "latency p50 s", "decode ms/tok"]))
+    click.echo(f"\nresults: {result['out']}/results/*  figures: {result['figures']}  "
+               f"(frontier_latency.png, summary.md, spotcheck.html)")
+    if result["failures"]:
+        raise click.ClickException(f"{len(result['failures'])} variant(s) failed: "
+                                   + ", ".join(f["variant"] for f in result["failures"])
+                                   + f" (see {result['out']}/failures.json)")
 
 
 def main() -> None:

@@ -66,12 +66,13 @@ def compact_manifest(manifest: dict | None) -> dict | None:
     return {"base": manifest.get("base"), "steps": _compact(manifest.get("steps") or [])}
 
 
-def model_block(model: str, source: str, manifest: dict | None, census: dict, family: str, quant: str | None) -> dict:
+def model_block(model: str, source: str, manifest: dict | None, census: dict, family: str, quant: str | None,
+                name: str | None = None) -> dict:
     steps = (manifest or {}).get("steps") or []
     pruning = [s for s in steps if s.get("kind") not in QUANT_STEP_KINDS]
     prec = precision(census)
     return {
-        "name": model_label(model),
+        "name": name or model_label(model),
         "path": source,
         "family": family,
         "precision": prec,
@@ -185,7 +186,7 @@ def score_and_summarise(cfg, task, dataset, out, rows, sessions, record, baselin
     disk_bytes = sum((Path(weights) / f).stat().st_size for f in weight_files)
     summary = {
         "model": model_block(cfg.model, last["model_source"], last.get("manifest"), last["census"], last["family"],
-                             cfg.quant),
+                             cfg.quant, name=cfg.name),
         "task": task.name,
         "dataset": {"path": str(Path(cfg.data).resolve()), "name": dataset.meta.get("dataset") or Path(cfg.data).name,
                     "sha256": record["dataset_sha256"], "limit": cfg.limit, "seed": cfg.seed},

@@ -51,6 +51,7 @@ class BenchConfig:
     device: str | None = None  # None: cuda if available, else cpu; "auto": device_map="auto"
     dtype: str | None = None  # None: as saved
     quant: str | None = None  # a vlmslim.quantization recipe applied at load
+    name: str | None = None  # label in tables and figures (default: the model dir's / repo's name)
     engine: str = "eager"  # "compiled": static KV cache + CUDA-graph decode step (benchmarks/engine.py)
     baseline: str | None = None  # results dir for paired differences
     bertscore_model: str | None = DEFAULT_BERTSCORE_MODEL  # None: no BERTScore
@@ -154,7 +155,7 @@ def run_bench(config: BenchConfig, *, progress: bool = True,
         done = {r["id"] for r in writer.rows}
         todo = [s for s in dataset.samples if s.id not in done]
         logger.info("%s: %d samples selected, %d already in %s, %d to generate",
-                    model_label(cfg.model), len(dataset.samples), len(done), out, len(todo))
+                    cfg.name or model_label(cfg.model), len(dataset.samples), len(done), out, len(todo))
         if todo or not any(s.get("census") for s in sessions):
             model, processor = load_model(source, dtype=cfg.dtype, device=cfg.device, quant=_quant_recipe(cfg.quant))
             if processor is None:
@@ -198,7 +199,7 @@ def _generate(model, processor, dataset, todo, task, cfg, writer, session, progr
     gen = generate_batch
     if cfg.engine == "compiled":
         gen = functools.partial(generate_batch_compiled, decoders={})
-    bar = tqdm(total=len(todo), disable=not progress, desc=model_label(cfg.model), unit="img")
+    bar = tqdm(total=len(todo), disable=not progress, desc=cfg.name or model_label(cfg.model), unit="img")
     try:
         for start in range(0, len(todo), cfg.batch_size):
             batch, images, skipped = [], [], []
@@ -266,6 +267,8 @@ def bench_many(models: list[str], out: str, *, progress: bool = True,
     if len(models) == 1:  # a single model's errors propagate as they are
         return [(out, run_bench(BenchConfig(model=models[0], out=out, **options), progress=progress))], []
     # All configs are built (and validated) before the first model runs.
+    if options.get("name") and len(models) > 1:
+        raise BenchmarkError("--name labels one model; with several MODELs each is named after its dir")
     configs = [BenchConfig(model=m, out=str(Path(out) / name), **options)
                for m, name in zip(models, _unique_names(models))]
     results, failures = [], []

@@ -46,6 +46,7 @@ TASK_DEFAULT_METRIC: dict[str, str] = {"caption": "cider", "vqa": "vqa_accuracy"
 
 # Okabe-Ito colours: distinguishable for colour-blind readers and in greyscale print.
 PRECISION_COLORS: dict[str, str] = {
+    "32-bit": "#56B4E9",
     "16-bit": "#0072B2",
     "int8": "#E69F00",
     "nf4": "#009E73",
