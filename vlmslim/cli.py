@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
 from pathlib import Path
 
 import click
@@ -16,12 +17,18 @@ import click
 from vlmslim import __version__
 from vlmslim import data as _data
 from vlmslim.benchmarks.tasks import DEFAULT_BERTSCORE_MODEL, TASKS
-from vlmslim.demo.pipeline import VARIANTS as _VARIANTS
 from vlmslim.errors import VlmslimError
-from vlmslim.pruning.config import HEAD_MODES
-from vlmslim.pruning.importance import HEAD_IMPORTANCE, NEURON_IMPORTANCE
-from vlmslim.quantization.recipes import COMPUTE_DTYPES
-from vlmslim.quantization.targets import DEFAULT_TARGET, TARGETS
+
+# Choices of registries that live in torch-importing modules, spelled out so `vlmslim -h` and the
+# figures/data commands start without torch; tests/test_cli.py checks they equal the registries.
+NEURON_CRITERIA = ("activation", "hybrid", "l2", "maw", "pon", "vow")
+HEAD_CRITERIA = ("activation", "o_norm")
+HEAD_MODES = ("groups", "query")
+QUANT_TARGETS = ("all", "language", "vision")
+DEFAULT_TARGET = "language"
+COMPUTE_DTYPES = ("bfloat16", "float16", "float32")
+DEMO_VARIANTS = ("base", "glu30", "glu50", "glu70", "glu80", "heads25", "heads50", "glu30-heads25", "drop1",
+                 "int8", "nf4", "glu30-nf4")
 
 
 def _setup_logging(verbosity: int) -> None:
@@ -48,7 +55,29 @@ def handle_errors(fn):
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class OneLineErrors(click.Group):
+    """A group whose usage errors (unknown option, bad choice, missing --out) print one `Error:` line and
+    exit 2, like every other expected failure (exit 1), instead of click's usage banner."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as e:
+            click.echo(f"Error: {e.format_message()} (see '{e.ctx.command_path if e.ctx else 'vlmslim'} -h')",
+                       err=True)
+            sys.exit(e.exit_code)
+        except click.ClickException as e:
+            e.show()
+            sys.exit(e.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="vlmslim")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for library debug logs).")
 @click.option("-q", "--quiet", count=True, help="Less log output.")
@@ -216,9 +245,9 @@ def figures_command(results_dirs, out, metric, costs, allow_mixed, baseline, spo
 @click.option("--drop-layers", default=None, metavar="N|I,J",
               help="Drop the N most redundant decoder layers (needs --calibration) or the listed layer indices.")
 @click.option("--trim-vision", is_flag=True, help="Drop vision layers after vision_feature_layer (never read).")
-@click.option("--importance", type=click.Choice(sorted(NEURON_IMPORTANCE)), default="maw", show_default=True,
+@click.option("--importance", type=click.Choice(NEURON_CRITERIA), default="maw", show_default=True,
               help="MLP neuron criterion (activation, hybrid need --calibration).")
-@click.option("--head-importance", type=click.Choice(sorted(HEAD_IMPORTANCE)), default="o_norm", show_default=True,
+@click.option("--head-importance", type=click.Choice(HEAD_CRITERIA), default="o_norm", show_default=True,
               help="Attention head criterion (activation needs --calibration).")
 @click.option("--calibration", type=click.Path(), default=None, help="A `vlmslim data` directory.")
 @click.option("--calibration-samples", type=int, default=32, show_default=True)
@@ -336,11 +365,11 @@ def bench(models, data, out, task, limit, batch_size, max_new_tokens, prompt, oc
 @click.option("--bits", required=True, type=click.Choice(["8", "4"]), help="8: LLM.int8; 4: nf4 (default) or fp4.")
 @click.option("--quant-type", type=click.Choice(["nf4", "fp4"]), default=None, help="4-bit data type [default: nf4].")
 @click.option("--double-quant", is_flag=True, help="4-bit: quantize the per-block scales too (~0.37 bit/weight less).")
-@click.option("--compute-dtype", type=click.Choice(sorted(COMPUTE_DTYPES)), default=None,
+@click.option("--compute-dtype", type=click.Choice(COMPUTE_DTYPES), default=None,
               help="4-bit matmul dtype [default: the model's dtype].")
 @click.option("--int8-threshold", type=float, default=None,
               help="8-bit outlier threshold on activations [default: 6.0; 0 = pure int8].")
-@click.option("--target", type=click.Choice(sorted(TARGETS)), default=DEFAULT_TARGET, show_default=True,
+@click.option("--target", type=click.Choice(QUANT_TARGETS), default=DEFAULT_TARGET, show_default=True,
               help="language: decoder only; vision: vision tower only; all: everything but lm_head.")
 @click.option("--keep", multiple=True, metavar="MODULE",
               help="Leave this module (full dotted name or glob, e.g. '*.mlp.down_proj') unquantized. Repeatable.")
@@ -384,7 +413,7 @@ def quantize(model, out, bits, quant_type, double_quant, compute_dtype, int8_thr
 @click.option("--bootstrap", default=1000, show_default=True, type=click.IntRange(min=0))
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--variants", default=None, metavar="A,B,...",
-              help="Subset of the demo variants (default: all): " + ", ".join(v.name for v in _VARIANTS))
+              help="Subset of the demo variants (default: all): " + ", ".join(DEMO_VARIANTS))
 @click.option("--no-energy", is_flag=True, help="Skip codecarbon's energy estimate.")
 @handle_errors
 def demo(out, n, batch_size, bootstrap, device, variants, no_energy):

@@ -12,8 +12,11 @@ import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from vlmslim.checkpoint import DEMO_DIR, MANIFEST
 from vlmslim.errors import VlmslimError
+
+# Kept in sync with vlmslim.checkpoint (importing it here would pull torch into `vlmslim -h`).
+DEMO_DIR = Path(__file__).parent / "model"
+MANIFEST = "vlmslim.json"
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 
 REQUIRED_KEYS = ("model", "task", "n_samples", "metrics", "efficiency")
 REQUIRED_MODEL_KEYS = ("name", "precision")
-KNOWN_PRECISIONS = ("16-bit", "int8", "nf4", "fp4")
+KNOWN_PRECISIONS = ("32-bit", "16-bit", "int8", "nf4", "fp4")
 
 
 @dataclass
@@ -43,25 +43,32 @@ class Run:
 
     @property
     def pruning_method(self) -> str:
-        """'none', a single step kind ('glu', 'heads', 'layers', …) or 'combined' for several kinds."""
-        kinds = sorted({str(step.get("kind", "?")) for step in self.pruning})
+        """'none', a single method ('glu', 'heads', 'layers', …) or 'combined' for several."""
+        kinds = sorted({m for step in self.pruning for m in _step_methods(step)})
         if not kinds:
             return "none"
         return kinds[0] if len(kinds) == 1 else "combined"
 
     @property
     def pruning_text(self) -> str:
-        """e.g. 'glu 30% (maw) + heads 25%' for tables."""
+        """e.g. 'glu 30% + heads 25% (maw)' for tables."""
         parts = []
         for step in self.pruning:
-            text = str(step.get("kind", "?"))
-            if isinstance(step.get("ratio"), (int, float)):
-                text += f" {100 * step['ratio']:.0f}%"
-            elif step.get("n") is not None:
-                text += f" {step['n']}"
-            if step.get("importance"):
-                text += f" ({step['importance']})"
-            parts.append(text)
+            params = step.get("params") or step
+            texts = []
+            for m in _step_methods(step):
+                ours = step.get("kind") == "prune"
+                ratio = params.get(m) if ours and m in ("glu", "heads") else step.get("ratio")
+                key = {"layers": "drop_layers"}.get(m) if ours else "n"
+                if isinstance(ratio, (int, float)):
+                    texts.append(f"{m} {100 * ratio:.0f}%")
+                elif key and params.get(key) is not None:
+                    texts.append(f"{m} {params[key]}")
+                else:
+                    texts.append(m)
+            text = " + ".join(texts)
+            importance = params.get("importance") if "glu" in _step_methods(step) else None
+            parts.append(text + (f" ({importance})" if importance else ""))
         return " + ".join(parts) or "none"
 
     @property
@@ -239,3 +246,11 @@ def load_samples(run: Run) -> Optional[dict[str, dict]]:
     if bad:
         logger.warning("%s: skipped %d unparseable line(s)", path, bad)
     return rows
+
+
+def _step_methods(step: dict) -> list[str]:
+    """The pruning methods of one manifest step: `vlmslim prune` records kind "prune" with a method such
+    as "glu+heads"; older/other records name the method in `kind`."""
+    if step.get("kind") == "prune" and step.get("method"):
+        return [m for m in str(step["method"]).split("+") if m != "none"]
+    return [str(step.get("kind", "?"))]
