@@ -1,0 +1,288 @@
+"""Architecture-only GPU study: what pruning and quantization do to LLaVA-1.5-7B's speed and memory.
+
+    python benchmarks/studies/llava7b_gpu.py --out-dir $OUT            # the full study (one H100 run)
+    python benchmarks/studies/llava7b_gpu.py --variants base --batches 1 --engines eager,compiled
+    python benchmarks/studies/llava7b_gpu.py --report docs/gpu/llava7b_gpu.json   # table + figure only
+
+Random fp16 weights from configs/models/llava-1.5-7b.json (quality is meaningless and not measured),
+synthetic inputs with LLaVA's real 576 image tokens + 16 text tokens. Per variant x batch x engine:
+prefill s, decode ms/token (median of repeated timed decodes after warm-up), images/s for a 64-token
+answer, peak allocated memory, weight bytes and the decode roofline fraction (weights + KV cache read
+per step / measured copy bandwidth). Compiled greedy tokens are compared with eager ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from vlmslim.benchmarks.efficiency import measure_bandwidth_gb_s  # noqa: E402
+from vlmslim.benchmarks.engine import CompiledDecoder  # noqa: E402
+from vlmslim.census import census  # noqa: E402
+from vlmslim.inputs import synthetic_inputs  # noqa: E402
+from vlmslim.random_model import build_random_model  # noqa: E402
+
+logger = logging.getLogger("llava7b_gpu")
+
+# name -> (prune options, quant recipe)
+VARIANTS = {
+    "base": ({}, None),
+    "glu30": ({"glu": 0.3}, None),
+    "glu50": ({"glu": 0.5}, None),
+    "heads25": ({"heads": 0.25}, None),
+    "glu30+heads25": ({"glu": 0.3, "heads": 0.25}, None),
+    "int8": ({}, "int8"),
+    "nf4": ({}, "nf4"),
+    "glu30+nf4": ({"glu": 0.3}, "nf4"),
+}
+NEW_TOKENS = 64
+
+
+def sync():
+    torch.cuda.synchronize()
+
+
+def build(name: str, target: str = "language"):
+    from vlmslim.pruning import PruneConfig, prune
+    from vlmslim.quantization import QuantSpec, make_recipe, quantize_model
+
+    prune_opts, quant = VARIANTS[name]
+    model = build_random_model("llava-1.5-7b", dtype="float16", device="cuda")
+    if prune_opts:  # weight criteria (l2 / o_norm): no calibration data for random weights
+        prune(model, None, PruneConfig(**prune_opts, importance="l2"))
+    if quant:
+        quantize_model(model, QuantSpec(make_recipe(quant), target=target), device="cuda")
+    return model.eval()
+
+
+def kv_bytes_per_step(model, batch: int, length: int) -> int:
+    """K and V of every layer read once per decode step at context `length`."""
+    total = 0
+    for layer in model.model.language_model.layers:
+        k = layer.self_attn.k_proj
+        out = k.out_features if hasattr(k, "out_features") else k.weight.shape[0]
+        total += 2 * out * length * batch * 2  # fp16
+    return total
+
+
+@torch.inference_mode()
+def eager_run(model, inputs, n: int):
+    """(tokens (B, n), prefill s, decode s per step) from plain generate, timed with a first-token hook."""
+    from transformers import LogitsProcessorList
+
+    from vlmslim.benchmarks.generate import FirstTokenTimer
+
+    timer = FirstTokenTimer(sync)
+    sync()
+    t0 = time.perf_counter()
+    out = model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False, num_beams=1,
+                         logits_processor=LogitsProcessorList([timer]), pad_token_id=0,
+                         output_scores=True, return_dict_in_generate=True)
+    sync()
+    t1 = time.perf_counter()
+    scores = torch.stack(out.scores, dim=1).float()  # (B, n, vocab) eager logits per step, for tie checks
+    return (out.sequences[:, inputs["input_ids"].shape[1]:], timer.first - t0,
+            (t1 - timer.first) / (timer.steps - 1), scores)
+
+
+def measure(model, batch: int, engines: list[str], backend: str, repeats: int = 3) -> list[dict]:
+    inputs = {k: v.cuda() for k, v in synthetic_inputs(model, batch_size=batch, prompt_len=16).items()}
+    inputs["pixel_values"] = inputs["pixel_values"].half()
+    length = inputs["input_ids"].shape[1]
+    rows, eager_tokens = [], None
+    for engine in engines:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        row = {"batch": batch, "engine": engine, "prompt_tokens": length}
+        try:
+            if engine == "eager":
+                eager_run(model, inputs, 4)  # warm-up
+                runs = [eager_run(model, inputs, NEW_TOKENS) for _ in range(repeats)]
+                eager_tokens, eager_scores = runs[0][0], runs[0][3]
+                prefill = statistics.median(r[1] for r in runs)
+                step = statistics.median(r[2] for r in runs)
+            else:
+                t = time.perf_counter()
+                dec = CompiledDecoder(model, batch, length + NEW_TOKENS + 8, backend=backend)
+                first = dec.decode(inputs, NEW_TOKENS, ignore_eos=True)  # compiles + records graphs
+                dec.decode(inputs, NEW_TOKENS, ignore_eos=True)
+                row["compile_s"] = round(time.perf_counter() - t, 1)
+                runs = [dec.decode(inputs, NEW_TOKENS, ignore_eos=True) for _ in range(repeats)]
+                prefill = statistics.median(r.prefill_s for r in runs)
+                step = statistics.median(r.decode_s / r.decode_steps for r in runs)
+                if eager_tokens is not None:
+                    same = (first.tokens == eager_tokens).all(dim=0).float()
+                    # greedy tokens agree up to the first position where any row differs
+                    agree = int(same.cumprod(0).sum().item())
+                    row["tokens_match_eager"] = agree
+                    row["tokens_compared"] = NEW_TOKENS
+                    if agree < NEW_TOKENS:
+                        # Where they part, how close was eager's own top-2? A gap near fp16 rounding
+                        # (~0.01-0.1 logits) is a tie that kernel-order differences may flip either way.
+                        row_idx = int((first.tokens[:, agree] != eager_tokens[:, agree]).nonzero()[0])
+                        top2 = eager_scores[row_idx, agree].topk(2).values
+                        row["first_mismatch_top2_gap"] = float(top2[0] - top2[1])
+            row.update(prefill_s=prefill, decode_ms_per_token=1000 * step,
+                       images_per_s=batch / (prefill + (NEW_TOKENS - 1) * step),
+                       peak_allocated_gb=torch.cuda.max_memory_allocated() / 1e9,
+                       kv_read_bytes=kv_bytes_per_step(model, batch, length + NEW_TOKENS // 2))
+        except (RuntimeError, ValueError, AssertionError) as e:  # recorded in the results, the study goes on
+            logger.exception("%s batch %d failed", engine, batch)
+            row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+        rows.append(row)
+        logger.info("%s", row)
+    return rows
+
+
+def study(args) -> dict:
+    bandwidth = measure_bandwidth_gb_s(torch.device("cuda"))
+    results = {"device": torch.cuda.get_device_name(), "bandwidth_gb_s": bandwidth,
+               "versions": {"torch": torch.__version__, "python": platform.python_version()},
+               "date": time.strftime("%Y-%m-%d"), "new_tokens": NEW_TOKENS, "compile_backend": args.backend,
+               "runs": [], "memory": []}
+    import transformers
+
+    results["versions"]["transformers"] = transformers.__version__
+    for name in args.variants:
+        t = time.perf_counter()
+        model = build(name)
+        c = census(model)
+        weights = c["total_bytes"]
+        decode_weights = sum(c["components"][k]["bytes"] for k in ("language", "lm_head"))
+        engines = args.engines if not VARIANTS[name][1] or args.compiled_quant else ["eager"]
+        for b in args.batches:
+            for row in measure(model, b, engines, args.backend):
+                if "decode_ms_per_token" not in row:
+                    row.update(variant=name)
+                    results["runs"].append(row)
+                    continue
+                floor_ms = 1000 * (decode_weights + row.get("kv_read_bytes", 0)) / (bandwidth * 1e9)
+                row.update(variant=name, weight_gb=weights / 1e9, decode_weight_gb=decode_weights / 1e9,
+                           params=c["total_params"], floor_ms_per_token=floor_ms,
+                           roofline_fraction=floor_ms / row["decode_ms_per_token"],
+                           build_s=round(time.perf_counter() - t, 1))
+                results["runs"].append(row)
+        del model
+        torch.cuda.empty_cache()
+        checkpoint(results, args.out_dir)  # partial results survive a time-out
+    for quant in args.memory_quants:
+        for target in ("language", "vision", "all"):
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            model = build_random_model("llava-1.5-7b", dtype="float16", device="cuda")
+            from vlmslim.quantization import QuantSpec, make_recipe, quantize_model
+
+            quantize_model(model, QuantSpec(make_recipe(quant), target=target), device="cuda")
+            torch.cuda.reset_peak_memory_stats()
+            resident = torch.cuda.memory_allocated() / 1e9
+            inputs = {k: v.cuda() for k, v in synthetic_inputs(model, batch_size=1).items()}
+            inputs["pixel_values"] = inputs["pixel_values"].half()
+            with torch.inference_mode():
+                model.generate(**inputs, max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0)
+            results["memory"].append({"recipe": quant, "target": target, "resident_gb": resident,
+                                      "peak_allocated_gb": torch.cuda.max_memory_allocated() / 1e9,
+                                      "weight_gb": census(model)["total_bytes"] / 1e9})
+            logger.info("%s", results["memory"][-1])
+            checkpoint(results, args.out_dir)
+            del model
+    return results
+
+
+def checkpoint(results: dict, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "llava7b_gpu.json").write_text(json.dumps(results, indent=2))
+
+
+def report(results: dict, out_dir: Path) -> None:
+    """Markdown table + speed-vs-size figure next to the JSON."""
+    lines = [f"Device: {results['device']}; measured copy bandwidth {results['bandwidth_gb_s']:.0f} GB/s; "
+             f"{results['versions']}; {results['date']}; {results['new_tokens']} new tokens after a 592-token "
+             f"prompt (576 image + 16 text); compile backend {results['compile_backend']}.", "",
+             "| variant | batch | engine | weights GB | prefill s | decode ms/token | floor ms | roofline | images/s "
+             "| peak alloc GB | compiled tokens = eager |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in results["runs"]:
+        if "error" in r:
+            lines.append(f"| {r['variant']} | {r['batch']} | {r['engine']} | | failed: {r['error']} "
+                         "| | | | | | |")
+            continue
+        match = (f"{r['tokens_match_eager']}/{r['tokens_compared']}" if "tokens_match_eager" in r else "")
+        if "first_mismatch_top2_gap" in r:
+            match += f" (eager top-2 gap there {r['first_mismatch_top2_gap']:.3f})"
+        lines.append(f"| {r['variant']} | {r['batch']} | {r['engine']} | {r['weight_gb']:.2f} | {r['prefill_s']:.3f} | "
+                     f"{r['decode_ms_per_token']:.2f} | {r['floor_ms_per_token']:.2f} | {r['roofline_fraction']:.0%} | "
+                     f"{r['images_per_s']:.2f} | {r['peak_allocated_gb']:.1f} | {match} |")
+    if results["memory"]:
+        lines += ["", "| recipe | target | weights GB | resident GB | peak allocated GB (batch 1, 8 tokens) |",
+                  "|---|---|---:|---:|---:|"]
+        lines += [f"| {m['recipe']} | {m['target']} | {m['weight_gb']:.2f} | {m['resident_gb']:.2f} | "
+                  f"{m['peak_allocated_gb']:.2f} |" for m in results["memory"]]
+    (out_dir / "llava7b_gpu.md").write_text("\n".join(lines) + "\n")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), dpi=150)
+    for ax, batch in zip(axes, (1, 8)):
+        if not any(r["batch"] == batch and "error" not in r for r in results["runs"]):
+            ax.set_visible(False)
+            continue
+        for engine, marker in (("eager", "o"), ("compiled", "s")):
+            pts = [r for r in results["runs"] if r["batch"] == batch and r["engine"] == engine and "error" not in r]
+            ax.scatter([r["weight_gb"] for r in pts], [r["decode_ms_per_token"] for r in pts], marker=marker,
+                       label=engine)
+            for r in pts:
+                ax.annotate(r["variant"], (r["weight_gb"], r["decode_ms_per_token"]), fontsize=7,
+                            xytext=(3, 3), textcoords="offset points")
+        floor = sorted({(r["weight_gb"], r["floor_ms_per_token"]) for r in results["runs"] if r["batch"] == batch})
+        ax.plot([f[0] for f in floor], [f[1] for f in floor], "k:", lw=1, label="bandwidth floor")
+        ax.set_xlabel("weights (GB)")
+        ax.set_ylabel("decode ms/token (lower is better)")
+        ax.set_yscale("log")
+        ax.set_title(f"batch {batch}")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"LLaVA-1.5-7B shape, random fp16 weights: decode speed vs size ({results['device']})")
+    fig.tight_layout()
+    fig.savefig(out_dir / "llava7b_gpu.png")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out-dir", type=Path, default=Path("."))
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--engines", default="eager,compiled")
+    ap.add_argument("--backend", default="inductor", choices=("inductor", "cudagraphs"))
+    ap.add_argument("--compiled-quant", action="store_true", help="Also compile the bnb-quantized variants.")
+    ap.add_argument("--memory-quants", default="int8,nf4", help="Recipes for the target x memory table ('' = none).")
+    ap.add_argument("--report", type=Path, help="Only rebuild table + figure from this JSON.")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.report:
+        report(json.loads(args.report.read_text()), args.report.parent)
+        return
+    args.variants = [v for v in args.variants.split(",") if v]
+    args.batches = [int(b) for b in args.batches.split(",")]
+    args.engines = [e for e in args.engines.split(",") if e]
+    args.memory_quants = [q for q in args.memory_quants.split(",") if q]
+    results = study(args)
+    checkpoint(results, args.out_dir)
+    try:
+        report(results, args.out_dir)
+    except ImportError as e:  # no matplotlib on the GPU image: `--report` rebuilds it elsewhere
+        logger.warning("no figure: %s", e)
+
+
+if __name__ == "__main__":
+    main()
