@@ -297,7 +297,7 @@ def _echo_summary(out: str, summary: dict) -> None:
 
 @cli.command()
 @click.argument("models", nargs=-1, required=True)
-@click.option("--data", required=True, help="Dataset dir written by `vlmslim data ...`.")
+@click.option("--data", help="Dataset dir written by `vlmslim data ...` (not with --random-weights).")
 @click.option("--out", required=True, help="Results dir (several MODELs: one subdir each). Re-run to resume.")
 @click.option("--task", type=click.Choice(sorted(TASKS)),
               help="Must match the dataset's task (default: the dataset's).")
@@ -312,6 +312,10 @@ def _echo_summary(out: str, summary: dict) -> None:
                                 "Default: cuda if present.")
 @click.option("--dtype", type=click.Choice(["auto", "float16", "bfloat16", "float32"]), help="Default: as saved.")
 @click.option("--quant", help="Quantize at load with this vlmslim.quantization recipe (e.g. nf4).")
+@click.option("--random-weights", is_flag=True,
+              help="MODELs are shipped configs (e.g. llava-1.5-7b) with random weights: speed and memory only.")
+@click.option("--glu", type=float, default=0.0, help="With --random-weights: prune this GLU fraction first.")
+@click.option("--heads", type=float, default=0.0, help="With --random-weights: prune this head fraction first.")
 @click.option("--name", help="Label in tables and figures (one MODEL only; default: the dir's or repo's name).")
 @click.option("--engine", type=click.Choice(["eager", "compiled"]), default="eager", show_default=True,
               help="eager: plain generate; compiled: static KV cache + CUDA-graph decode step (GPU).")
@@ -326,7 +330,7 @@ def _echo_summary(out: str, summary: dict) -> None:
 @click.option("--bootstrap", type=int, default=1000, show_default=True, help="Bootstrap resamples for 95% CIs.")
 @handle_errors
 def bench(models, data, out, task, limit, batch_size, max_new_tokens, prompt, ocr_tokens, device, dtype, quant,
-          name, engine, baseline, bertscore_model, no_bertscore, no_energy, energy_country, warmup, seed, bootstrap):
+          random_weights, glu, heads, name, engine, baseline, bertscore_model, no_bertscore, no_energy, energy_country, warmup, seed, bootstrap):
     """Quality and efficiency of checkpoints on one dataset, from the same greedy generations.
 
     \b
@@ -337,6 +341,13 @@ def bench(models, data, out, task, limit, batch_size, max_new_tokens, prompt, oc
     summary.json and summary.csv; an interrupted run resumes where it stopped.
     """
     from vlmslim.benchmarks.run import BenchConfig, bench_many
+
+    if random_weights:
+        return _bench_random(models, out, batch_size, max_new_tokens, device, dtype, quant, engine, glu, heads)
+    if data is None:
+        raise click.UsageError("Missing option '--data' (or pass --random-weights for an architecture-only run)")
+    if glu or heads:
+        raise click.UsageError("--glu/--heads prune random-weight models only; prune checkpoints with `vlmslim prune`")
 
     options = dict(data=data, task=task, limit=limit, batch_size=batch_size, max_new_tokens=max_new_tokens,
                    prompt=prompt, ocr_tokens=ocr_tokens, device=device, dtype=dtype, quant=quant, name=name, engine=engine,
@@ -354,6 +365,26 @@ def bench(models, data, out, task, limit, batch_size, max_new_tokens, prompt, oc
         for f in failures:
             click.echo(f"FAILED {f['model']}: {f['error']}: {f['message']}", err=True)
         raise click.ClickException(f"{len(failures)} of {len(models)} models failed (see {out}/failures.json)")
+
+
+def _bench_random(models, out, batch_size, max_new_tokens, device, dtype, quant, engine, glu, heads):
+    from vlmslim.benchmarks.architecture import ArchBenchConfig, bench_architecture
+
+    engines = ("eager", "compiled") if engine == "compiled" else ("eager",)  # compiled is checked against eager
+    prune = {k: v for k, v in (("glu", glu), ("heads", heads)) if v}
+    for m in models:
+        target = out if len(models) == 1 else str(Path(out) / Path(m).stem)
+        try:
+            cfg = ArchBenchConfig(config=m, out=target, batch_size=batch_size, max_new_tokens=max_new_tokens or 64,
+                                  engines=engines, dtype=dtype or "float16", device=device or "cuda",
+                                  prune=prune, quant=quant)
+        except ValueError as e:
+            raise click.UsageError(str(e)) from e
+        s = bench_architecture(cfg)
+        e = s["efficiency"]
+        click.echo(f"{m} (random weights): decode {e['decode_ms_per_token']:.2f} ms/token, prefill "
+                   f"{e['ttft_s_p50']:.3f} s, {e['throughput_images_per_s']:.2f} images/s, "
+                   f"{e['model_size_mb']:.0f} MB -> {target}")
 
 
 # --- quantize ----------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ import gc
 import json
 import logging
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -28,8 +27,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from vlmslim.benchmarks import architecture as arch  # noqa: E402
 from vlmslim.benchmarks.efficiency import measure_bandwidth_gb_s  # noqa: E402
-from vlmslim.benchmarks.engine import CompiledDecoder  # noqa: E402
 from vlmslim.census import census  # noqa: E402
 from vlmslim.inputs import synthetic_inputs  # noqa: E402
 from vlmslim.random_model import build_random_model  # noqa: E402
@@ -50,101 +49,29 @@ VARIANTS = {
 NEW_TOKENS = 64
 
 
-def sync():
-    torch.cuda.synchronize()
-
-
 def build(name: str, target: str = "language"):
-    from vlmslim.pruning import PruneConfig, prune
-    from vlmslim.quantization import QuantSpec, make_recipe, quantize_model
+    from vlmslim.quantization import QuantSpec, make_recipe
 
     prune_opts, quant = VARIANTS[name]
-    model = build_random_model("llava-1.5-7b", dtype="float16", device="cuda")
-    if prune_opts:  # weight criteria (l2 / o_norm): no calibration data for random weights
-        prune(model, None, PruneConfig(**prune_opts, importance="l2"))
-    if quant:
-        quantize_model(model, QuantSpec(make_recipe(quant), target=target), device="cuda")
-    gc.collect()  # the cut-away weights sit in reference cycles until collected: keep them out of the peaks
-    torch.cuda.empty_cache()
-    return model.eval()
+    spec = QuantSpec(make_recipe(quant), target=target) if quant else None
+    return arch.build(arch.ArchBenchConfig("llava-1.5-7b", out="-", prune=prune_opts, quant=spec))
 
 
-def kv_bytes_per_step(model, batch: int, length: int) -> int:
-    """K and V of every layer read once per decode step at context `length`."""
-    total = 0
-    for layer in model.model.language_model.layers:
-        k = layer.self_attn.k_proj
-        out = k.out_features if hasattr(k, "out_features") else k.weight.shape[0]
-        total += 2 * out * length * batch * 2  # fp16
-    return total
-
-
-@torch.inference_mode()
-def eager_run(model, inputs, n: int):
-    """(tokens (B, n), prefill s, decode s per step) from plain generate, timed with a first-token hook."""
-    from transformers import LogitsProcessorList
-
-    from vlmslim.benchmarks.generate import FirstTokenTimer
-
-    timer = FirstTokenTimer(sync)
-    sync()
-    t0 = time.perf_counter()
-    out = model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False, num_beams=1,
-                         logits_processor=LogitsProcessorList([timer]), pad_token_id=0,
-                         output_scores=True, return_dict_in_generate=True)
-    sync()
-    t1 = time.perf_counter()
-    scores = torch.stack(out.scores, dim=1).float()  # (B, n, vocab) eager logits per step, for tie checks
-    return (out.sequences[:, inputs["input_ids"].shape[1]:], timer.first - t0,
-            (t1 - timer.first) / (timer.steps - 1), scores)
-
-
-def measure(model, batch: int, engines: list[str], backend: str, repeats: int = 3) -> list[dict]:
-    inputs = {k: v.cuda() for k, v in synthetic_inputs(model, batch_size=batch, prompt_len=16).items()}
-    inputs["pixel_values"] = inputs["pixel_values"].half()
-    length = inputs["input_ids"].shape[1]
-    rows, eager_tokens = [], None
-    for engine in engines:
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-        row = {"batch": batch, "engine": engine, "prompt_tokens": length}
-        try:
-            if engine == "eager":
-                eager_run(model, inputs, 4)  # warm-up
-                runs = [eager_run(model, inputs, NEW_TOKENS) for _ in range(repeats)]
-                eager_tokens, eager_scores = runs[0][0], runs[0][3]
-                prefill = statistics.median(r[1] for r in runs)
-                step = statistics.median(r[2] for r in runs)
-            else:
-                t = time.perf_counter()
-                dec = CompiledDecoder(model, batch, length + NEW_TOKENS + 8, backend=backend)
-                first = dec.decode(inputs, NEW_TOKENS, ignore_eos=True)  # compiles + records graphs
-                dec.decode(inputs, NEW_TOKENS, ignore_eos=True)
-                row["compile_s"] = round(time.perf_counter() - t, 1)
-                runs = [dec.decode(inputs, NEW_TOKENS, ignore_eos=True) for _ in range(repeats)]
-                prefill = statistics.median(r.prefill_s for r in runs)
-                step = statistics.median(r.decode_s / r.decode_steps for r in runs)
-                if eager_tokens is not None:
-                    same = (first.tokens == eager_tokens).all(dim=0).float()
-                    # greedy tokens agree up to the first position where any row differs
-                    agree = int(same.cumprod(0).sum().item())
-                    row["tokens_match_eager"] = agree
-                    row["tokens_compared"] = NEW_TOKENS
-                    if agree < NEW_TOKENS:
-                        # Where they part, how close was eager's own top-2? A gap near fp16 rounding
-                        # (~0.01-0.1 logits) is a tie that kernel-order differences may flip either way.
-                        row_idx = int((first.tokens[:, agree] != eager_tokens[:, agree]).nonzero()[0])
-                        top2 = eager_scores[row_idx, agree].topk(2).values
-                        row["first_mismatch_top2_gap"] = float(top2[0] - top2[1])
-            row.update(prefill_s=prefill, decode_ms_per_token=1000 * step,
-                       images_per_s=batch / (prefill + (NEW_TOKENS - 1) * step),
-                       peak_allocated_gb=torch.cuda.max_memory_allocated() / 1e9,
-                       kv_read_bytes=kv_bytes_per_step(model, batch, length + NEW_TOKENS // 2))
-        except (RuntimeError, ValueError, AssertionError) as e:  # recorded in the results, the study goes on
-            logger.exception("%s batch %d failed", engine, batch)
-            row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+def measure(model, batch: int, engines: list[str], backend: str, bandwidth: float) -> list[dict]:
+    """The library's architecture-only measurement, in this study's (committed) JSON keys."""
+    cfg = arch.ArchBenchConfig("llava-1.5-7b", out="-", batch_size=batch, max_new_tokens=NEW_TOKENS,
+                               engines=tuple(engines), compile_backend=backend)
+    rows = []
+    for r in arch.measure(model, cfg, bandwidth):
+        row = {"batch": batch, "engine": r["engine"], "prompt_tokens": r["prompt_tokens"],
+               "prefill_s": r["prefill_s"], "decode_ms_per_token": r["decode_ms_per_token"],
+               "images_per_s": r["throughput_images_per_s"], "peak_allocated_gb": r["peak_vram_mb"] * 2**20 / 1e9,
+               "weight_gb": r["weight_mb"] * 2**20 / 1e9, "decode_weight_gb": r["decode_weight_mb"] * 2**20 / 1e9,
+               "params": r["params"], "floor_ms_per_token": r["decode_floor_ms_per_token"],
+               "roofline_fraction": r["roofline_fraction"]}
+        row.update({k: r[k] for k in ("compile_s", "tokens_match_eager", "tokens_compared",
+                                      "first_mismatch_top2_gap") if k in r})
         rows.append(row)
-        logger.info("%s", row)
     return rows
 
 
@@ -163,21 +90,15 @@ def study(args) -> dict:
         # the fifth variant and the "compiled" step silently runs eagerly.
         torch._dynamo.reset()
         model = build(name)
-        c = census(model)
-        weights = c["total_bytes"]
-        decode_weights = sum(c["components"][k]["bytes"] for k in ("language", "lm_head"))
         engines = args.engines if not VARIANTS[name][1] or args.compiled_quant else ["eager"]
         for b in args.batches:
-            for row in measure(model, b, engines, args.backend):
-                if "decode_ms_per_token" not in row:
-                    row.update(variant=name)
-                    results["runs"].append(row)
-                    continue
-                floor_ms = 1000 * (decode_weights + row.get("kv_read_bytes", 0)) / (bandwidth * 1e9)
-                row.update(variant=name, weight_gb=weights / 1e9, decode_weight_gb=decode_weights / 1e9,
-                           params=c["total_params"], floor_ms_per_token=floor_ms,
-                           roofline_fraction=floor_ms / row["decode_ms_per_token"],
-                           build_s=round(time.perf_counter() - t, 1))
+            try:
+                rows = measure(model, b, engines, args.backend, bandwidth)
+            except (RuntimeError, ValueError) as e:  # recorded in the results; the study goes on
+                logger.exception("%s batch %d failed", name, b)
+                rows = [{"batch": b, "engine": ",".join(engines), "error": f"{type(e).__name__}: {e}"[:300]}]
+            for row in rows:
+                row.update(variant=name, build_s=round(time.perf_counter() - t, 1))
                 results["runs"].append(row)
         del model
         torch.cuda.empty_cache()

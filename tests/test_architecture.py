@@ -1,0 +1,49 @@
+import json
+
+from click.testing import CliRunner
+
+from vlmslim.cli import cli
+from vlmslim.random_model import available_configs, build_random_model, load_arch_config
+from vlmslim.testing import tiny_llava
+
+
+def test_shipped_configs_build_the_published_sizes():
+    assert {"llava-1.5-7b", "smolvlm-instruct", "qwen2.5-vl-3b"} <= set(available_configs())
+    from accelerate import init_empty_weights
+
+    from vlmslim.checkpoint import model_class
+    config = load_arch_config("llava-1.5-7b")
+    with init_empty_weights():
+        model = model_class(config)._from_config(config)
+    assert sum(p.numel() for p in model.parameters()) == 7_063_427_072
+
+
+def test_random_weights_bench_on_cpu(tmp_path):
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(tiny_llava()[0].config.to_dict()))
+    model = build_random_model(str(config), dtype="float32", device="cpu")
+    assert model.model.language_model.layers[0].mlp.gate_proj.weight.std().item() == pytest_approx(0.02)
+    out = tmp_path / "arch"
+    res = CliRunner().invoke(cli, ["bench", str(config), "--random-weights", "--out", str(out), "--device", "cpu",
+                                   "--dtype", "float32", "--max-new-tokens", "4", "--glu", "0.5"])
+    assert res.exit_code == 0, res.output
+    s = json.loads((out / "summary.json").read_text())
+    assert s["metrics"] == {} and "random weights" in s["metric_notes"]["quality"]
+    assert s["efficiency"]["decode_ms_per_token"] > 0 and s["efficiency"]["peak_vram_mb"] is None
+    # glu 0.5 of 256 neurons with round-to 64: 128 kept in each of 2 layers
+    assert s["model"]["pruning"][0]["params"] == {"glu": 0.5}
+    assert s["efficiency"]["params"] == sum(p.numel() for p in model.parameters()) - 2 * 3 * 64 * 128
+
+
+def test_random_weights_errors(tmp_path):
+    res = CliRunner().invoke(cli, ["bench", "no-such-shape", "--random-weights", "--out", str(tmp_path / "o"),
+                                   "--device", "cpu"])
+    assert res.exit_code == 1 and "shipped: llava-1.5-7b" in res.output
+    res = CliRunner().invoke(cli, ["bench", "demo", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "--data" in res.output
+
+
+def pytest_approx(x):
+    import pytest
+
+    return pytest.approx(x, rel=0.05)
