@@ -47,3 +47,17 @@ def pytest_approx(x):
     import pytest
 
     return pytest.approx(x, rel=0.05)
+
+
+def test_prune_and_quantize_accept_random_sources(tmp_path):
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(tiny_llava()[0].config.to_dict()))
+    runner = CliRunner()
+    res = runner.invoke(cli, ["prune", f"random:{config}", "--out", str(tmp_path / "p"), "--glu", "0.5"])
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((tmp_path / "p" / "vlmslim.json").read_text())
+    assert manifest["base"]["model"] == f"random:{config}"
+    assert manifest["steps"][0]["params_after"]["language"] < manifest["steps"][0]["params_before"]["language"]
+    res = runner.invoke(cli, ["quantize", f"random:{config}", "--out", str(tmp_path / "q"), "--bits", "8"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "q" / "vlmslim.json").read_text())["census"]["components"]["language"]["linear"] == {"int8": 14}

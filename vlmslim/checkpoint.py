@@ -32,6 +32,7 @@ from vlmslim.io import atomic_dir, dir_size, write_json
 logger = logging.getLogger(__name__)
 
 MANIFEST = "vlmslim.json"
+RANDOM_PREFIX = "random:"  # "random:llava-1.5-7b": configs/models/llava-1.5-7b.json with random weights
 DEMO_DIR = Path(__file__).parent / "demo" / "model"
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
            "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -53,6 +54,8 @@ def _looks_like_path(src: str) -> bool:
 def resolve_source(src: str | os.PathLike) -> str:
     """A local model directory or a hub id (checked for reachability by the loader); 'demo' = shipped model."""
     src = str(src)
+    if src.startswith(RANDOM_PREFIX):  # architecture-only: a shipped config with random weights
+        return src
     if src == "demo":
         if not (DEMO_DIR / "config.json").exists():
             raise ModelLoadError(f"the embedded demo model is missing from the installed package ({DEMO_DIR})")
@@ -75,6 +78,10 @@ def read_manifest(path: str | os.PathLike) -> dict | None:
 
 
 def load_config(src: str):
+    if src.startswith(RANDOM_PREFIX):
+        from vlmslim.random_model import load_arch_config
+
+        return load_arch_config(src.removeprefix(RANDOM_PREFIX))
     try:
         return AutoConfig.from_pretrained(src)
     except OSError as e:
@@ -97,7 +104,8 @@ def model_class(config):
 
 
 def load_model(src: str | os.PathLike, dtype=None, device: str = "cpu", quant=None):
-    """(model in eval mode, processor or None) from a hub id, an HF dir, a vlmslim checkpoint or 'demo'.
+    """(model in eval mode, processor or None) from a hub id, an HF dir, a vlmslim checkpoint, 'demo', or
+    'random:<shipped config>' (random weights, no processor: for speed/memory work).
 
     `quant` quantizes at load (a `vlmslim.quantization` recipe); `dtype` None keeps the saved dtype.
     """
@@ -106,6 +114,15 @@ def load_model(src: str | os.PathLike, dtype=None, device: str = "cpu", quant=No
     cls = model_class(config)
     manifest = read_manifest(src) if Path(src).is_dir() else None
     torch_dtype = parse_dtype(dtype)
+    if src.startswith(RANDOM_PREFIX):
+        from vlmslim.random_model import build_random_model
+
+        model = build_random_model(src.removeprefix(RANDOM_PREFIX), dtype=torch_dtype or torch.float16, device=device)
+        if quant is not None:
+            from vlmslim.quantization import quantize_model
+
+            quantize_model(model, quant, device=device)
+        return model, None  # no tokenizer/processor: synthetic inputs only
     if quant is not None:
         from vlmslim.quantization import load_quantized
 
