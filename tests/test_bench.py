@@ -387,3 +387,21 @@ def test_bench_on_gpu_measures_memory_roofline_energy(tmp_path, ckpt, device):
     wh = eff["energy_wh_per_sample"]
     assert (wh is not None and wh > 0) or (wh is None and eff["energy"]["notes"])  # measured, or flagged
     assert "cuda" in s["environment"]["device"] and s["protocol"]["resolved_dtype"] == "float16"
+
+
+def test_missing_java_fails_before_generating_and_fallback_is_labelled(tmp_path, ckpt, monkeypatch):
+    import shutil as _shutil
+
+    real_which = _shutil.which
+    monkeypatch.setattr(_shutil, "which", lambda name, *a, **k: None if name == "java" else real_which(name, *a, **k))
+    data = make_dataset(tmp_path / "data", n=2)
+    r = run_cli(ckpt, "--data", data, "--out", tmp_path / "res", "--no-energy", "--bootstrap", "5",
+                "--max-new-tokens", "4")
+    assert r.exit_code == 1 and "java" in r.output and "--allow-no-java" in r.output
+    assert not (tmp_path / "res" / "samples.jsonl").exists()
+    r = run_cli(ckpt, "--data", data, "--out", tmp_path / "res2", "--no-energy", "--bootstrap", "5",
+                "--max-new-tokens", "4", "--allow-no-java")
+    assert r.exit_code == 0, r.output
+    s = json.loads((tmp_path / "res2" / "summary.json").read_text())
+    assert "meteor" not in s["metrics"] and "cider" in s["metrics"]
+    assert "fallback" in json.dumps(s["metric_notes"])

@@ -324,13 +324,16 @@ def _echo_summary(out: str, summary: dict) -> None:
 @click.option("--bertscore-model", default=DEFAULT_BERTSCORE_MODEL, show_default=True, help="Hub id or local dir.")
 @click.option("--no-bertscore", is_flag=True, help="Skip BERTScore (open-vqa).")
 @click.option("--no-energy", is_flag=True, help="Do not run codecarbon's energy tracker.")
+@click.option("--allow-no-java", is_flag=True,
+              help="Without Java: score with a simple tokenizer and no METEOR, labelled as such in the summary.")
 @click.option("--energy-country", default="USA", show_default=True, help="ISO code for codecarbon's offline mode.")
 @click.option("--warmup", type=int, default=1, show_default=True, help="Unrecorded warm-up passes on the first batch.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Subset selection and bootstrap seed.")
 @click.option("--bootstrap", type=int, default=1000, show_default=True, help="Bootstrap resamples for 95% CIs.")
 @handle_errors
 def bench(models, data, out, task, limit, batch_size, max_new_tokens, prompt, ocr_tokens, device, dtype, quant,
-          random_weights, glu, heads, name, engine, baseline, bertscore_model, no_bertscore, no_energy, energy_country, warmup, seed, bootstrap):
+          random_weights, glu, heads, name, engine, baseline, bertscore_model, no_bertscore, no_energy, allow_no_java,
+          energy_country, warmup, seed, bootstrap):
     """Quality and efficiency of checkpoints on one dataset, from the same greedy generations.
 
     \b
@@ -353,6 +356,7 @@ def bench(models, data, out, task, limit, batch_size, max_new_tokens, prompt, oc
                    prompt=prompt, ocr_tokens=ocr_tokens, device=device, dtype=dtype, quant=quant, name=name, engine=engine,
                    baseline=baseline,
                    bertscore_model=None if no_bertscore else bertscore_model, energy=not no_energy,
+                   java_fallback=allow_no_java,
                    country=energy_country, warmup=warmup, seed=seed, bootstrap=bootstrap)
     try:
         BenchConfig(model=models[0], out=out, **options)  # validates every option before any work

@@ -187,7 +187,6 @@ def generate_batch_compiled(model, processor, images, instructions: list[str], m
     result = dec.decode(inputs, max_new_tokens, eos_token_id=eos[0] if eos else None,
                         pad_token_id=tokenizer.pad_token_id or 0)
     sync()
-    t_end = time.perf_counter()
     # decode_new_tokens expects prompt + answer rows; the decoder returns only the answer.
     texts, counts = decode_new_tokens(tokenizer, result.tokens, 0, set(eos))
     t_dec = time.perf_counter()

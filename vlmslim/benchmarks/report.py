@@ -177,7 +177,8 @@ def score_and_summarise(cfg, task, dataset, out, rows, sessions, record, baselin
     predictions = {r["id"]: r["prediction"] for r in scored}
     references = {r["id"]: r["references"] for r in scored}
     bertscore = bertscore_config(cfg.bertscore_model) if task.uses_bertscore else None
-    result = task.score(predictions, references, n_bootstrap=cfg.bootstrap, seed=cfg.seed, bertscore=bertscore)
+    result = task.score(predictions, references, n_bootstrap=cfg.bootstrap, seed=cfg.seed, bertscore=bertscore,
+                        allow_fallback=cfg.java_fallback)
     for r in rows:  # rows outside this --limit selection keep no scores: they were not in this corpus
         r["scores"] = result.per_sample.get(r["id"])
     res.rewrite_samples(out, rows)
@@ -223,7 +224,8 @@ def _paired(task, cfg, predictions, references, baseline, bertscore) -> dict:
         raise BenchmarkError(f"--baseline {baseline['path']} shares no scored sample with this run")
     diffs = paired_differences(task, {i: predictions[i] for i in common},
                                {i: baseline["predictions"][i] for i in common}, {i: references[i] for i in common},
-                               n_bootstrap=cfg.bootstrap, seed=cfg.seed, bertscore=bertscore)
+                               n_bootstrap=cfg.bootstrap, seed=cfg.seed, bertscore=bertscore,
+                               allow_fallback=cfg.java_fallback)
     base_protocol = baseline["summary"].get("protocol", {})
     changed = [k for k in ("prompt", "max_new_tokens", "batch_size") if base_protocol.get(k) != getattr(cfg, k)]
     return {"baseline": baseline["path"], "baseline_model": baseline["summary"].get("model", {}).get("name"),

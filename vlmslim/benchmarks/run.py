@@ -56,6 +56,7 @@ class BenchConfig:
     baseline: str | None = None  # results dir for paired differences
     bertscore_model: str | None = DEFAULT_BERTSCORE_MODEL  # None: no BERTScore
     energy: bool = True
+    java_fallback: bool = False  # without Java: simple tokenizer, no METEOR, labelled in metric_notes
     country: str = "USA"  # codecarbon needs one offline; it affects CO2, not energy
     warmup: int = 1
     seed: int = 0
@@ -127,6 +128,10 @@ def run_bench(config: BenchConfig, *, progress: bool = True,
     """
     dataset, task = select_samples(config)
     cfg = config.resolved(task.name)
+    if task.name in ("caption", "open-vqa") and not cfg.java_fallback:
+        from vlmslim.benchmarks.metrics.tokenize import require_java
+
+        require_java()  # fail before generating anything, not after an hour of it
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise BenchmarkError(f"--device {cfg.device}: no CUDA device is available here (use --device cpu)")
     out = Path(cfg.out)

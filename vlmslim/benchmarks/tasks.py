@@ -79,17 +79,18 @@ def open_vqa_instruction(sample, prompt: str, ocr_tokens: bool) -> str:
 # ---------------------------------------------------------------- scoring
 
 
-def _score_caption(predictions, references, *, n_bootstrap, seed, bertscore):
-    return _metrics().score_captions(predictions, references, n_bootstrap=n_bootstrap, seed=seed)
+def _score_caption(predictions, references, *, n_bootstrap, seed, bertscore, allow_fallback=False):
+    return _metrics().score_captions(predictions, references, n_bootstrap=n_bootstrap, seed=seed,
+                                     allow_fallback=allow_fallback)
 
 
-def _score_vqa(predictions, references, *, n_bootstrap, seed, bertscore):
-    return _metrics().score_vqa(predictions, references, n_bootstrap=n_bootstrap, seed=seed)
+def _score_vqa(predictions, references, *, n_bootstrap, seed, bertscore, allow_fallback=False):
+    return _metrics().score_vqa(predictions, references, n_bootstrap=n_bootstrap, seed=seed)  # no Java needed
 
 
-def _score_open_vqa(predictions, references, *, n_bootstrap, seed, bertscore):
-    return _metrics().score_open_vqa(predictions, references, bertscore=bertscore,
-                                     n_bootstrap=n_bootstrap, seed=seed)
+def _score_open_vqa(predictions, references, *, n_bootstrap, seed, bertscore, allow_fallback=False):
+    return _metrics().score_open_vqa(predictions, references, bertscore=bertscore, n_bootstrap=n_bootstrap,
+                                     seed=seed, allow_fallback=allow_fallback)
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,8 @@ def get_task(name: str) -> Task:
     return TASKS[name]
 
 
-def paired_differences(task: Task, predictions, baseline_predictions, references, *, n_bootstrap, seed, bertscore):
+def paired_differences(task: Task, predictions, baseline_predictions, references, *, n_bootstrap, seed, bertscore,
+                       allow_fallback: bool = False):
     """{metric: (model − baseline, lo, hi)} on the common ids, paired bootstrap over samples.
 
     Captions: corpus metrics recomputed on the same resamples for both (CIDEr-D IDF included). VQA and
@@ -133,10 +135,12 @@ def paired_differences(task: Task, predictions, baseline_predictions, references
     corpus aggregate)."""
     m = _metrics()
     if task.name == "caption":
-        out = m.paired_differences(predictions, baseline_predictions, references, n_bootstrap=n_bootstrap, seed=seed)
+        out = m.paired_differences(predictions, baseline_predictions, references, n_bootstrap=n_bootstrap, seed=seed,
+                                   allow_fallback=allow_fallback)
     else:
-        ours = task.score(predictions, references, n_bootstrap=0, seed=seed, bertscore=bertscore).per_sample
-        theirs = task.score(baseline_predictions, references, n_bootstrap=0, seed=seed, bertscore=bertscore).per_sample
+        kw = dict(n_bootstrap=0, seed=seed, bertscore=bertscore, allow_fallback=allow_fallback)
+        ours = task.score(predictions, references, **kw).per_sample
+        theirs = task.score(baseline_predictions, references, **kw).per_sample
         keys = sorted(set.intersection(*(set(v) for v in [*ours.values(), *theirs.values()])))
         out = {k: m.paired_mean_differences({i: v[k] for i, v in ours.items()}, {i: v[k] for i, v in theirs.items()},
                                             n_bootstrap=n_bootstrap, seed=seed) for k in keys}

@@ -35,7 +35,7 @@ _FALLBACK_TOKEN = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
 JAVA_HINT = (
     "pycocoevalcap's PTB tokenizer and METEOR 1.5 need a Java runtime (e.g. `apt-get install "
     "default-jre-headless`). Or opt in to the labelled fallback (simple Python tokenizer, no METEOR): "
-    "allow_fallback=True."
+    "allow_fallback=True (`vlmslim bench --allow-no-java`)."
 )
 
 
