@@ -1,0 +1,99 @@
+"""Command line: one thin click command per pipeline step, each calling a library function.
+
+Commands parse options and turn expected library errors (`VlmslimError`) into one-line
+`click.ClickException`s; no logic lives here. This module holds the group and the shared error
+handling; the commands live in `data.py` (data), `models.py` (inspect, prune, quantize),
+`bench.py` (bench) and `results.py` (figures, demo), registered on import at the bottom.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+
+import click
+
+from vlmslim import __version__
+from vlmslim.errors import VlmslimError
+
+# Choices of registries that live in torch-importing modules, spelled out so `vlmslim -h` and the
+# figures/data commands start without torch; tests/test_cli.py checks they equal the registries.
+NEURON_CRITERIA = ("activation", "hybrid", "l2", "maw", "pon", "vow")
+HEAD_CRITERIA = ("activation", "o_norm")
+HEAD_MODES = ("groups", "query")
+QUANT_TARGETS = ("all", "language", "vision")
+DEFAULT_TARGET = "language"
+COMPUTE_DTYPES = ("bfloat16", "float16", "float32")
+DEMO_VARIANTS = ("base", "glu30", "glu50", "glu70", "glu80", "heads25", "heads50", "glu30-heads25", "drop1",
+                 "int8", "nf4", "glu30-nf4")
+
+
+def _setup_logging(verbosity: int) -> None:
+    level = {-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG if verbosity > 0 else logging.ERROR)
+    if verbosity < 0:  # -q also silences the progress bars of datasets / huggingface_hub
+        os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
+    # transformers / datasets are chatty at INFO; keep them at WARNING unless -vv.
+    for noisy in ("transformers", "datasets", "urllib3", "filelock", "codecarbon", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbosity > 1 else logging.WARNING)
+
+
+def handle_errors(fn):
+    """Turn expected library errors into one-line CLI errors (exit 1), keeping tracebacks for bugs."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except VlmslimError as e:
+            raise click.ClickException(str(e)) from e
+
+    return wrapper
+
+
+class OneLineErrors(click.Group):
+    """A group whose usage errors (unknown option, bad choice, missing --out) print one `Error:` line and
+    exit 2, like every other expected failure (exit 1), instead of click's usage banner."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as e:
+            click.echo(f"Error: {e.format_message()} (see '{e.ctx.command_path if e.ctx else 'vlmslim'} -h')",
+                       err=True)
+            sys.exit(e.exit_code)
+        except click.ClickException as e:
+            e.show()
+            sys.exit(e.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="vlmslim")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for library debug logs).")
+@click.option("-q", "--quiet", count=True, help="Less log output.")
+def cli(verbose: int, quiet: int) -> None:
+    """Prune, quantize and benchmark vision-language models.
+
+    \b
+    Steps: data -> prune -> quantize -> bench -> figures.  `vlmslim demo` runs them all
+    on the embedded miniature VLM on a CPU.
+    """
+    _setup_logging(verbose - quiet)
+
+
+def main() -> None:
+    cli(prog_name="vlmslim")
+
+
+# Registers the commands on `cli` (each module imports `cli` and `handle_errors` from here).
+from vlmslim.cli import bench, data, models, results  # noqa: E402,F401
+from vlmslim.cli.results import _COST_CHOICES  # noqa: E402,F401  (tests check it mirrors the registry)
