@@ -15,8 +15,7 @@ from pathlib import Path
 import bert_score
 from bert_score.utils import model2layers
 
-from vlmslim.benchmarks.metrics.bootstrap import ScoreResult, resample_counts, summarise, weighted_mean
-from vlmslim.errors import BenchmarkError
+from vlmslim.benchmarks.metrics.bootstrap import ScoreResult, resample_counts, scored_ids, summarise, weighted_mean
 
 logger = logging.getLogger(__name__)
 
@@ -85,12 +84,7 @@ def score_bertscore(
     config, changes = resolve(config or BertScoreConfig())
     for change in changes:
         logger.warning("BERTScore: %s", change)
-    missing = [k for k in predictions if k not in references]
-    if missing:
-        raise BenchmarkError(f"{len(missing)} predictions have no references (e.g. {missing[:3]})")
-    if not predictions:
-        raise BenchmarkError("no predictions to score")
-    ids = sorted(predictions, key=str)
+    ids = scored_ids(predictions, references, "references")
     notes: dict = {"bertscore_settings": asdict(config), "bertscore_changes": changes}
     try:
         scorer = _load_scorer(config)

@@ -14,6 +14,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from vlmslim.errors import BenchmarkError
+
 logger = logging.getLogger(__name__)
 
 CI_LEVEL = 0.95
@@ -131,3 +133,13 @@ def paired_mean_differences(
     values = weighted_mean(d, resample_counts(len(ids), n_bootstrap, seed))
     lo, hi = percentile_ci(values[1:]) if n_bootstrap else (float("nan"), float("nan"))
     return PairedDifference(float(values[0]), lo, hi)
+
+
+def scored_ids(predictions: dict, references: dict, what: str = "references") -> list:
+    """The ids to score, sorted; a prediction without references or an empty set is an error."""
+    missing = [k for k in predictions if k not in references]
+    if missing:
+        raise BenchmarkError(f"{len(missing)} predictions have no {what} (e.g. {missing[:3]})")
+    if not predictions:
+        raise BenchmarkError("no predictions to score")
+    return sorted(predictions, key=str)

@@ -11,7 +11,7 @@ import re
 
 import numpy as np
 
-from vlmslim.benchmarks.metrics.bootstrap import ScoreResult, resample_counts, summarise, weighted_mean
+from vlmslim.benchmarks.metrics.bootstrap import ScoreResult, resample_counts, scored_ids, summarise, weighted_mean
 from vlmslim.errors import BenchmarkError
 
 NUMBER_WORDS = {
@@ -86,12 +86,7 @@ def vqa_accuracy(prediction: str, answers: list[str]) -> float:
 def score_vqa(predictions: dict[str, str], answers: dict[str, list[str]], *, n_bootstrap: int = 1000,
               seed: int = 0) -> ScoreResult:
     """Mean TextVQA accuracy with a 95% bootstrap CI and per-sample accuracies."""
-    missing = [k for k in predictions if k not in answers]
-    if missing:
-        raise BenchmarkError(f"{len(missing)} predictions have no answers (e.g. {missing[:3]})")
-    if not predictions:
-        raise BenchmarkError("no predictions to score")
-    ids = sorted(predictions, key=str)
+    ids = scored_ids(predictions, answers, "answers")
     for k in ids:
         if isinstance(answers[k], str) or not answers[k]:
             raise BenchmarkError(f"sample {k!r}: answers must be a non-empty list of strings")
