@@ -42,11 +42,13 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False):
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir()
+    done = False
     try:
         yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        done = True
+    finally:
+        if not done:  # an exception or Ctrl-C inside the block: nothing under any name survives
+            shutil.rmtree(staging, ignore_errors=True)
     backup = None
     if out.exists():
         backup = out.with_name(f"{out.name}.old-{os.getpid()}")

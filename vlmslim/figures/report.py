@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
 from vlmslim.errors import FiguresError, OutputExistsError
+from vlmslim.io import atomic_dir
 from vlmslim.figures.analysis import compute_frontier, frontier_json, quality_metrics, summary_markdown
 from vlmslim.figures.bars import bar_figure
 from vlmslim.figures.combined import combined_figure
@@ -96,16 +95,6 @@ def _check_out(out: Path, runs: Sequence[Run], overwrite: bool) -> None:
             raise FiguresError(f"--out {out} would replace the results dir {run.dir}; choose another output path")
 
 
-def _commit(partial: Path, out: Path) -> None:
-    """Swap the finished dir into place; an old `out` is only removed once the new one is there."""
-    old = out.with_name(f"{out.name}.old-{os.getpid()}")
-    if out.exists():
-        os.replace(out, old)
-    os.replace(partial, out)
-    if old.exists():
-        shutil.rmtree(old)
-
-
 def _stem(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
 
@@ -122,13 +111,8 @@ def make_figures(run_dirs: Sequence[str | Path], out: str | Path, config: Option
     logger.info("figures for %d runs, baseline %s, metric %s, config %s", len(runs), baseline.name, metric, asdict(config))
     context = context_line(runs, baseline, config.note)
 
-    partial = out.with_name(f"{out.name}.partial-{os.getpid()}")
-    if partial.exists():  # leftover of an earlier crash that had our pid
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True)
     files: list[Path] = []
-    done = False
-    try:
+    with atomic_dir(out, config.overwrite) as partial:  # never leaves a half-written output behind
         frontiers, skipped = {}, {}
         for axis_name in config.costs:
             af = compute_frontier(runs, metric, axis_name, baseline)
@@ -154,9 +138,4 @@ def make_figures(run_dirs: Sequence[str | Path], out: str | Path, config: Option
         if samples:
             (partial / "spotcheck.html").write_text(spotcheck_html(samples, metric, context, config.seed))
             files += [partial / "spotcheck.html", write_spotcheck_md(samples, partial, metric, context, config.seed)]
-        _commit(partial, out)
-        done = True
-    finally:
-        if not done:  # never leave a half-written output behind
-            shutil.rmtree(partial, ignore_errors=True)
     return FiguresResult(out, [out / f.relative_to(partial) for f in files], metric, baseline.name, frontier)
