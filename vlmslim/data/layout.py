@@ -16,7 +16,6 @@ directory and returns a `LocalDataset`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections import Counter
@@ -28,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from vlmslim.errors import DataError
+from vlmslim.io import sha256_file  # noqa: F401  (re-exported: writer/importer use it from here)
 
 logger = logging.getLogger(__name__)
 
@@ -140,14 +140,6 @@ def select_subset(n_total: int, limit: int | None, seed: int = 0) -> list[int]:
         return list(range(n_total))
     perm = np.random.RandomState(seed).permutation(n_total)
     return sorted(int(i) for i in perm[:limit])
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def coco_annotations(samples: list[Sample]) -> dict:
