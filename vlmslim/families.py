@@ -10,7 +10,7 @@ Dotted paths are relative to the top-level `*ForConditionalGeneration` module (t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -95,44 +95,33 @@ class Family:
         return processor.apply_chat_template(messages, add_generation_prompt=True)
 
 
-def _llama_like(model_type: str, **kw) -> Family:
-    return Family(model_type=model_type, **kw)
-
-
 FAMILIES: dict[str, Family] = {
     f.model_type: f
     for f in [
-        _llama_like(
-            "llava",
+        Family(
+            model_type="llava",
             vision=("model.vision_tower",),
             projector=("model.multi_modal_projector",),
             language="model.language_model",
             vision_layers="model.vision_tower.encoder.layers",
         ),
-        _llama_like(
-            "idefics3",
+        Family(
+            model_type="idefics3",
             vision=("model.vision_model",),
             projector=("model.connector",),
             language="model.text_model",
             vision_layers="model.vision_model.encoder.layers",
         ),
-        _llama_like(
-            "smolvlm",
-            vision=("model.vision_model",),
-            projector=("model.connector",),
-            language="model.text_model",
-            vision_layers="model.vision_model.encoder.layers",
-        ),
-        _llama_like(
-            "qwen2_5_vl",
+        Family(
+            model_type="qwen2_5_vl",
             # The patch merger is Qwen's projector but lives inside `visual`: the longest prefix wins.
             vision=("model.visual",),
             projector=("model.visual.merger",),
             language="model.language_model",
             vision_layers="model.visual.blocks",
         ),
-        _llama_like(
-            "paligemma",
+        Family(
+            model_type="paligemma",
             vision=("model.vision_tower",),
             projector=("model.multi_modal_projector",),
             language="model.language_model",
@@ -154,6 +143,8 @@ FAMILIES: dict[str, Family] = {
         ),
     ]
 }
+# SmolVLM(2) ships its own model_type with Idefics3's module layout.
+FAMILIES["smolvlm"] = replace(FAMILIES["idefics3"], model_type="smolvlm")
 
 
 def get_family(model_or_config) -> Family:

@@ -31,7 +31,6 @@ from vlmslim.benchmarks import architecture as arch  # noqa: E402
 from vlmslim.benchmarks.efficiency import measure_bandwidth_gb_s  # noqa: E402
 from vlmslim.census import census  # noqa: E402
 from vlmslim.inputs import synthetic_inputs  # noqa: E402
-from vlmslim.random_model import build_random_model  # noqa: E402
 
 logger = logging.getLogger("llava7b_gpu")
 
@@ -107,12 +106,11 @@ def study(args) -> dict:
         for target in ("language", "vision", "all"):
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
-            model = build_random_model("llava-1.5-7b", dtype="float16", device="cuda")
-            from vlmslim.quantization import QuantSpec, make_recipe, quantize_model
+            from vlmslim.quantization import QuantSpec, make_recipe
 
-            quantize_model(model, QuantSpec(make_recipe(quant), target=target), device="cuda")
-            gc.collect()  # the replaced fp16 weights are garbage now; without this they count as resident
-            torch.cuda.empty_cache()
+            # arch.build collects the replaced fp16 weights, which would otherwise count as resident
+            model = arch.build(arch.ArchBenchConfig("llava-1.5-7b", out="-",
+                                                    quant=QuantSpec(make_recipe(quant), target=target)))
             torch.cuda.reset_peak_memory_stats()
             resident = torch.cuda.memory_allocated() / 1e9
             inputs = {k: v.cuda() for k, v in synthetic_inputs(model, batch_size=1).items()}

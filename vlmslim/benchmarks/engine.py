@@ -14,6 +14,7 @@ Both engines return the same greedy tokens (checked against `generate` in tests 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import torch
@@ -39,12 +40,6 @@ class DecodeResult:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _timer():
-    import time
-
-    return time.perf_counter()
 
 
 class CompiledDecoder:
@@ -95,11 +90,11 @@ class CompiledDecoder:
         mask[:, :length] = attn
         cache = StaticCache(config=self.text_config, max_cache_len=self.max_cache_len)
         _sync(self.device)
-        t0 = _timer()
+        t0 = time.perf_counter()
         out = self.model(**inputs, position_ids=position_ids, past_key_values=cache, use_cache=True)
         tok = out.logits[:, -1].argmax(-1)
         _sync(self.device)
-        t1 = _timer()
+        t1 = time.perf_counter()
         tokens = [tok]
         done = torch.zeros(b, dtype=torch.bool, device=ids.device)
         pos = position_ids[:, -1:]
@@ -118,5 +113,5 @@ class CompiledDecoder:
             tokens.append(tok)
             steps += 1
         _sync(self.device)
-        t2 = _timer()
+        t2 = time.perf_counter()
         return DecodeResult(torch.stack(tokens, dim=1), t1 - t0, t2 - t1, steps)

