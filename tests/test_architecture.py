@@ -3,7 +3,7 @@ import json
 from click.testing import CliRunner
 
 from vlmslim.cli import cli
-from vlmslim.random_model import available_configs, build_random_model, load_arch_config
+from vlmslim.loading import available_configs, build_random_model, load_arch_config
 from vlmslim.testing import tiny_llava
 
 
@@ -11,7 +11,7 @@ def test_shipped_configs_build_the_published_sizes():
     assert {"llava-1.5-7b", "smolvlm-instruct", "qwen2.5-vl-3b"} <= set(available_configs())
     from accelerate import init_empty_weights
 
-    from vlmslim.checkpoint import model_class
+    from vlmslim.loading import model_class
     config = load_arch_config("llava-1.5-7b")
     with init_empty_weights():
         model = model_class(config)._from_config(config)

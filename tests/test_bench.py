@@ -27,7 +27,8 @@ from vlmslim.benchmarks.efficiency import energy_summary, nvml_gpu_ids, roofline
 from vlmslim.benchmarks.generate import FirstTokenTimer, decode_new_tokens, generate_batch
 from vlmslim.benchmarks.run import BenchConfig, bench
 from vlmslim.benchmarks.tasks import CAPTION_METRICS, TASKS
-from vlmslim.checkpoint import new_manifest, save_checkpoint
+from vlmslim.checkpoint import save_checkpoint
+from vlmslim.manifest import new_manifest
 from vlmslim.cli import cli
 from vlmslim.testing import tiny_model
 

@@ -8,8 +8,9 @@ from click.testing import CliRunner
 
 from vlmslim import __version__
 from vlmslim.census import census
-from vlmslim.checkpoint import (MANIFEST, load_model, new_manifest, reference_logits, save_checkpoint,
-                                verify_reload)
+from vlmslim.loading import load_model
+from vlmslim.manifest import MANIFEST, new_manifest
+from vlmslim.checkpoint import reference_logits, save_checkpoint, verify_reload
 from vlmslim.cli import cli
 from vlmslim.errors import ModelLoadError, OutputExistsError, UnsupportedFamilyError
 from vlmslim.families import FAMILIES, get_family

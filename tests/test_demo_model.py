@@ -2,7 +2,8 @@ import random
 
 import torch
 
-from vlmslim.checkpoint import load_model, read_manifest
+from vlmslim.loading import load_model
+from vlmslim.manifest import read_manifest
 from vlmslim.data.synthetic import captions, random_scene, render
 from vlmslim.demo.architecture import CAPTION_PROMPT, DemoArchitecture
 from vlmslim.demo.train import TrainConfig, train

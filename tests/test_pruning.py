@@ -8,14 +8,16 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from vlmslim.checkpoint import load_model, new_manifest, read_manifest, reference_logits, save_checkpoint
+from vlmslim.checkpoint import reference_logits, save_checkpoint
+from vlmslim.loading import load_model
+from vlmslim.manifest import new_manifest, read_manifest
 from vlmslim.cli import cli
 from vlmslim.errors import PruningError
 from vlmslim.families import get_family
 from vlmslim.inputs import fixed_inputs
 from vlmslim.io import sha256_file
 from vlmslim.pruning import PruneConfig, prune, prune_checkpoint
-from vlmslim.pruning.glu import prune_glu
+from vlmslim.shapes import prune_glu
 from vlmslim.pruning.importance import GLUWeights, maw, o_norm
 from vlmslim.pruning.select import kept_heads, kept_width, select_heads
 from vlmslim.testing import tiny_llava, tiny_model

@@ -17,12 +17,14 @@ import torch
 from click.testing import CliRunner
 
 from vlmslim.census import linear_layers
-from vlmslim.checkpoint import load_model, new_manifest, reference_logits, save_checkpoint
+from vlmslim.checkpoint import reference_logits, save_checkpoint
+from vlmslim.loading import load_model
+from vlmslim.manifest import new_manifest
 from vlmslim.cli import cli
 from vlmslim.errors import QuantizationError
-from vlmslim.quantization import (QuantSpec, expected_bytes, make_recipe, quantize, quantize_model,
+from vlmslim.quantization import (QuantSpec, expected_bytes, load_quantized, make_recipe, quantize, quantize_model,
                                   recipe_from_bits, resolve_target, sqnr_db)
-from vlmslim.quantization.loading import rebuild_quantized
+from vlmslim.loading.quantized import rebuild_quantized
 from vlmslim.quantization.targets import TARGETS
 from vlmslim.testing import tiny_llava, tiny_model
 
@@ -198,7 +200,8 @@ def test_stock_from_pretrained_and_rebuild_agree(sources, quantized_llava, tmp_p
     which also renames LLaVA's legacy checkpoint keys) gives the same layers and logits."""
     from transformers import AutoModelForImageTextToText
 
-    from vlmslim.checkpoint import load_config, model_class, read_manifest
+    from vlmslim.loading import load_config, model_class
+    from vlmslim.manifest import read_manifest
 
     for spec, path in [(None, quantized_llava),
                        (QuantSpec(_recipe("int8"), "all"), tmp_path / "int8")]:
@@ -270,13 +273,13 @@ def test_bad_width_gives_clear_error():
 
 def test_quantize_at_load_matches_the_step(sources, quantized_llava):
     before = sorted(p.name for p in sources["llava"].iterdir())
-    model, processor = load_model(sources["llava"], quant=QuantSpec(_recipe("nf4-dq"), "all"))
+    model, processor = load_quantized(sources["llava"], QuantSpec(_recipe("nf4-dq"), "all"))
     assert sorted(p.name for p in sources["llava"].iterdir()) == before  # nothing written
     saved, _ = load_model(quantized_llava)
     assert linear_layers(model) == linear_layers(saved)
     assert torch.equal(reference_logits(model, processor), reference_logits(saved, processor))
     with pytest.raises(QuantizationError, match="already quantized"):
-        load_model(quantized_llava, quant="nf4")
+        load_quantized(quantized_llava, "nf4")
     with pytest.raises(QuantizationError, match="already quantized"):
         quantize_model(model, "int8")
 

@@ -12,13 +12,14 @@ Names are imported on first use, so `import vlmslim` (and the CLI's --help) stay
 __version__ = "0.1.0"
 
 _API = {
-    "load_model": "vlmslim.checkpoint",
+    "load_model": "vlmslim.loading",
     "save_checkpoint": "vlmslim.checkpoint",
     "census": "vlmslim.census",
     "prune": "vlmslim.pruning",
     "prune_checkpoint": "vlmslim.pruning",
     "PruneConfig": "vlmslim.pruning",
     "quantize": "vlmslim.quantization",
+    "load_quantized": "vlmslim.quantization",
     "quantize_model": "vlmslim.quantization",
     "QuantSpec": "vlmslim.quantization",
     "bench": "vlmslim.benchmarks",

@@ -13,6 +13,7 @@ from torch import nn
 
 from vlmslim.families import COMPONENTS, get_family
 
+QUANT_KINDS = ("int8", "nf4", "fp4", "4bit")  # `linear_kind` of bitsandbytes layers ("4bit": type unknown)
 _FLOAT_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}
 
 
@@ -71,13 +72,7 @@ def census(model: nn.Module) -> dict:
         if kind is not None:
             lin = comps[family.component_of(name)]["linear"]
             lin[kind] = lin.get(kind, 0) + 1
-    tied = []
-    seen: dict[int, str] = {}
-    for name, param in model.named_parameters(remove_duplicate=False):
-        key = id(param)
-        if key in seen and seen[key] != name:
-            tied.append([seen[key], name])
-        seen.setdefault(key, name)
+    tied = [list(pair) for pair in tied_parameters(model)]
     if comps["other"]["params"] == 0 and not comps["other"]["linear"]:
         del comps["other"]
     return {
@@ -86,6 +81,22 @@ def census(model: nn.Module) -> dict:
         "total_bytes": sum(c["bytes"] for c in comps.values()),
         "tied": tied,
     }
+
+
+def tied_parameters(model: nn.Module) -> list[tuple[str, str]]:
+    """(first name, other name) for every parameter reachable under two names (tied embeddings)."""
+    seen: dict[int, str] = {}
+    pairs = []
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in seen:
+            pairs.append((seen[id(param)], name))
+        seen.setdefault(id(param), name)
+    return pairs
+
+
+def quantized_kinds(model: nn.Module) -> list[str]:
+    """The bitsandbytes kinds among the model's Linear layers (empty for a float model)."""
+    return sorted({k for k in linear_layers(model).values() if k in QUANT_KINDS})
 
 
 def linear_layers(model: nn.Module) -> dict[str, str]:

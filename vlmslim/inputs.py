@@ -12,10 +12,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vlmslim.benchmarks.tasks import TASKS
+from vlmslim.prompts import CAPTION_PROMPT
 from vlmslim.families import get_family
 
-FIXED_PROMPT = TASKS["caption"].prompt  # the pinned caption instruction (DESIGN.md protocol)
+FIXED_PROMPT = CAPTION_PROMPT  # the pinned caption instruction (DESIGN.md protocol)
 
 
 def fixed_image(size: int = 64, seed: int = 0) -> Image.Image:

@@ -21,6 +21,7 @@ from vlmslim.benchmarks.generate import FirstTokenTimer
 from vlmslim.census import census
 from vlmslim.inputs import synthetic_inputs
 from vlmslim.io import atomic_dir, write_json
+from vlmslim.loading import build_random_model
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +57,6 @@ def _sync(device: torch.device) -> None:
 
 
 def build(cfg: ArchBenchConfig):
-    from vlmslim.random_model import build_random_model
-
     model = build_random_model(cfg.config, dtype=cfg.dtype, device=cfg.device, seed=cfg.seed)
     if cfg.prune:
         from vlmslim.pruning import PruneConfig, prune

@@ -17,7 +17,7 @@ from vlmslim.benchmarks import results as res
 from vlmslim.benchmarks.efficiency import MB, decode_weight_bytes, energy_summary, roofline, stats
 from vlmslim.benchmarks.generate import GREEDY
 from vlmslim.benchmarks.tasks import bertscore_config, paired_differences
-from vlmslim.checkpoint import git_revision, library_versions
+from vlmslim.manifest import git_revision, library_versions
 from vlmslim.errors import BenchmarkError
 
 logger = logging.getLogger(__name__)

@@ -29,7 +29,9 @@ from vlmslim.benchmarks.generate import (cuda_devices, device_sync, generate_bat
 from vlmslim.benchmarks.report import compact_manifest, environment, model_label, now, score_and_summarise
 from vlmslim.benchmarks.tasks import DEFAULT_BERTSCORE_MODEL, get_task
 from vlmslim.census import census as take_census
-from vlmslim.checkpoint import load_model, read_manifest, resolve_source
+from vlmslim.loading import load_model, resolve_source
+from vlmslim.manifest import read_manifest
+from vlmslim.quantization import as_spec, load_quantized
 from vlmslim.errors import BenchmarkError, DataError, VlmslimError
 from vlmslim.families import get_family
 from vlmslim.io import sha256_file, write_json
@@ -102,15 +104,15 @@ def select_samples(config: BenchConfig):
     return dataset.select(config.limit, config.seed), task
 
 
-def _quant_recipe(name: str | None):
-    if name is None:
-        return None
-    from vlmslim.quantization import as_spec
-
+def _load(source: str, cfg: BenchConfig):
+    """The model to benchmark: as saved, or quantized at load with `--quant RECIPE`."""
+    if cfg.quant is None:
+        return load_model(source, dtype=cfg.dtype, device=cfg.device)
     try:
-        return as_spec(name)
+        spec = as_spec(cfg.quant)
     except ValueError as e:
         raise BenchmarkError(f"--quant: {e}") from e
+    return load_quantized(source, spec, dtype=cfg.dtype, device=cfg.device)
 
 
 def bench(model: str, data: str, out: str, *, progress: bool = True,
@@ -162,7 +164,7 @@ def run_bench(config: BenchConfig, *, progress: bool = True,
         logger.info("%s: %d samples selected, %d already in %s, %d to generate",
                     cfg.name or model_label(cfg.model), len(dataset.samples), len(done), out, len(todo))
         if todo or not any(s.get("census") for s in sessions):
-            model, processor = load_model(source, dtype=cfg.dtype, device=cfg.device, quant=_quant_recipe(cfg.quant))
+            model, processor = _load(source, cfg)
             if processor is None:
                 raise BenchmarkError(f"{source} has no processor (tokenizer + image processor); bench needs one")
             session = {"session": len(sessions), "started": now(), "model_source": source}

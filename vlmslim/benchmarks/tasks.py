@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from vlmslim.errors import BenchmarkError
+from vlmslim.prompts import (CAPTION_PROMPT, OPEN_VQA_PROMPT, VQA_PROMPT, caption_instruction,
+                             open_vqa_instruction, vqa_instruction)
 
 CAPTION_METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider", "rouge1", "rouge2",
                    "rougeL_f", "caption_len_mean", "caption_len_p90")
@@ -46,34 +48,6 @@ def bertscore_config(model: str | None):
         layers = json.loads(config.read_text()).get("num_hidden_layers")
         return m.BertScoreConfig(model=model, num_layers=layers, rescale_with_baseline=False)
     return m.BertScoreConfig(model=model, num_layers=None)  # a hub name bert_score knows
-
-
-# ---------------------------------------------------------------- instructions
-
-
-def caption_instruction(sample, prompt: str, ocr_tokens: bool) -> str:
-    return prompt
-
-
-def vqa_instruction(sample, prompt: str, ocr_tokens: bool) -> str:
-    # LLaVA-1.5's TextVQA format: question, optional OCR line, then the answer-style instruction.
-    lines = [sample.question.strip()]
-    if ocr_tokens and sample.extras.get("ocr_tokens"):
-        lines.append("Reference OCR token: " + ", ".join(sample.extras["ocr_tokens"]))
-    if prompt:
-        lines.append(prompt)
-    return "\n".join(lines)
-
-
-def open_vqa_instruction(sample, prompt: str, ocr_tokens: bool) -> str:
-    # VQAonline questions are full user posts; their optional context (post body) follows the title.
-    lines = [sample.question.strip()]
-    context = (sample.extras or {}).get("context")
-    if context:
-        lines.append(f"Context: {context.strip()}")
-    if prompt:
-        lines.append(prompt)
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- scoring
@@ -108,13 +82,11 @@ class Task:
 TASKS: dict[str, Task] = {
     t.name: t
     for t in [
-        Task("caption", "Provide a one-sentence caption for the provided image.", 64, "cider",
-             CAPTION_METRICS, caption_instruction, _score_caption),
+        Task("caption", CAPTION_PROMPT, 64, "cider", CAPTION_METRICS, caption_instruction, _score_caption),
         # 16 tokens: a "single word or phrase" answer; longer output only inflates latency.
-        Task("vqa", "Answer the question using a single word or phrase.", 16, "vqa_accuracy",
-             ("vqa_accuracy",), vqa_instruction, _score_vqa),
+        Task("vqa", VQA_PROMPT, 16, "vqa_accuracy", ("vqa_accuracy",), vqa_instruction, _score_vqa),
         # No suffix: the question is the instruction; answers are paragraphs, hence 256 tokens.
-        Task("open-vqa", "", 256, "rouge_l", ("rouge_l", "meteor", "bertscore_f1"), open_vqa_instruction,
+        Task("open-vqa", OPEN_VQA_PROMPT, 256, "rouge_l", ("rouge_l", "meteor", "bertscore_f1"), open_vqa_instruction,
              _score_open_vqa, uses_bertscore=True),
     ]
 }

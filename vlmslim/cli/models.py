@@ -25,8 +25,8 @@ def inspect_cmd(model: str, as_json: bool) -> None:
     """
     import json
 
-    from vlmslim.checkpoint import describe
-    from vlmslim.report import describe_text
+    from vlmslim.describe import describe
+    from vlmslim.cli.render import describe_text
 
     info = describe(model)
     click.echo(json.dumps(info, indent=2, default=str) if as_json else describe_text(info))
@@ -68,7 +68,7 @@ def prune_cmd(model, out, glu, heads, head_mode, drop_layers, trim_vision, impor
     vlmslim prune llava-hf/llava-1.5-7b-hf --out ckpt/glu30-h25 --glu 0.3 --heads 0.25 --device cuda
     """
     from vlmslim.pruning.config import PruneConfig, parse_drop_layers
-    from vlmslim.pruning.prune import prune_checkpoint
+    from vlmslim.pruning.step import prune_checkpoint
 
     try:
         config = PruneConfig(glu=glu, heads=heads, head_mode=head_mode, drop_layers=parse_drop_layers(drop_layers),

@@ -73,7 +73,7 @@ def demo(out, n, batch_size, bootstrap, device, variants, no_energy):
     the figures and prints a summary table. Re-running skips finished steps.
     """
     from vlmslim.demo.pipeline import DemoConfig, run_demo
-    from vlmslim.report import table
+    from vlmslim.cli.render import table
 
     kwargs = {"variants": tuple(variants.split(","))} if variants else {}
     try:

@@ -21,7 +21,8 @@ import click
 import numpy as np
 import torch
 
-from vlmslim.checkpoint import new_manifest, save_checkpoint
+from vlmslim.checkpoint import save_checkpoint
+from vlmslim.manifest import new_manifest
 from vlmslim.data.synthetic import captions, random_scene, render
 from vlmslim.demo.architecture import CAPTION_PROMPT, DemoArchitecture, build_model, build_processor
 

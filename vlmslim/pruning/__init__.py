@@ -6,8 +6,7 @@
 
 from vlmslim.pruning.config import PruneConfig
 from vlmslim.pruning.importance import HEAD_IMPORTANCE, NEURON_IMPORTANCE
-from vlmslim.pruning.prune import prune, prune_checkpoint, record_step
-from vlmslim.pruning.surgery import apply_architecture, architecture_of
+from vlmslim.pruning.prune import prune, record_step
+from vlmslim.pruning.step import prune_checkpoint
 
-__all__ = ["HEAD_IMPORTANCE", "NEURON_IMPORTANCE", "PruneConfig", "apply_architecture", "architecture_of", "prune",
-           "prune_checkpoint", "record_step"]
+__all__ = ["HEAD_IMPORTANCE", "NEURON_IMPORTANCE", "PruneConfig", "prune", "prune_checkpoint", "record_step"]

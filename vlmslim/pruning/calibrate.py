@@ -18,15 +18,17 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from vlmslim.benchmarks.tasks import get_task
 from vlmslim.data import LocalDataset
 from vlmslim.data import load as load_dataset
 from vlmslim.errors import DataError, PruningError
 from vlmslim.families import Family, first_param_device
 from vlmslim.io import sha256_file
+from vlmslim.prompts import pinned_instruction
+from vlmslim.shapes import head_dim
 from vlmslim.pruning.importance import HeadStats, NeuronStats
 
 logger = logging.getLogger(__name__)
+
 
 def load_calibration(path: str | Path) -> LocalDataset:
     """The calibration set at `path` (a `vlmslim data` directory)."""
@@ -55,8 +57,7 @@ def calibration_record(dataset, samples: list) -> dict:
 
 def sample_text(family: Family, processor, sample) -> str:
     # The benchmark's pinned instruction, so calibration sees the prompts the model is judged on.
-    task = get_task(sample.task)
-    instruction = task.instruction(sample, task.prompt, False)
+    instruction = pinned_instruction(sample)
     answer = sample.references[0] if sample.references else ""
     return (family.build_prompt(processor, instruction) + " " + answer).rstrip()
 
@@ -124,8 +125,6 @@ def collect_stats(model: nn.Module, family: Family, processor, dataset, n_sample
             if i == 0:
                 tokens[0] += cos.numel()
         return hook
-
-    from vlmslim.pruning.heads import head_dim
 
     text_cfg = family.get_text_config(model.config)
     handles = []

@@ -1,42 +1,33 @@
-"""`prune()`: score -> select -> cut over every decoder layer, plus the checkpoint-to-checkpoint step.
+"""`prune()`: score -> select -> cut over every decoder layer of a model in memory.
 
     model, step = prune(model, processor, PruneConfig(glu=0.3, heads=0.25))
 
-`prune_checkpoint` is what `vlmslim prune` runs: load in the model's own dtype, prune, save atomically
-with the manifest step, reload and compare logits before the output appears under its final name.
+The checkpoint-to-checkpoint step (`vlmslim prune`) is `vlmslim.pruning.step.prune_checkpoint`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from vlmslim.census import census, linear_layers
-from vlmslim.checkpoint import (MANIFEST, load_config, load_model, model_class, new_manifest, read_manifest,
-                                reference_logits, resolve_source, save_checkpoint, verify_reload)
+from vlmslim.census import census, quantized_kinds
 from vlmslim.errors import PruningError
 from vlmslim.families import Family, get_family
-from vlmslim.io import atomic_dir, check_output_dir, write_json
 from vlmslim.pruning.calibrate import CalibrationStats, collect_stats, load_calibration
 from vlmslim.pruning.config import PruneConfig
-from vlmslim.pruning.glu import glu_weights, glu_width, prune_glu
-from vlmslim.pruning.heads import head_counts, head_dim, prune_heads
+from vlmslim.pruning.glu import glu_weights
 from vlmslim.pruning.importance import HEAD_IMPORTANCE, NEURON_IMPORTANCE
 from vlmslim.pruning.layers import drop_decoder_layers, most_redundant_layers, trim_vision, vision_keep_count
 from vlmslim.pruning.select import kept_heads, kept_width, select_heads, select_neurons
-from vlmslim.pruning.surgery import apply_architecture, architecture_of, sync_config
+from vlmslim.pruning.surgery import sync_config
+from vlmslim.shapes import architecture_of, glu_width, head_counts, head_dim, prune_glu, prune_heads
 
 logger = logging.getLogger(__name__)
-
-QUANTIZED_KINDS = {"int8", "nf4", "fp4", "4bit"}
-
 
 def indices_sha256(idx: torch.Tensor) -> str:
     """Hash of kept indices (int64 little-endian bytes), recorded instead of thousands of neuron ids."""
@@ -51,7 +42,7 @@ def check_request(model: nn.Module, config: PruneConfig) -> Family:
     """Everything that can be refused from shapes alone, before any scoring, calibration or surgery.
     Runs on empty (meta) skeletons too, so the CLI refuses before loading weights."""
     family = get_family(model)
-    quantized = sorted({k for k in linear_layers(model).values() if k in QUANTIZED_KINDS})
+    quantized = quantized_kinds(model)
     if quantized or getattr(model.config, "quantization_config", None) is not None:
         raise PruningError(f"the model is quantized ({', '.join(quantized) or 'quantization_config'}); "
                            "prune the 16-bit checkpoint, then quantize the pruned one")
@@ -169,48 +160,3 @@ def record_step(manifest: dict, model: nn.Module, step: dict) -> dict:
     manifest["architecture"] = architecture_of(model)
     manifest["stock_loadable"] = step["stock_loadable"]
     return manifest
-
-
-# ---------------------------------------------------------------- checkpoint -> checkpoint
-
-
-def _preflight(src: str, config: PruneConfig) -> None:
-    """Refuse impossible requests from the config alone (no weights loaded)."""
-    from accelerate import init_empty_weights
-
-    model_config = load_config(src)
-    if getattr(model_config, "quantization_config", None) is not None:
-        raise PruningError(f"{src} is a quantized checkpoint; prune the 16-bit checkpoint, then quantize it")
-    manifest = read_manifest(src) if Path(src).is_dir() else None
-    if manifest and any(s.get("kind") == "quantize" for s in manifest.get("steps", [])):
-        raise PruningError(f"{src} is a quantized checkpoint; prune the 16-bit checkpoint, then quantize it")
-    with init_empty_weights():
-        skeleton = model_class(model_config)._from_config(model_config)
-        if manifest and not manifest.get("stock_loadable", True):
-            apply_architecture(skeleton, manifest["architecture"])
-    check_request(skeleton, config)
-    if config.needs_calibration and config.calibration is None:
-        raise PruningError(config.missing_calibration_message())
-
-
-def prune_checkpoint(src: str | os.PathLike, out: str | os.PathLike, config: PruneConfig, device: str = "cpu",
-                     overwrite: bool = False) -> tuple[Path, dict]:
-    """Load `src`, prune, save to `out` (atomic), verify the reload; returns (out, manifest)."""
-    check_output_dir(out, overwrite)
-    src = resolve_source(src)
-    _preflight(src, config)
-    calibration = load_calibration(config.calibration) if config.needs_calibration else None
-    model, processor = load_model(src, device=device)  # the checkpoint's own dtype
-    model, step = prune(model, processor, config, calibration)
-    manifest = record_step(new_manifest(src, model.config, prior=read_manifest(src), seed=config.seed), model, step)
-    expected = reference_logits(model, processor)
-    dtype = next(model.parameters()).dtype
-    atol = 1e-5 if dtype == torch.float32 else 1e-2  # same weights, same kernels: any bug shows as O(1)
-    with atomic_dir(out, overwrite) as staging:
-        save_checkpoint(model, processor, staging, manifest, overwrite=True)
-        diff = verify_reload(staging, expected, atol=atol, device=device)
-        manifest = read_manifest(staging)
-        manifest["steps"][-1]["reload_max_abs_diff"] = diff
-        write_json(staging / MANIFEST, manifest)
-    logger.info("saved %s (reload max |Δlogit| = %.3g, stock loadable: %s)", out, diff, step["stock_loadable"])
-    return Path(out), manifest

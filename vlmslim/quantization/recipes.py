@@ -17,10 +17,11 @@ from typing import ClassVar, Union
 import torch
 from torch import nn
 
+from vlmslim.loading.quantized import empty_bnb_linear
+
 logger = logging.getLogger(__name__)
 
 COMPUTE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-QUANT_KINDS = ("int8", "nf4", "fp4")  # census kinds of bnb Linear layers
 _BLOCK_4BIT = 64  # bnb's default 4-bit blocksize (one absmax per 64 weights); transformers uses the same
 _BLOCK_NESTED = 256  # double quant: one fp32 absmax per 256 quantized absmax values
 _OFFSET_REPR = 19  # len(repr(float)) of the double-quant offset in its JSON blob: data dependent, 17-20
@@ -82,9 +83,7 @@ class Int8Recipe:
         return None  # measured: bnb 0.50 int8 runs any shape on CPU and GPU
 
     def empty_module(self, linear: nn.Linear) -> nn.Module:
-        bnb = _bnb()
-        return bnb.nn.Linear8bitLt(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                                   has_fp16_weights=False, threshold=float(self.int8_threshold), device="meta")
+        return empty_bnb_linear(self.params(), linear)
 
     def quantize_linear(self, linear: nn.Linear, device) -> nn.Module:
         bnb = _bnb()
@@ -155,10 +154,7 @@ class FourBitRecipe:
         return COMPUTE_DTYPES[self.compute_dtype] if self.compute_dtype else None
 
     def empty_module(self, linear: nn.Linear) -> nn.Module:
-        bnb = _bnb()
-        return bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                                 compute_dtype=self._torch_compute_dtype(), compress_statistics=self.double_quant,
-                                 quant_type=self.quant_type, quant_storage=torch.uint8, device="meta")
+        return empty_bnb_linear(self.params(), linear)
 
     def quantize_linear(self, linear: nn.Linear, device) -> nn.Module:
         bnb = _bnb()

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from vlmslim.census import tied_parameters
 from vlmslim.errors import QuantizationError
 from vlmslim.families import get_family
 
@@ -114,7 +115,7 @@ def resolve_target(model: nn.Module, target: str = DEFAULT_TARGET, keep=(), also
     for p, hit in added.items():
         if set(hit) <= in_scope:
             raise QuantizationError(f"--also {p!r} matches only layers that target {target!r} quantizes already")
-    tied = {name.removesuffix(".weight") for pair in _tied_pairs(model) for name in pair}
+    tied = {name.removesuffix(".weight") for pair in tied_parameters(model) for name in pair}
     for p, hit in added.items():
         if set(hit) & tied:
             raise QuantizationError(f"--also {p!r} includes {sorted(set(hit) & tied)[0]}, whose weight is tied "
@@ -145,16 +146,6 @@ def resolve_target(model: nn.Module, target: str = DEFAULT_TARGET, keep=(), also
         raise QuantizationError(f"internal error: the skip list {skip} would make from_pretrained convert a "
                                 "different set of layers than the target; please report this")
     return Target(target, tuple(keep), tuple(also), tuple(chosen), tuple(skip), not_exact, pinned)
-
-
-def _tied_pairs(model: nn.Module) -> list[tuple[str, str]]:
-    seen: dict[int, str] = {}
-    pairs = []
-    for name, param in model.named_parameters(remove_duplicate=False):
-        if id(param) in seen:
-            pairs.append((seen[id(param)], name))
-        seen.setdefault(id(param), name)
-    return pairs
 
 
 def shape_errors(model: nn.Module, names, recipe) -> list[str]:

@@ -20,7 +20,10 @@ def describe_text(info: dict) -> str:
         out.append(f"quantization: {q.get('quant_method')} "
                    f"{'4-bit ' + str(q.get('bnb_4bit_quant_type')) if q.get('load_in_4bit') else '8-bit'}")
     for part, shape in info["shapes"].items():
-        out.append(f"{part}: " + ", ".join(f"{k}={v}" for k, v in shape.items()))
+        if part == "language_layers":
+            out += [f"  layer {i}: " + ", ".join(f"{k}={v}" for k, v in layer.items()) for i, layer in enumerate(shape)]
+        else:
+            out.append(f"{part}: " + ", ".join(f"{k}={v}" for k, v in shape.items()))
     c = info["census"]
     rows = [[comp, f"{v['params']:,}", f"{v['bytes'] / 1e6:,.2f}",
              ", ".join(f"{k}:{n}" for k, n in sorted(v["linear"].items())) or "-"]

@@ -17,8 +17,7 @@ import torch
 from torch import nn
 
 from vlmslim.errors import ModelLoadError
-from vlmslim.pruning.surgery import apply_architecture
-from vlmslim.quantization.recipes import recipe_from_params
+from vlmslim.loading.skeleton import empty_model
 
 logger = logging.getLogger(__name__)
 
@@ -35,26 +34,42 @@ def load_saved_quantized(src: str, cls, config, manifest: dict | None, dtype=Non
     return rebuild_quantized(src, cls, config, manifest, dtype, device)
 
 
+def empty_bnb_linear(params: dict, linear: nn.Linear) -> nn.Module:
+    """The empty (meta) bitsandbytes module that replaces `linear` under a recipe's `params()` record
+    ({"name": "int8", "int8_threshold": 6.0} or {"name": "nf4"|"fp4", "double_quant", "compute_dtype"})."""
+    import bitsandbytes as bnb  # imported late: it logs at import and is only needed for quantized models
+
+    bias = linear.bias is not None
+    if params["name"] == "int8":
+        return bnb.nn.Linear8bitLt(linear.in_features, linear.out_features, bias=bias, has_fp16_weights=False,
+                                   threshold=float(params.get("int8_threshold", 6.0)), device="meta")
+    if params["name"] in ("nf4", "fp4"):
+        compute = params.get("compute_dtype")
+        return bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=bias,
+                                 compute_dtype=getattr(torch, compute) if compute else None,
+                                 compress_statistics=bool(params.get("double_quant")), quant_type=params["name"],
+                                 quant_storage=torch.uint8, device="meta")
+    raise ModelLoadError(f"unknown quantization recipe {params.get('name')!r} in the manifest")
+
+
 def rebuild_quantized(src: str, cls, config, manifest: dict, dtype=None, device: str = "cpu") -> nn.Module:
     """Assemble a quantized checkpoint from its manifest (architecture + exact quantized layer list)."""
-    from accelerate import init_empty_weights
-
     record = manifest.get("quantization")
     if not record:
         raise ModelLoadError(f"{src} has a quantization_config but its vlmslim.json has no quantization record; "
                              "it was not written by `vlmslim quantize`")
-    recipe = recipe_from_params(record["recipe"])
     plain = copy.deepcopy(config)
     plain.quantization_config = None  # build float modules; the bnb ones are put in below, by exact name
-    with init_empty_weights():  # parameters on meta, buffers (rotary inv_freq) real
-        model = cls._from_config(plain)
-        if manifest.get("architecture") is not None:
-            apply_architecture(model, manifest["architecture"])
-        for name in record["target"]["quantized_modules"]:
-            model.set_submodule(name, recipe.empty_module(model.get_submodule(name)))
+    model = empty_model(plain, manifest.get("architecture"), cls=cls)
+    for name in record["target"]["quantized_modules"]:
+        model.set_submodule(name, empty_bnb_linear(record["recipe"], model.get_submodule(name)))
     state = checkpoint_state(src, model)
     load_bnb_state(model, state, device)
-    model.config.quantization_config = recipe.bnb_config(record["target"]["skip_modules"])
+    from transformers import BitsAndBytesConfig
+
+    saved = config.quantization_config  # what config.json holds: the skip list that rebuilds these modules
+    model.config.quantization_config = (BitsAndBytesConfig.from_dict(saved) if isinstance(saved, dict)
+                                        else copy.deepcopy(saved))
     if dtype is not None:
         for p in model.parameters():  # float parts only: bnb weights keep their packed dtypes
             if p.is_floating_point():
