@@ -11,6 +11,7 @@ Dotted paths are relative to the top-level `*ForConditionalGeneration` module (t
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Callable
 
 import torch
 from torch import nn
@@ -18,6 +19,33 @@ from torch import nn
 from vlmslim.errors import UnsupportedFamilyError
 
 COMPONENTS = ("vision", "projector", "language", "lm_head")
+QWEN_SYNTHETIC_SIDE = 448  # px of the synthetic image Qwen2.5-VL inputs are built for (no fixed image size)
+
+
+# ---------------------------------------------------------------- image tokens per image, from the config
+
+
+def _grid_tokens(config) -> int:
+    vc = config.vision_config
+    return (vc.image_size // vc.patch_size) ** 2
+
+
+def _llava_tokens(config) -> int:
+    # "default" drops the CLS token, "full" keeps it
+    return _grid_tokens(config) + (getattr(config, "vision_feature_select_strategy", "default") == "full")
+
+
+def _idefics3_tokens(config) -> int:
+    return _grid_tokens(config) // config.scale_factor**2  # pixel shuffle merges scale_factor^2 patches
+
+
+def _qwen_tokens(config) -> int:
+    side = QWEN_SYNTHETIC_SIDE // config.vision_config.patch_size
+    return side * side // config.vision_config.spatial_merge_size**2  # the merger pools 2x2 patches
+
+
+def _query_tokens(config) -> int:
+    return config.num_query_tokens  # BLIP-2's Q-Former output length
 
 
 @dataclass(frozen=True)
@@ -41,6 +69,15 @@ class Family:
     down_proj: str | None = "down_proj"
     text_config: str = "text_config"
     chat_template: bool = True  # False: the processor takes the instruction as plain text (PaliGemma)
+    # Inputs without a processor (architecture-only runs, the reload check of processor-less dirs):
+    image_tokens: Callable[[object], int] = _grid_tokens  # placeholder tokens per image, from the config
+    # "image": (B, 3, H, W); "tiles": (B, images, 3, H, W); "patches": Qwen's flattened (sum t*h*w, C*T*P*P)
+    pixel_layout: str = "image"
+    image_wrap: bool = False  # vision_start / vision_end tokens around the image tokens (Qwen2.5-VL)
+    token_type_ids: bool = False  # 0 for image/prefix tokens, 1 for the suffix (PaliGemma)
+    # The compiled decode engine needs 1-D positions; mrope (Qwen2.5-VL: 3-D position ids offset by rope
+    # deltas) is not wired into the static step, and BLIP-2's OPT decoder is not a `*Model` with `.layers`.
+    compiled_decode: bool = True
 
     @property
     def has_glu(self) -> bool:
@@ -104,6 +141,7 @@ FAMILIES: dict[str, Family] = {
             projector=("model.multi_modal_projector",),
             language="model.language_model",
             vision_layers="model.vision_tower.encoder.layers",
+            image_tokens=_llava_tokens,
         ),
         Family(
             model_type="idefics3",
@@ -111,6 +149,8 @@ FAMILIES: dict[str, Family] = {
             projector=("model.connector",),
             language="model.text_model",
             vision_layers="model.vision_model.encoder.layers",
+            image_tokens=_idefics3_tokens,
+            pixel_layout="tiles",
         ),
         Family(
             model_type="qwen2_5_vl",
@@ -119,6 +159,10 @@ FAMILIES: dict[str, Family] = {
             projector=("model.visual.merger",),
             language="model.language_model",
             vision_layers="model.visual.blocks",
+            image_tokens=_qwen_tokens,
+            pixel_layout="patches",
+            image_wrap=True,
+            compiled_decode=False,
         ),
         Family(
             model_type="paligemma",
@@ -127,6 +171,7 @@ FAMILIES: dict[str, Family] = {
             language="model.language_model",
             vision_layers="model.vision_tower.encoder.layers",
             chat_template=False,
+            token_type_ids=True,
         ),
         Family(
             model_type="blip-2",
@@ -140,6 +185,8 @@ FAMILIES: dict[str, Family] = {
             up_proj=None,
             down_proj=None,
             chat_template=False,
+            image_tokens=_query_tokens,
+            compiled_decode=False,
         ),
     ]
 }
@@ -159,14 +206,6 @@ def get_family(model_or_config) -> Family:
             f"unsupported model family {model_type!r}; supported: {', '.join(sorted(FAMILIES))}"
         )
     return FAMILIES[model_type]
-
-
-def layer_attention(family: Family, layer: nn.Module) -> nn.Module:
-    return layer.get_submodule(family.attn)
-
-
-def layer_mlp(family: Family, layer: nn.Module) -> nn.Module:
-    return layer.get_submodule(family.mlp)
 
 
 def first_param_device(model: nn.Module) -> torch.device:

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from vlmslim.prompts import CAPTION_PROMPT
-from vlmslim.families import get_family
+from vlmslim.families import QWEN_SYNTHETIC_SIDE, get_family
 
 FIXED_PROMPT = CAPTION_PROMPT  # the pinned caption instruction (DESIGN.md protocol)
 
@@ -32,33 +32,15 @@ def processor_inputs(model, processor, images, prompts: list[str]) -> dict[str, 
     return dict(processor(images=images, text=texts, return_tensors="pt", padding=True))
 
 
-def image_token_count(config) -> int:
-    """Image placeholder tokens per image, as the model's forward expects them."""
-    mt = config.model_type
-    vc = config.vision_config
-    if mt in ("llava", "paligemma"):
-        n = (vc.image_size // vc.patch_size) ** 2
-        if mt == "llava" and getattr(config, "vision_feature_select_strategy", "default") == "full":
-            n += 1
-        return n
-    if mt in ("idefics3", "smolvlm"):
-        return (vc.image_size // vc.patch_size) ** 2 // (config.scale_factor**2)
-    if mt == "blip-2":
-        return config.num_query_tokens
-    if mt == "qwen2_5_vl":
-        side = 448 // vc.patch_size  # a 448-px image; synthetic_inputs builds the matching grid
-        return side * side // vc.spatial_merge_size**2
-    raise ValueError(f"no synthetic inputs for {mt!r}")
-
-
 def synthetic_inputs(model, batch_size: int = 1, prompt_len: int = 16, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Token ids and pixel values from the config alone: one image per sample, `prompt_len` text tokens."""
+    """Token ids and pixel values from the config alone: one image per sample, `prompt_len` text tokens,
+    laid out as the family's forward expects them (`Family.image_tokens`, `pixel_layout`, ...)."""
     config = model.config
     family = get_family(model)
     text_cfg = family.get_text_config(config)
     vc = config.vision_config
     g = torch.Generator().manual_seed(seed)
-    n_img = image_token_count(config)
+    n_img = family.image_tokens(config)
     image_token = getattr(config, "image_token_id", None)
     if image_token is None:
         image_token = config.image_token_index
@@ -70,26 +52,25 @@ def synthetic_inputs(model, batch_size: int = 1, prompt_len: int = 16, seed: int
     for sid in {s for s in special if s is not None}:
         text[text == sid] = 5  # a stray placeholder id would change the image-token count
     img = torch.full((batch_size, n_img), image_token, dtype=torch.long)
-    out: dict[str, torch.Tensor] = {}
-    mt = config.model_type
-    if mt == "qwen2_5_vl":
-        side = 448 // vc.patch_size
+    if family.image_wrap:
         start = torch.full((batch_size, 1), config.vision_start_token_id)
         end = torch.full((batch_size, 1), config.vision_end_token_id)
-        input_ids = torch.cat([start, img, end, text], dim=1)
+        img = torch.cat([start, img, end], dim=1)
+    out: dict[str, torch.Tensor] = {}
+    if family.pixel_layout == "patches":
+        side = QWEN_SYNTHETIC_SIDE // vc.patch_size
         patch_dim = vc.in_channels * vc.temporal_patch_size * vc.patch_size**2
         # (sum over images of t*h*w patches, C*T*P*P): Qwen's flattened patch layout.
         out["pixel_values"] = torch.randn(batch_size * side * side, patch_dim, generator=g)
         out["image_grid_thw"] = torch.tensor([[1, side, side]] * batch_size)
     else:
-        input_ids = torch.cat([img, text], dim=1)
         shape = (batch_size, 3, vc.image_size, vc.image_size)
-        if mt in ("idefics3", "smolvlm"):
+        if family.pixel_layout == "tiles":
             shape = (batch_size, 1, 3, vc.image_size, vc.image_size)  # (B, images per sample, C, H, W)
         out["pixel_values"] = torch.randn(*shape, generator=g)
-    out["input_ids"] = input_ids
-    out["attention_mask"] = torch.ones_like(input_ids)
-    if mt == "paligemma":
+    out["input_ids"] = torch.cat([img, text], dim=1)
+    out["attention_mask"] = torch.ones_like(out["input_ids"])
+    if family.token_type_ids:
         out["token_type_ids"] = torch.cat([torch.zeros_like(img), torch.ones_like(text)], dim=1)
     return out
 

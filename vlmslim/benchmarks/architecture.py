@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from vlmslim.benchmarks.devices import sync
 from vlmslim.benchmarks.engine import ENGINES, CompiledDecoder
 from vlmslim.benchmarks.generate import FirstTokenTimer
 from vlmslim.census import census
@@ -51,9 +52,14 @@ class ArchBenchConfig:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)} (--engine), got {bad}")
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def arch_configs(models: list[str], out: str, *, engine: str | None = None, glu: float = 0.0, heads: float = 0.0,
+                 **options) -> list[ArchBenchConfig]:
+    """One config per shipped config name: `out` for one, `out/<name>` for several. `engine="compiled"`
+    measures eager too (the compiled tokens are checked against eager's); `glu`/`heads` prune first."""
+    engines = ("eager", "compiled") if engine == "compiled" else ("eager",)
+    prune = {k: v for k, v in (("glu", glu), ("heads", heads)) if v}
+    return [ArchBenchConfig(config=m, out=out if len(models) == 1 else str(Path(out) / Path(m).stem),
+                            engines=engines, prune=prune, **options) for m in models]
 
 
 def build(cfg: ArchBenchConfig):
@@ -77,13 +83,13 @@ def eager_decode(model, inputs, n: int, device: torch.device):
     """(tokens (B, n), prefill s, decode s per step, scores (B, n, V)) from plain `generate`."""
     from transformers import LogitsProcessorList
 
-    timer = FirstTokenTimer(lambda: _sync(device))
-    _sync(device)
+    timer = FirstTokenTimer(lambda: sync(device))
+    sync(device)
     t0 = time.perf_counter()
     out = model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False, num_beams=1,
                          logits_processor=LogitsProcessorList([timer]), pad_token_id=0,
                          output_scores=True, return_dict_in_generate=True)
-    _sync(device)
+    sync(device)
     t1 = time.perf_counter()
     scores = torch.stack(out.scores, dim=1).float()
     return (out.sequences[:, inputs["input_ids"].shape[1]:], timer.first - t0,

@@ -20,13 +20,12 @@ from dataclasses import dataclass
 import torch
 from transformers import StaticCache
 
-from vlmslim.families import get_family
+from vlmslim.benchmarks.devices import sync
+from vlmslim.families import FAMILIES, get_family
 
 logger = logging.getLogger(__name__)
 
 ENGINES = ("eager", "compiled")
-# mrope (Qwen2.5-VL) needs 3-D position ids offset by rope deltas; not wired into the static step yet.
-COMPILED_FAMILIES = ("llava", "idefics3", "smolvlm", "paligemma")
 
 
 @dataclass
@@ -37,11 +36,6 @@ class DecodeResult:
     decode_steps: int  # number of decode steps run (tokens after the first)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 class CompiledDecoder:
     """Reusable compiled decoder for one (batch size, max length); `decode(inputs, n)` runs greedy.
 
@@ -50,8 +44,9 @@ class CompiledDecoder:
 
     def __init__(self, model, batch_size: int, max_cache_len: int, compile: bool = True, backend: str = "inductor"):
         family = get_family(model)
-        if family.model_type not in COMPILED_FAMILIES:
-            raise ValueError(f"--engine compiled supports {', '.join(COMPILED_FAMILIES)}; "
+        if not family.compiled_decode:
+            supported = sorted(name for name, f in FAMILIES.items() if f.compiled_decode)
+            raise ValueError(f"--engine compiled supports {', '.join(supported)}; "
                              f"use --engine eager for {family.model_type}")
         self.model = model
         self.lm = family.language_model(model)
@@ -89,11 +84,11 @@ class CompiledDecoder:
         mask = torch.zeros(b, self.max_cache_len, dtype=attn.dtype, device=ids.device)
         mask[:, :length] = attn
         cache = StaticCache(config=self.text_config, max_cache_len=self.max_cache_len)
-        _sync(self.device)
+        sync(self.device)
         t0 = time.perf_counter()
         out = self.model(**inputs, position_ids=position_ids, past_key_values=cache, use_cache=True)
         tok = out.logits[:, -1].argmax(-1)
-        _sync(self.device)
+        sync(self.device)
         t1 = time.perf_counter()
         tokens = [tok]
         done = torch.zeros(b, dtype=torch.bool, device=ids.device)
@@ -112,6 +107,6 @@ class CompiledDecoder:
                 tok = torch.where(done, torch.full_like(tok, pad_token_id), tok)
             tokens.append(tok)
             steps += 1
-        _sync(self.device)
+        sync(self.device)
         t2 = time.perf_counter()
         return DecodeResult(torch.stack(tokens, dim=1), t1 - t0, t2 - t1, steps)

@@ -25,6 +25,8 @@ from typing import Callable
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from vlmslim.benchmarks.devices import device_sync
+from vlmslim.benchmarks.engine import CompiledDecoder
 from vlmslim.errors import BenchmarkError
 from vlmslim.families import first_param_device, get_family
 from vlmslim.inputs import processor_inputs
@@ -67,21 +69,6 @@ class FirstTokenTimer(LogitsProcessor):
             self.first = time.perf_counter()
         self.steps += 1
         return scores
-
-
-def cuda_devices(model) -> list[torch.device]:
-    """The CUDA devices holding the model's parameters (several with device_map="auto")."""
-    return sorted({p.device for p in model.parameters() if p.device.type == "cuda"}, key=lambda d: d.index)
-
-
-def device_sync(model) -> Callable[[], None]:
-    devices = cuda_devices(model)
-
-    def sync() -> None:
-        for d in devices:
-            torch.cuda.synchronize(d)
-
-    return sync
 
 
 def eos_token_ids(model, tokenizer) -> set[int]:
@@ -165,8 +152,6 @@ def generate_batch_compiled(model, processor, images, instructions: list[str], m
     One decoder per batch size is kept in `decoders` (its graph is recorded on first use, which the
     benchmark's warm-up absorbs); the cache holds 256-position buckets so prompts of similar length share it.
     """
-    from vlmslim.benchmarks.engine import CompiledDecoder
-
     sync = sync or device_sync(model)
     tokenizer = getattr(processor, "tokenizer", processor)
     decoders = {} if decoders is None else decoders

@@ -24,8 +24,8 @@ from vlmslim.data import load as load_dataset
 from vlmslim.benchmarks.efficiency import EnergyMeter, measure_bandwidth_gb_s, peak_memory_mb, peak_rss_mb
 from vlmslim.benchmarks.efficiency import reset_peak_memory
 from vlmslim.benchmarks.engine import ENGINES
-from vlmslim.benchmarks.generate import (cuda_devices, device_sync, generate_batch, generate_batch_compiled,
-                                         prompt_text)
+from vlmslim.benchmarks.devices import cuda_devices, device_sync
+from vlmslim.benchmarks.generate import generate_batch, generate_batch_compiled, prompt_text
 from vlmslim.benchmarks.report import compact_manifest, environment, model_label, now, score_and_summarise
 from vlmslim.benchmarks.tasks import DEFAULT_BERTSCORE_MODEL, get_task
 from vlmslim.census import census as take_census
@@ -264,20 +264,24 @@ def _read_baseline(cfg: BenchConfig, task, dataset_sha: str) -> dict:
     return {"path": str(cfg.baseline), "summary": summary, "predictions": preds}
 
 
-def bench_many(models: list[str], out: str, *, progress: bool = True,
-               **options) -> tuple[list[tuple[str, dict]], list[dict]]:
-    """Benchmark several models, one results dir each under `out` (just `out` for a single model).
+def bench_configs(models: list[str], out: str, **options) -> list[BenchConfig]:
+    """One validated config per model (ValueError naming the option otherwise): `out` itself for a single
+    model, `out/<name>` for several. Built before anything runs, so a bad option fails in a second."""
+    if len(models) == 1:
+        return [BenchConfig(model=models[0], out=out, **options)]
+    if options.get("name"):
+        raise ValueError("--name labels one model; with several MODELs each is named after its dir")
+    return [BenchConfig(model=m, out=str(Path(out) / name), **options) for m, name in zip(models, _unique_names(models))]
 
-    A model that fails is recorded in `out`/failures.json and the others go on. Returns
-    ([(results dir, summary)], failures).
+
+def bench_many(configs: list[BenchConfig], out: str, *, progress: bool = True) -> tuple[list[tuple[str, dict]], list[dict]]:
+    """Run each config; returns ([(results dir, summary)], failures).
+
+    A single model's errors propagate as they are. With several, a model that fails is recorded in
+    `out`/failures.json and the others go on.
     """
-    if len(models) == 1:  # a single model's errors propagate as they are
-        return [(out, run_bench(BenchConfig(model=models[0], out=out, **options), progress=progress))], []
-    # All configs are built (and validated) before the first model runs.
-    if options.get("name") and len(models) > 1:
-        raise BenchmarkError("--name labels one model; with several MODELs each is named after its dir")
-    configs = [BenchConfig(model=m, out=str(Path(out) / name), **options)
-               for m, name in zip(models, _unique_names(models))]
+    if len(configs) == 1:
+        return [(configs[0].out, run_bench(configs[0], progress=progress))], []
     results, failures = [], []
     for cfg in configs:
         try:

@@ -67,6 +67,12 @@ def _score_open_vqa(predictions, references, *, n_bootstrap, seed, bertscore, al
                                      seed=seed, allow_fallback=allow_fallback)
 
 
+def _paired_caption(predictions, baseline_predictions, references, *, n_bootstrap, seed, allow_fallback=False):
+    # Corpus metrics recomputed on the same resamples for both systems (CIDEr-D's IDF included).
+    return _metrics().paired_differences(predictions, baseline_predictions, references, n_bootstrap=n_bootstrap,
+                                         seed=seed, allow_fallback=allow_fallback)
+
+
 @dataclass(frozen=True)
 class Task:
     name: str
@@ -77,12 +83,16 @@ class Task:
     instruction: Callable  # (sample, prompt, ocr_tokens) -> text after the image
     score: Callable  # (predictions, references, *, n_bootstrap, seed, bertscore) -> ScoreResult
     uses_bertscore: bool = False
+    # Paired CIs vs a baseline: (predictions, baseline predictions, references, *, n_bootstrap, seed,
+    # allow_fallback) -> {metric: (diff, lo, hi)}. None: paired differences of the per-sample scores' means.
+    paired: Callable | None = None
 
 
 TASKS: dict[str, Task] = {
     t.name: t
     for t in [
-        Task("caption", CAPTION_PROMPT, 64, "cider", CAPTION_METRICS, caption_instruction, _score_caption),
+        Task("caption", CAPTION_PROMPT, 64, "cider", CAPTION_METRICS, caption_instruction, _score_caption,
+             paired=_paired_caption),
         # 16 tokens: a "single word or phrase" answer; longer output only inflates latency.
         Task("vqa", VQA_PROMPT, 16, "vqa_accuracy", ("vqa_accuracy",), vqa_instruction, _score_vqa),
         # No suffix: the question is the instruction; answers are paragraphs, hence 256 tokens.
@@ -106,9 +116,9 @@ def paired_differences(task: Task, predictions, baseline_predictions, references
     open VQA: paired differences of the per-sample scores' means (for METEOR a per-sample mean, not the
     corpus aggregate)."""
     m = _metrics()
-    if task.name == "caption":
-        out = m.paired_differences(predictions, baseline_predictions, references, n_bootstrap=n_bootstrap, seed=seed,
-                                   allow_fallback=allow_fallback)
+    if task.paired is not None:
+        out = task.paired(predictions, baseline_predictions, references, n_bootstrap=n_bootstrap, seed=seed,
+                          allow_fallback=allow_fallback)
     else:
         kw = dict(n_bootstrap=0, seed=seed, bertscore=bertscore, allow_fallback=allow_fallback)
         ours = task.score(predictions, references, **kw).per_sample

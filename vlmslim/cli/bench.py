@@ -32,34 +32,35 @@ def _echo_summary(out: str, summary: dict) -> None:
 @click.option("--task", type=click.Choice(sorted(TASKS)),
               help="Must match the dataset's task (default: the dataset's).")
 @click.option("--limit", type=int, help="Seeded subset of N samples (a larger N contains a smaller one).")
-@click.option("--batch-size", type=int, default=1, show_default=True,
-              help="Recorded: batching can change greedy outputs.")
-@click.option("--max-new-tokens", type=int, help="Default: the task's (caption 64, vqa 16, open-vqa 256).")
+@click.option("--batch-size", type=int, help="Default 1. Recorded: batching can change greedy outputs.")
+@click.option("--max-new-tokens", type=int,
+              help="Default: the task's (caption 64, vqa 16, open-vqa 256); 64 with --random-weights.")
 @click.option("--prompt", help="Replace the task's pinned instruction (caption) or answer-style line after the "
                                 "question (vqa, open-vqa); recorded in config.yaml and the summary.")
 @click.option("--ocr-tokens", is_flag=True, help="vqa: add the sample's OCR tokens to the prompt (off by default).")
 @click.option("--device", help="cpu, cuda, cuda:1, or auto (device_map='auto' over all GPUs). "
-                                "Default: cuda if present.")
-@click.option("--dtype", type=click.Choice(["auto", "float16", "bfloat16", "float32"]), help="Default: as saved.")
+                                "Default: cuda if present (always cuda with --random-weights).")
+@click.option("--dtype", type=click.Choice(["auto", "float16", "bfloat16", "float32"]),
+              help="Default: as saved (float16 with --random-weights).")
 @click.option("--quant", help="Quantize at load with this vlmslim.quantization recipe (e.g. nf4).")
 @click.option("--random-weights", is_flag=True,
               help="MODELs are shipped configs (e.g. llava-1.5-7b) with random weights: speed and memory only.")
 @click.option("--glu", type=float, default=0.0, help="With --random-weights: prune this GLU fraction first.")
 @click.option("--heads", type=float, default=0.0, help="With --random-weights: prune this head fraction first.")
 @click.option("--name", help="Label in tables and figures (one MODEL only; default: the dir's or repo's name).")
-@click.option("--engine", type=click.Choice(["eager", "compiled"]), default="eager", show_default=True,
-              help="eager: plain generate; compiled: static KV cache + CUDA-graph decode step (GPU).")
+@click.option("--engine", type=click.Choice(["eager", "compiled"]),
+              help="Default eager: plain generate; compiled: static KV cache + CUDA-graph decode step (GPU).")
 @click.option("--baseline", type=click.Path(exists=True, file_okay=False),
               help="Results dir to compare against (paired CIs).")
-@click.option("--bertscore-model", default=DEFAULT_BERTSCORE_MODEL, show_default=True, help="Hub id or local dir.")
+@click.option("--bertscore-model", help=f"Hub id or local dir (default {DEFAULT_BERTSCORE_MODEL}).")
 @click.option("--no-bertscore", is_flag=True, help="Skip BERTScore (open-vqa).")
 @click.option("--no-energy", is_flag=True, help="Do not run codecarbon's energy tracker.")
 @click.option("--allow-no-java", is_flag=True,
               help="Without Java: score with a simple tokenizer and no METEOR, labelled as such in the summary.")
-@click.option("--energy-country", default="USA", show_default=True, help="ISO code for codecarbon's offline mode.")
-@click.option("--warmup", type=int, default=1, show_default=True, help="Unrecorded warm-up passes on the first batch.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Subset selection and bootstrap seed.")
-@click.option("--bootstrap", type=int, default=1000, show_default=True, help="Bootstrap resamples for 95% CIs.")
+@click.option("--energy-country", help="ISO code for codecarbon's offline mode (default USA).")
+@click.option("--warmup", type=int, help="Unrecorded warm-up passes on the first batch (default 1).")
+@click.option("--seed", type=int, help="Subset selection and bootstrap seed (default 0).")
+@click.option("--bootstrap", type=int, help="Bootstrap resamples for 95% CIs (default 1000).")
 @handle_errors
 def bench(models, data, out, task, limit, batch_size, max_new_tokens, prompt, ocr_tokens, device, dtype, quant,
           random_weights, glu, heads, name, engine, baseline, bertscore_model, no_bertscore, no_energy, allow_no_java,
@@ -67,32 +68,35 @@ def bench(models, data, out, task, limit, batch_size, max_new_tokens, prompt, oc
     """Quality and efficiency of checkpoints on one dataset, from the same greedy generations.
 
     \b
-    vlmslim bench ckpt/llava-glu25 --data data/coco-val --out results/llava-glu25 --limit 500 --batch-size 8
-    vlmslim bench base ckpt/a ckpt/b --data data/textvqa --out results/sweep --baseline results/sweep/base
+    vlmslim data synthetic --out data/shapes --n 20
+    vlmslim bench demo --data data/shapes --out results/base --no-bertscore
+    vlmslim bench ckpt/glu30 ckpt/glu30-nf4 --data data/shapes --out results --baseline results/base
 
     Writes config.yaml, samples.jsonl (one row per sample, flushed per batch), sessions.jsonl,
     summary.json and summary.csv; an interrupted run resumes where it stopped.
     """
-    from vlmslim.benchmarks.run import BenchConfig, bench_many
+    from vlmslim.benchmarks.run import bench_configs, bench_many
 
     if random_weights:
-        return _bench_random(models, out, batch_size, max_new_tokens, device, dtype, quant, engine, glu, heads)
+        return _bench_random(models, out, batch_size=batch_size, max_new_tokens=max_new_tokens, device=device,
+                             dtype=dtype, quant=quant, engine=engine, glu=glu, heads=heads)
     if data is None:
         raise click.UsageError("Missing option '--data' (or pass --random-weights for an architecture-only run)")
     if glu or heads:
         raise click.UsageError("--glu/--heads prune random-weight models only; prune checkpoints with `vlmslim prune`")
-
-    options = dict(data=data, task=task, limit=limit, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                   prompt=prompt, ocr_tokens=ocr_tokens, device=device, dtype=dtype, quant=quant, name=name, engine=engine,
-                   baseline=baseline,
-                   bertscore_model=None if no_bertscore else bertscore_model, energy=not no_energy,
-                   java_fallback=allow_no_java,
-                   country=energy_country, warmup=warmup, seed=seed, bootstrap=bootstrap)
+    given = dict(task=task, limit=limit, batch_size=batch_size, max_new_tokens=max_new_tokens, prompt=prompt,
+                 device=device, dtype=dtype, quant=quant, name=name, engine=engine, baseline=baseline,
+                 bertscore_model=bertscore_model, country=energy_country, warmup=warmup, seed=seed,
+                 bootstrap=bootstrap)
+    options = {k: v for k, v in given.items() if v is not None}  # the rest: BenchConfig's defaults
+    options.update(ocr_tokens=ocr_tokens, energy=not no_energy, java_fallback=allow_no_java)
+    if no_bertscore:
+        options["bertscore_model"] = None
     try:
-        BenchConfig(model=models[0], out=out, **options)  # validates every option before any work
+        configs = bench_configs(list(models), out, data=data, **options)  # validates every option first
     except ValueError as e:
         raise click.UsageError(str(e)) from e
-    results, failures = bench_many(list(models), out, **options)
+    results, failures = bench_many(configs, out)
     for model_out, summary in results:
         _echo_summary(model_out, summary)
     if failures:
@@ -101,23 +105,17 @@ def bench(models, data, out, task, limit, batch_size, max_new_tokens, prompt, oc
         raise click.ClickException(f"{len(failures)} of {len(models)} models failed (see {out}/failures.json)")
 
 
+def _bench_random(models, out, **given):
+    """Architecture-only runs (`vlmslim.benchmarks.architecture`): defaults live in `ArchBenchConfig`."""
+    from vlmslim.benchmarks.architecture import arch_configs, bench_architecture
 
-
-def _bench_random(models, out, batch_size, max_new_tokens, device, dtype, quant, engine, glu, heads):
-    from vlmslim.benchmarks.architecture import ArchBenchConfig, bench_architecture
-
-    engines = ("eager", "compiled") if engine == "compiled" else ("eager",)  # compiled is checked against eager
-    prune = {k: v for k, v in (("glu", glu), ("heads", heads)) if v}
-    for m in models:
-        target = out if len(models) == 1 else str(Path(out) / Path(m).stem)
-        try:
-            cfg = ArchBenchConfig(config=m, out=target, batch_size=batch_size, max_new_tokens=max_new_tokens or 64,
-                                  engines=engines, dtype=dtype or "float16", device=device or "cuda",
-                                  prune=prune, quant=quant)
-        except ValueError as e:
-            raise click.UsageError(str(e)) from e
+    try:
+        configs = arch_configs(list(models), out, **{k: v for k, v in given.items() if v is not None})
+    except ValueError as e:
+        raise click.UsageError(str(e)) from e
+    for m, cfg in zip(models, configs):
         s = bench_architecture(cfg)
         e = s["efficiency"]
         click.echo(f"{m} (random weights): decode {e['decode_ms_per_token']:.2f} ms/token, prefill "
                    f"{e['ttft_s_p50']:.3f} s, {e['throughput_images_per_s']:.2f} images/s, "
-                   f"{e['model_size_mb']:.0f} MB -> {target}")
+                   f"{e['model_size_mb']:.0f} MB -> {cfg.out}")
