@@ -5,7 +5,7 @@ import torch
 from vlmslim.loading import load_model
 from vlmslim.manifest import read_manifest
 from vlmslim.data.synthetic import captions, random_scene, render
-from vlmslim.demo.architecture import CAPTION_PROMPT, DemoArchitecture
+from vlmslim.demo.build import CAPTION_PROMPT, DemoArchitecture
 from vlmslim.demo.train import TrainConfig, train
 from vlmslim.inputs import processor_inputs
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -121,9 +122,12 @@ def test_family_facts_live_in_families_only():
 def test_wheel_ships_configs_and_demo_and_runs_outside_the_checkout(tmp_path):
     """Build the wheel, install it (no deps) into a target dir and run `inspect random:llava-1.5-7b` from a
     directory outside the checkout, with the checkout off sys.path."""
-    root = PKG.parent
+    src = tmp_path / "src"  # a copy: building in the checkout would leave build/ behind
+    shutil.copytree(PKG, src / "vlmslim", ignore=shutil.ignore_patterns("__pycache__"))
+    for f in ("setup.cfg", "pyproject.toml", "README.md"):
+        shutil.copy(PKG.parent / f, src / f)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path / "dist"), str(root)], check=True)
+                    str(tmp_path / "dist"), str(src)], check=True)
     wheel = next((tmp_path / "dist").glob("vlmslim-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "vlmslim/configs/models/llava-1.5-7b.json" in names

@@ -106,8 +106,8 @@ def bench(models, data, out, task, limit, batch_size, max_new_tokens, prompt, oc
 
 
 def _bench_random(models, out, **given):
-    """Architecture-only runs (`vlmslim.benchmarks.architecture`): defaults live in `ArchBenchConfig`."""
-    from vlmslim.benchmarks.architecture import arch_configs, bench_architecture
+    """Architecture-only runs (`vlmslim.benchmarks.random_weights`): defaults live in `ArchBenchConfig`."""
+    from vlmslim.benchmarks.random_weights import arch_configs, bench_architecture
 
     try:
         configs = arch_configs(list(models), out, **{k: v for k, v in given.items() if v is not None})

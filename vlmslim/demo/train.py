@@ -24,7 +24,7 @@ import torch
 from vlmslim.checkpoint import save_checkpoint
 from vlmslim.manifest import new_manifest
 from vlmslim.data.synthetic import captions, random_scene, render
-from vlmslim.demo.architecture import CAPTION_PROMPT, DemoArchitecture, build_model, build_processor
+from vlmslim.demo.build import CAPTION_PROMPT, DemoArchitecture, build_model, build_processor
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Wall time and peak memory of `vlmslim.pruning.prune` on a LLaVA-1.5-7B-shaped model (random bf16 weights).
 
-    python benchmarks/prune_7b.py --device cpu  --out-json docs/results/prune_7b_cpu.json
-    python benchmarks/prune_7b.py --device cuda --out-json docs/results/prune_7b_cuda.json [--save /tmp/p7b]
+    python -m studies.prune_7b --device cpu  --out-json docs/results/prune_7b_cpu.json
+    python -m studies.prune_7b --device cuda --out-json docs/results/prune_7b_cuda.json [--save /tmp/p7b]
 
 The model is built from configs/models/llava-1.5-7b.json without allocating fp32 weights: an empty (meta)
 skeleton, then each parameter created directly on the device in bf16 and filled with N(0, 0.02) (norm
@@ -17,16 +17,18 @@ import json
 import logging
 import platform
 import resource
-import sys
 import threading
 import time
 from pathlib import Path
 
+import click
 import psutil
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+from vlmslim.benchmarks.devices import sync as vlmslim_sync
+from vlmslim.loading import CONFIG_DIR, build_random_model
+
+ROOT = Path(__file__).resolve().parents[1]  # the checkout (outputs default below it)
 GiB = 1024**3
 
 
@@ -55,29 +57,13 @@ class RssPeak:
 
 
 def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize(device)
+    vlmslim_sync(torch.device(device))
 
 
 @torch.no_grad()
 def build(config_path: Path, device: str, dtype: torch.dtype, seed: int):
-    from accelerate import init_empty_weights
-    from transformers import LlavaConfig, LlavaForConditionalGeneration
-
-    config = LlavaConfig.from_json_file(str(config_path))
-    with init_empty_weights():  # parameters on meta, buffers (rotary inv_freq) real
-        model = LlavaForConditionalGeneration(config)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    for name, p in list(model.named_parameters()):
-        value = torch.empty(p.shape, dtype=dtype, device=device)
-        if p.ndim == 1:
-            value.fill_(1.0 if name.endswith("weight") else 0.0)  # norm scales 1, biases 0
-        else:
-            value.normal_(0.0, 0.02, generator=gen)
-        # Assign directly: accelerate's set_module_tensor_to_device would cast to the skeleton's fp32.
-        owner, _, attr = name.rpartition(".")
-        model.get_submodule(owner)._parameters[attr] = torch.nn.Parameter(value, requires_grad=False)
-    model = model.to(device).eval()
+    """The architecture with random weights made on `device` (no fp32 CPU copy): vlmslim's own builder."""
+    model = build_random_model(str(config_path), dtype=dtype, device=device, seed=seed)
     assert {p.dtype for p in model.parameters()} == {dtype}
     return model
 
@@ -92,7 +78,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:0, ...")
     ap.add_argument("--out-json", type=Path, required=True)
-    ap.add_argument("--config", type=Path, default=ROOT / "configs" / "models" / "llava-1.5-7b.json")
+    ap.add_argument("--config", type=Path, default=CONFIG_DIR / "llava-1.5-7b.json")
     ap.add_argument("--glu", type=float, default=0.3)
     ap.add_argument("--heads", type=float, default=0.25)
     ap.add_argument("--head-mode", default="groups")
@@ -102,8 +88,10 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("transformers").setLevel(logging.WARNING)
 
-    from vlmslim.checkpoint import new_manifest, save_checkpoint
-    from vlmslim.pruning import PruneConfig, architecture_of, prune, record_step
+    from vlmslim.checkpoint import save_checkpoint
+    from vlmslim.manifest import new_manifest
+    from vlmslim.pruning import PruneConfig, prune, record_step
+    from vlmslim.shapes import architecture_of
 
     torch.manual_seed(args.seed)
     cuda = args.device.startswith("cuda")
@@ -150,7 +138,7 @@ def main() -> None:
     result["rss_peak_process_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GiB, 2)
     args.out_json.parent.mkdir(parents=True, exist_ok=True)
     args.out_json.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    click.echo(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

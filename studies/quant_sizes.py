@@ -7,8 +7,8 @@ Three numbers per row, so each checks the others:
   saved      one real `save_pretrained` of a reduced-depth model (--text-layers/--vision-layers, real
              widths) next to the analytic value *for that reduced model*.
 
-    python benchmarks/quant_sizes.py --device cpu                                   # 2+2 layers, ~2 GB RAM
-    python benchmarks/quant_sizes.py --device cuda --text-layers 32 --vision-layers 24 \
+    python -m studies.quant_sizes --device cpu                                   # 2+2 layers, ~2 GB RAM
+    python -m studies.quant_sizes --device cuda --text-layers 32 --vision-layers 24 \
         --recipes nf4 --targets language --verify                                   # a full 7B save + reload
 
 --verify runs the whole `vlmslim quantize` step (reference logits, reload check, SQNR) instead of a bare
@@ -27,14 +27,15 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import click
 import torch
 from safetensors.torch import save_file
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from vlmslim.checkpoint import load_model, new_manifest, save_checkpoint  # noqa: E402
-from vlmslim.quantization import (QuantSpec, expected_bytes, make_recipe, param_inventory,  # noqa: E402
+from vlmslim.checkpoint import save_checkpoint
+from vlmslim.loading import CONFIG_DIR, load_model
+from vlmslim.manifest import new_manifest
+from vlmslim.quantization import (QuantSpec, expected_bytes, make_recipe, param_inventory,
                                   quantize, quantize_model, resolve_target, safetensors_bytes)
 
 logger = logging.getLogger("quant_sizes")
@@ -87,7 +88,7 @@ def extrapolate(meta_model, target, per_layer: dict) -> int:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", type=Path, default=ROOT / "configs/models/llava-1.5-7b.json")
+    ap.add_argument("--config", type=Path, default=CONFIG_DIR / "llava-1.5-7b.json")
     ap.add_argument("--device", default="cpu", help="where layers are quantized (cpu, cuda)")
     ap.add_argument("--text-layers", type=int, default=2, help="decoder layers of the saved model")
     ap.add_argument("--vision-layers", type=int, default=2, help="vision layers of the saved model")
@@ -100,7 +101,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("transformers", "bitsandbytes"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    logging.getLogger("vlmslim.checkpoint").setLevel(logging.ERROR)  # "no processor": expected, no processor saved
+    logging.getLogger("vlmslim.loading.weights").setLevel(logging.ERROR)  # "no processor": expected, no processor saved
     recipes = {k: make_recipe(RECIPES[k][0], **RECIPES[k][1]) for k in args.recipes.split(",")}
     targets = args.targets.split(",")
 
@@ -158,7 +159,7 @@ def main(argv=None) -> int:
             "inventory_tensors": len(param_inventory(full))}
     (args.out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     (args.out / "table.md").write_text(table(rows, args.text_layers, args.vision_layers) + "\n")
-    print(table(rows, args.text_layers, args.vision_layers))
+    click.echo(table(rows, args.text_layers, args.vision_layers))
     return 0
 
 

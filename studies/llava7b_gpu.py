@@ -1,8 +1,8 @@
 """Architecture-only GPU study: what pruning and quantization do to LLaVA-1.5-7B's speed and memory.
 
-    python benchmarks/studies/llava7b_gpu.py --out-dir $OUT            # the full study (one H100 run)
-    python benchmarks/studies/llava7b_gpu.py --variants base --batches 1 --engines eager,compiled
-    python benchmarks/studies/llava7b_gpu.py --report docs/gpu/llava7b_gpu.json   # table + figure only
+    python -m studies.llava7b_gpu --out-dir $OUT            # the full study (one H100 run)
+    python -m studies.llava7b_gpu --variants base --batches 1 --engines eager,compiled
+    python -m studies.llava7b_gpu --report docs/gpu/llava7b_gpu.json   # table + figure only
 
 Random fp16 weights from configs/models/llava-1.5-7b.json (quality is meaningless and not measured),
 synthetic inputs with LLaVA's real 576 image tokens + 16 text tokens. Per variant x batch x engine:
@@ -18,19 +18,17 @@ import gc
 import json
 import logging
 import platform
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[1]  # the checkout (outputs default below it)
 
-from vlmslim.benchmarks import architecture as arch  # noqa: E402
-from vlmslim.benchmarks.efficiency import measure_bandwidth_gb_s  # noqa: E402
-from vlmslim.census import census  # noqa: E402
-from vlmslim.inputs import synthetic_inputs  # noqa: E402
+from vlmslim.benchmarks import random_weights as arch
+from vlmslim.benchmarks.efficiency import measure_bandwidth_gb_s
+from vlmslim.census import census
+from vlmslim.inputs import synthetic_inputs
 
 logger = logging.getLogger("llava7b_gpu")
 

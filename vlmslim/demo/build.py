@@ -7,7 +7,7 @@ multiple of 64, so pruned widths (rounded to 64) and bitsandbytes 4-bit kernels 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
@@ -79,7 +79,3 @@ def build_model(processor: LlavaProcessor, arch: DemoArchitecture = DemoArchitec
                          projector_hidden_act="gelu", pad_token_id=tok.pad_token_id)
     torch.manual_seed(seed)
     return LlavaForConditionalGeneration(config)
-
-
-def architecture_dict(arch: DemoArchitecture) -> dict:
-    return asdict(arch)

@@ -4,8 +4,8 @@ Times `vlmslim.benchmarks.metrics.score_captions` end to end (and per stage: tok
 bootstrap) against one plain pycocoevalcap pass without CIs, checks that both give the same full-set
 values, and writes the numbers to docs/scoring_speed.md.
 
-    python benchmarks/scoring_speed.py                      # 5,000 x 5, B = 1,000, 3 repeats
-    python benchmarks/scoring_speed.py --n 500 --repeats 1  # quick look
+    python -m studies.scoring_speed                      # 5,000 x 5, B = 1,000, 3 repeats
+    python -m studies.scoring_speed --n 500 --repeats 1  # quick look
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ def write_report(path: Path, info: dict, n: int, n_refs: int, n_bootstrap: int, 
     totals = [r["total"] for r in runs]
     lines = [
         "# Caption scoring speed", "",
-        f"`python benchmarks/scoring_speed.py` — {n:,} predictions x {n_refs} references (seeded fake COCO-like "
+        f"`python -m studies.scoring_speed` — {n:,} predictions x {n_refs} references (seeded fake COCO-like "
         f"captions), all COCO metrics (BLEU-1..4, METEOR 1.5, ROUGE-L, CIDEr-D) plus rouge-score ROUGE-1/2/L and "
         f"caption length, each with a {n_bootstrap:,}-resample bootstrap 95% CI (CIDEr-D IDF recomputed per resample).",
         "", "Goal (issue 6): < 60 s on 2 CPU cores.", "", "## Machine", "",
