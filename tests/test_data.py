@@ -72,28 +72,45 @@ COCO_FEATURES = Features({
 })
 
 
-def coco_source(root: Path, n: int = 8, bad: dict[int, bytes] | None = None, shade: int = 0) -> Path:
-    """lmms-lab/COCO-Caption2017 layout: data/val-0000X-of-00002.parquet."""
+# Real val2017 image ids: question_id is "<id:012d>.jpg" and is the only column that names the image.
+COCO_IMAGE_IDS = (397133, 37777, 252219, 87038, 174482, 403385, 6818, 480985, 458054, 331352, 296649, 386912)
+
+
+def coco_name(i: int) -> str:
+    return f"{COCO_IMAGE_IDS[i]:012d}.jpg"
+
+
+def n_captions(i: int) -> int:
+    return 5 + i % 3  # val has 5-7 captions per image (25,014 over 5,000)
+
+
+def coco_source(root: Path, n: int = 8, bad: dict[int, bytes] | None = None, shade: int = 0, *,
+                split: str = "val", shards: int = 2, constant_identity: bool = False) -> Path:
+    """lmms-lab/COCO-Caption2017 layout: data/<split>-0000K-of-0000N.parquet, rows as on the card.
+
+    `id` is never the image id (an unrelated running number here); with `constant_identity` `id` and
+    `file_name` are the same in every row, as in the real test split.
+    """
     bad = bad or {}
     rows = {k: [] for k in COCO_FEATURES}
     for i in range(n):
-        name = f"{i:012d}.jpg"
+        name = coco_name(i)
         rows["question_id"].append(name)
         rows["image"].append({"bytes": bad.get(i, _jpeg(i + shade)), "path": None})
-        rows["question"].append("Provide a one-sentence caption for the provided image.")
-        rows["answer"].append([f"caption {j} of image {i}" for j in range(5)])
-        rows["id"].append(100 + i)
+        rows["question"].append("Please carefully observe the image and come up with a caption for the image.")
+        rows["answer"].append([f"caption {j} of image {i}" for j in range(n_captions(i))])
+        rows["id"].append(0 if constant_identity else 38 + 7 * i)
         rows["license"].append(3)
-        rows["file_name"].append(name)
+        rows["file_name"].append(coco_name(0) if constant_identity else name)
         rows["coco_url"].append(f"http://images.cocodataset.org/val2017/{name}")
         rows["height"].append(12)
         rows["width"].append(16)
         rows["date_captured"].append("2013-11-14 17:02:52")
     ds = datasets.Dataset.from_dict(rows, features=COCO_FEATURES)
-    (root / "data").mkdir(parents=True)
-    half = n // 2
-    ds.select(range(half)).to_parquet(root / "data" / "val-00000-of-00002.parquet")
-    ds.select(range(half, n)).to_parquet(root / "data" / "val-00001-of-00002.parquet")
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    bounds = [round(k * n / shards) for k in range(shards + 1)]
+    for k in range(shards):
+        ds.select(range(bounds[k], bounds[k + 1])).to_parquet(root / "data" / f"{split}-{k:05d}-of-{shards:05d}.parquet")
     return root
 
 
@@ -156,8 +173,10 @@ def test_download_coco_end_to_end_seeded_subset(tmp_path):
     assert result.exit_code == 0, result.output
     ds = load(tmp_path / "out")
     assert ds.task == "caption" and len(ds) == 4
-    assert [s.extras["coco_id"] for s in ds] == [100 + i for i in expected]
-    assert all(len(s.references) == 5 and s.question is None for s in ds)
+    assert [s.id for s in ds] == [coco_name(i) for i in expected]
+    assert [s.extras["coco_id"] for s in ds] == [COCO_IMAGE_IDS[i] for i in expected]
+    assert [len(s.references) for s in ds] == [n_captions(i) for i in expected]
+    assert all(s.question is None for s in ds)
     first = ds[0]
     assert first.references[0] == f"caption 0 of image {expected[0]}"
     img = ds.open_image(first)
@@ -171,9 +190,9 @@ def test_download_coco_end_to_end_seeded_subset(tmp_path):
     assert meta["samples_sha256"] == sha256_file(tmp_path / "out" / "samples.jsonl")
 
     coco = COCO(str(tmp_path / "out" / "annotations.json"))
-    assert sorted(coco.getImgIds()) == [100 + i for i in expected]
-    assert len(coco.getAnnIds()) == 20
-    res = coco.loadRes([{"image_id": 100 + i, "caption": "a photo"} for i in expected])
+    assert sorted(coco.getImgIds()) == sorted(COCO_IMAGE_IDS[i] for i in expected)
+    assert len(coco.getAnnIds()) == sum(n_captions(i) for i in expected)
+    res = coco.loadRes([{"image_id": COCO_IMAGE_IDS[i], "caption": "a photo"} for i in expected])
     assert len(res.getAnnIds()) == 4
 
     # Same seed, the same files given as a parquet glob -> identical samples.jsonl.
@@ -186,6 +205,22 @@ def test_download_coco_end_to_end_seeded_subset(tmp_path):
     assert load(tmp_path / "s2").meta["selected_indices"] == select_subset(8, 4, 2) != expected
 
 
+def test_coco_identity_is_question_id_not_id_or_file_name(tmp_path):
+    # The test split's layout: `id` and `file_name` are the same in every row; question_id names the image.
+    src = coco_source(tmp_path / "coco", n=6, constant_identity=True)
+    result = run("data", "download", "coco-captions", "--source", src, "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    ds = load(tmp_path / "out")
+    assert len(ds) == 6 and ds.meta["counts"] == {"samples": 6, "images": 6, "skipped": 0}
+    assert [s.id for s in ds] == [coco_name(i) for i in range(6)]
+    assert [s.extras["coco_id"] for s in ds] == list(COCO_IMAGE_IDS[:6])  # int of the stem, as lmms-eval
+    assert [ds.image_path(s).read_bytes() for s in ds] == [_jpeg(i) for i in range(6)]
+    assert [len(s.references) for s in ds] == [5, 6, 7, 5, 6, 7]  # every caption kept
+    assert "file_name" not in ds[0].extras and ds[1].extras["coco_url"].endswith(coco_name(1))
+    coco = COCO(str(tmp_path / "out" / "annotations.json"))
+    assert sorted(coco.getImgIds()) == sorted(COCO_IMAGE_IDS[:6]) and len(coco.getAnnIds()) == 36
+
+
 def test_corrupt_images_are_skipped_counted_and_named(tmp_path):
     truncated = _jpeg(5, (64, 64))[:200]
     src = coco_source(tmp_path / "coco", bad={3: b"definitely not an image", 5: truncated})
@@ -194,8 +229,8 @@ def test_corrupt_images_are_skipped_counted_and_named(tmp_path):
     ds = load(tmp_path / "out")
     assert len(ds) == 6 and ds.meta["counts"]["skipped"] == 2
     skipped = {s["image"]: s for s in ds.meta["skipped"]}
-    assert set(skipped) == {"000000000003.jpg", "000000000005.jpg"}
-    assert skipped["000000000003.jpg"]["id"] == "103" and skipped["000000000003.jpg"]["index"] == 3
+    assert set(skipped) == {coco_name(3), coco_name(5)}
+    assert skipped[coco_name(3)]["id"] == coco_name(3) and skipped[coco_name(3)]["index"] == 3
     assert all("corrupt image" in s["reason"] for s in skipped.values())
     assert len(list((tmp_path / "out" / "images").iterdir())) == 6
 

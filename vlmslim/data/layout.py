@@ -46,7 +46,7 @@ IMAGE_DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBomb
 @dataclass
 class Sample:
     """One evaluation item. `image` is relative to the dataset root; `references` are the gold texts
-    (5 COCO captions, 10 TextVQA answers, the one VQAonline answer)."""
+    (5-7 COCO captions, 10 TextVQA answers, the one VQAonline answer)."""
 
     id: str
     image: str
