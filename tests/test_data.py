@@ -11,6 +11,7 @@ import json
 import random
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import datasets
 import huggingface_hub
@@ -219,6 +220,88 @@ def test_coco_identity_is_question_id_not_id_or_file_name(tmp_path):
     assert "file_name" not in ds[0].extras and ds[1].extras["coco_url"].endswith(coco_name(1))
     coco = COCO(str(tmp_path / "out" / "annotations.json"))
     assert sorted(coco.getImgIds()) == sorted(COCO_IMAGE_IDS[:6]) and len(coco.getAnnIds()) == 36
+
+
+HUB_SHA = "0123456789abcdef0123456789abcdef01234567"
+
+
+class FakeHub:
+    """The Hugging Face Hub for one dataset repo, served from a local folder of its files; records every
+    file requested (`downloads`) and every parquet footer read (`footers`). No network."""
+
+    def __init__(self, root: Path, repo: str, monkeypatch):
+        self.root, self.repo, self.downloads, self.footers = root, repo, [], []
+        hub = self
+
+        class Api:
+            def dataset_info(self, repo_id, *, revision=None, **_):
+                assert repo_id == hub.repo
+                files = sorted(p.relative_to(hub.root).as_posix() for p in hub.root.rglob("*") if p.is_file())
+                return SimpleNamespace(id=repo_id, sha=HUB_SHA, siblings=[SimpleNamespace(rfilename=f) for f in files])
+
+        def hf_hub_download(repo_id, filename, *, repo_type=None, revision=None, **_):
+            assert (repo_id, repo_type, revision) == (hub.repo, "dataset", HUB_SHA)  # pinned to one commit
+            hub.downloads.append(filename)
+            return str(hub.root / filename)
+
+        class FileSystem:
+            def open(self, path, mode="rb", **_):
+                prefix = f"datasets/{hub.repo}@{HUB_SHA}/"
+                assert path.startswith(prefix) and mode == "rb", path
+                hub.footers.append(path[len(prefix):])
+                return open(hub.root / path[len(prefix):], "rb")
+
+        monkeypatch.setattr(download_mod, "HfApi", Api)
+        monkeypatch.setattr(download_mod, "hf_hub_download", hf_hub_download)
+        monkeypatch.setattr(download_mod, "HfFileSystem", FileSystem)
+
+
+def _coco_repo(root: Path) -> Path:
+    """val: 12 rows in 3 shards of 4; test: 2 shards that are not even parquet (reading one would fail)."""
+    coco_source(root, n=12, shards=3)
+    for k in range(2):
+        (root / "data" / f"test-{k:05d}-of-00002.parquet").write_bytes(b"6.6 GB of test shards")
+    return root
+
+
+def test_hub_download_fetches_only_the_split_and_the_shards_a_subset_needs(tmp_path, monkeypatch):
+    hub = FakeHub(_coco_repo(tmp_path / "hub"), "lmms-lab/COCO-Caption2017", monkeypatch)
+    val = [f"data/val-{k:05d}-of-00003.parquet" for k in range(3)]
+    result = run("data", "download", "coco-captions", "--out", tmp_path / "all")
+    assert result.exit_code == 0, result.output
+    assert hub.downloads == val and hub.footers == []  # no test shard; no footer needed without --limit
+    ds = load(tmp_path / "all")
+    assert [s.id for s in ds] == [coco_name(i) for i in range(12)]
+    assert ds.meta["source"]["kind"] == "hub" and ds.meta["source"]["revision"] == HUB_SHA
+    assert ds.meta["source"]["files"] == val and ds.meta["source_total"] == 12
+
+    # A seeded subset is uniform over the whole split; only the shards its rows fall in are fetched.
+    seed = next(s for s in range(100) if len({i // 4 for i in select_subset(12, 2, s)}) == 2)
+    expected = select_subset(12, 2, seed)
+    needed = sorted({val[i // 4] for i in expected})
+    hub.downloads.clear()
+    result = run("data", "download", "coco-captions", "--limit", 2, "--seed", seed, "--out", tmp_path / "two")
+    assert result.exit_code == 0, result.output
+    assert hub.footers == val and hub.downloads == needed and len(needed) == 2
+    ds = load(tmp_path / "two")
+    assert [s.id for s in ds] == [coco_name(i) for i in expected]  # row numbers mapped across shards
+    assert [s.references[0] for s in ds] == [f"caption 0 of image {i}" for i in expected]
+    assert ds.meta["selected_indices"] == expected and ds.meta["source_total"] == 12
+
+    hub.downloads.clear()
+    wrong = run("data", "download", "coco-captions", "--split", "train", "--out", tmp_path / "bad")
+    assert_one_line_error(wrong, "splits ['test', 'val']", "'train'")
+    assert hub.downloads == [] and not (tmp_path / "bad").exists()
+
+
+def test_local_repo_copy_reads_only_the_split_files(tmp_path):
+    src = _coco_repo(tmp_path / "copy")  # a snapshot dir: data/val-*, data/test-* (unreadable here)
+    result = run("data", "download", "coco-captions", "--source", src, "--limit", 3, "--seed", 0, "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    ds = load(tmp_path / "out")
+    assert [s.id for s in ds] == [coco_name(i) for i in select_subset(12, 3, 0)]
+    assert ds.meta["source_total"] == 12
+    assert set(ds.meta["source"]["files"]) <= {f"data/val-{k:05d}-of-00003.parquet" for k in range(3)}
 
 
 def test_corrupt_images_are_skipped_counted_and_named(tmp_path):

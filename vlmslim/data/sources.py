@@ -46,6 +46,8 @@ class SourceSpec:
     coco_id_column: str | None = None     # COCO image id (an int, or a file name "…_000000397133.jpg")
     extras_columns: tuple[str, ...] = ()  # copied into Sample.extras when present
     split_files: tuple[tuple[str, str], ...] = ()  # json+images: split name -> json file stem
+    # parquet: the files of one split in the repo (both lmms-lab repos: data/val-00000-of-00002.parquet)
+    split_pattern: str = "data/{split}-*.parquet"
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
