@@ -148,16 +148,22 @@ def textvqa_source(root: Path) -> Path:
 
 
 def vqaonline_source(root: Path) -> Path:
-    """ChongyanChen/VQAonline layout: test.json rows naming images spread over images*/ folders."""
-    rows = []
-    for i in range(5):
-        folder = root / ("images" if i < 3 else "images2")
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"q{i}.png").write_bytes(_png(i))
-        rows.append({"image": f"q{i}.png", "question": f"How do I fix problem {i}?",
-                     "context": f"I tried restarting, see screenshot {i}.", "answer": f"A long answer number {i}.",
-                     "topic": "superuser", "url": f"https://superuser.example/q/{i}"})
-    (root / "test.json").write_text(json.dumps(rows))
+    """ChongyanChen/VQAonline layout: train/val/test.json rows naming images spread over images*/ folders
+    (here test: 5 rows, train: 2, val: 1)."""
+    sizes = {"test": 5, "train": 2, "val": 1}
+    for split, n in sizes.items():
+        rows = []
+        for i in range(n):
+            name = f"q{i}.png" if split == "test" else f"{split}{i}.png"
+            folder = root / ("images" if i < 3 else "images2")
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_bytes(_png(i) if split == "test" else _png(50 + i))
+            text = f"problem {i}" if split == "test" else f"{split} problem {i}"
+            rows.append({"image": name, "question": f"How do I fix {text}?",
+                         "context": f"I tried restarting, see screenshot {i}." if split == "test" else f"{split} context",
+                         "answer": f"A long answer number {i}." if split == "test" else f"The {split} answer {i}.",
+                         "topic": "superuser", "url": f"https://superuser.example/q/{split}{i}"})
+        (root / f"{split}.json").write_text(json.dumps(rows))
     return root
 
 
@@ -346,6 +352,27 @@ def test_download_vqaonline_json_and_image_folders(tmp_path):
         assert s.references == [f"A long answer number {i}."]
         assert s.extras["context"] == f"I tried restarting, see screenshot {i}."
         assert ds.image_path(s).read_bytes() == _png(i)  # found in images/ or images2/
+
+
+def test_vqaonline_seed004_split_is_one_flag(tmp_path, monkeypatch):
+    # Seed 004 evaluated VQAonline's train split (665 rows); our default is test (63,746): --split train.
+    hub = FakeHub(vqaonline_source(tmp_path / "hub"), "ChongyanChen/VQAonline", monkeypatch)
+    result = run("data", "download", "vqaonline", "--split", "train", "--out", tmp_path / "train")
+    assert result.exit_code == 0, result.output
+    assert hub.downloads == ["train.json", "images/train0.png", "images/train1.png"]  # not test.json
+    ds = load(tmp_path / "train")
+    assert ds.meta["split"] == "train" and ds.meta["source_total"] == 2
+    assert ds.meta["source"]["revision"] == HUB_SHA
+    assert [s.question for s in ds] == ["How do I fix train problem 0?", "How do I fix train problem 1?"]
+    assert [s.references for s in ds] == [["The train answer 0."], ["The train answer 1."]]
+
+    hub.downloads.clear()
+    result = run("data", "download", "vqaonline", "--limit", 2, "--seed", 0, "--out", tmp_path / "test")
+    assert result.exit_code == 0, result.output
+    ds = load(tmp_path / "test")
+    assert ds.meta["split"] == "test" and ds.meta["source_total"] == 5
+    assert hub.downloads == ["test.json", *(f"images/q{i}.png" if i < 3 else f"images2/q{i}.png"
+                                            for i in select_subset(5, 2, 0))]
 
 
 def test_interrupted_download_resumes_without_refetching(tmp_path, monkeypatch):

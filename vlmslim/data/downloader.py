@@ -105,15 +105,6 @@ def _hub(source: str, fn):
         raise DataError(f"{source}: {_first_line(e)}") from e
 
 
-def _hub_revision(repo: str, revision: str | None) -> str | None:
-    """The commit sha actually used, for meta.json; the requested revision if the hub cannot say."""
-    try:
-        return HfApi().dataset_info(repo, revision=revision).sha
-    except OSError as e:  # offline (served from cache) or HTTP error: provenance degrades, data is fine
-        logger.warning("could not resolve the hub revision of %s (%s); recording %r", repo, e, revision)
-        return revision
-
-
 def _local_path(source: str) -> Path | None:
     """`source` as a local path, or None when it is a hub id."""
     path = Path(source).expanduser()
@@ -139,9 +130,9 @@ def _image_bytes(value) -> bytes:
 
 
 @dataclass
-class ParquetRepo:
+class RepoFiles:
     """The files of a dataset repo (hub or local copy) behind two calls, so that only the files of one
-    split, and only the shards a subset needs, are ever fetched."""
+    split, and only the shards (or images) a subset needs, are ever fetched."""
 
     files: list[str]                   # repo-relative paths
     num_rows: Callable[[str], int]     # rows of one parquet file, from its footer (no data read)
@@ -149,7 +140,7 @@ class ParquetRepo:
     info: dict
 
 
-def _hub_repo(source: str, revision: str | None) -> ParquetRepo:
+def _hub_repo(source: str, revision: str | None) -> RepoFiles:
     # One listing pins the commit: every file below is read at that sha, which meta.json records.
     listing = _hub(source, lambda: HfApi().dataset_info(source, revision=revision))
     sha = listing.sha
@@ -159,7 +150,7 @@ def _hub_repo(source: str, revision: str | None) -> ParquetRepo:
         with fs.open(f"datasets/{source}@{sha}/{path}", "rb") as f:  # range reads of the footer only
             return pq.ParquetFile(f).metadata.num_rows
 
-    return ParquetRepo(
+    return RepoFiles(
         files=[s.rfilename for s in listing.siblings or []],
         num_rows=lambda path: _hub(source, lambda: footer_rows(path)),
         fetch=lambda path: Path(_hub(source, lambda: hf_hub_download(
@@ -168,9 +159,9 @@ def _hub_repo(source: str, revision: str | None) -> ParquetRepo:
     )
 
 
-def _local_repo(root: Path) -> ParquetRepo:
+def _local_repo(root: Path) -> RepoFiles:
     files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.parquet") if p.is_file())
-    return ParquetRepo(files=files, num_rows=lambda path: pq.read_metadata(root / path).num_rows,
+    return RepoFiles(files=files, num_rows=lambda path: pq.read_metadata(root / path).num_rows,
                        fetch=lambda path: root / path,
                        info={"id": str(root.resolve()), "kind": "local", "revision": None})
 
@@ -179,7 +170,7 @@ def _read_parquet(paths: list[Path]) -> datasets.Dataset:
     return datasets.load_dataset("parquet", data_files=[str(p) for p in paths], split="train")
 
 
-def _open_split_shards(spec: SourceSpec, source: str, repo: ParquetRepo, split: str, limit: int | None,
+def _open_split_shards(spec: SourceSpec, source: str, repo: RepoFiles, split: str, limit: int | None,
                        seed: int) -> tuple[datasets.Dataset, list[int], int] | None:
     """The selected rows of `split` read from its own shards only; None if the repo does not use the
     spec's file layout at all (then `datasets` resolves it, preparing every split)."""
@@ -251,16 +242,18 @@ def _open_json_images(spec: SourceSpec, source: str, split: str, revision: str |
     stem = spec.split_file(split)
     local = _local_path(source)
     if local is None:
-        json_path = _hub(source, lambda: hf_hub_download(source, f"{stem}.json", repo_type="dataset", revision=revision))
-        files = _hub(source, lambda: HfApi().list_repo_files(source, repo_type="dataset", revision=revision))
-        where = {PurePosixPath(f).name: f for f in files if f.startswith("images")}
-        info = {"id": source, "kind": "hub", "revision": _hub_revision(source, revision)}
+        repo = _hub_repo(source, revision)  # the split's json, then only the selected rows' images
+        if f"{stem}.json" not in repo.files:
+            found = sorted(f for f in repo.files if f.endswith(".json") and "/" not in f)
+            raise DataError(f"'{source}' has no {stem}.json for split {split!r} (found: {found})")
+        json_path = repo.fetch(f"{stem}.json")
+        where = {PurePosixPath(f).name: f for f in repo.files if f.startswith("images")}
+        info = repo.info
 
         def read(name: str) -> bytes:
             if name not in where:
                 raise FileNotFoundError(f"{name} is in no images*/ folder of {source}")
-            return Path(_hub(source, lambda: hf_hub_download(
-                source, where[name], repo_type="dataset", revision=revision))).read_bytes()
+            return repo.fetch(where[name]).read_bytes()
     else:
         root = local.parent if local.is_file() else local
         json_path = local if local.is_file() else local / f"{stem}.json"
