@@ -25,6 +25,7 @@ from vlmslim.cli import cli
 from vlmslim.data import downloader as download_mod
 from vlmslim.data import load, select_subset, vocabulary
 from vlmslim.data.layout import sha256_file
+from vlmslim.data.shards import plan_shards, split_files, splits_in
 from vlmslim.data.synthetic import LOCATIONS, captions, random_scene
 from vlmslim.errors import DataError
 
@@ -562,3 +563,16 @@ def test_import_csv_groups_rows_and_names_missing_images(tmp_path):
     missing = run("data", "import", photos, "--captions", tmp_path / "more.csv", "--out", tmp_path / "o2")
     assert_one_line_error(missing, "gone.jpg", "missing")
     assert not (tmp_path / "o2").exists()
+
+
+def test_plan_shards_maps_split_rows_to_shard_positions():
+    assert plan_shards([4, 4, 4], [1, 9]) == ([0, 2], [1, 5])
+    assert plan_shards([4, 0, 4], [0, 3, 4]) == ([0, 2], [0, 3, 4])  # an empty shard is never needed
+    assert plan_shards([3, 5], list(range(8))) == ([0, 1], list(range(8)))
+    with pytest.raises(ValueError, match=r"\[0, 8\)"):
+        plan_shards([3, 5], [8])
+    files = ["README.md", "data/val-00000-of-00002.parquet", "data/validation-00000-of-00001.parquet",
+             "data/val-00001-of-00002.parquet", "data/test-00000-of-00001.parquet"]
+    assert split_files(files, "data/{split}-*.parquet", "val") == [
+        "data/val-00000-of-00002.parquet", "data/val-00001-of-00002.parquet"]
+    assert splits_in(files, "data/{split}-*.parquet") == ["test", "val", "validation"]
