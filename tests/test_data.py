@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import datasets
 import huggingface_hub
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from datasets import Features, List, Value
@@ -576,3 +577,93 @@ def test_plan_shards_maps_split_rows_to_shard_positions():
     assert split_files(files, "data/{split}-*.parquet", "val") == [
         "data/val-00000-of-00002.parquet", "data/val-00001-of-00002.parquet"]
     assert splits_in(files, "data/{split}-*.parquet") == ["test", "val", "validation"]
+
+
+# --- import: bad inputs -------------------------------------------------------------------------------
+
+def _csv(path: Path, rows, encoding="utf-8") -> Path:
+    with open(path, "w", newline="", encoding=encoding) as f:
+        csv.writer(f).writerows([("image", "caption"), *rows])
+    return path
+
+
+def _nothing_written(tmp_path: Path, name: str = "out") -> bool:
+    return not (tmp_path / name).exists() and not (tmp_path / f"{name}.partial").exists()
+
+
+@pytest.mark.parametrize("name", ["../x.png", "../../../etc/passwd", "/etc/hostname", "sub/../../x.png"])
+def test_import_refuses_paths_outside_the_images_dir(tmp_path, name):
+    photos = _photos(tmp_path / "photos", n=1)
+    (tmp_path / "x.png").write_bytes(_png(1))  # exists: it must be refused, not read
+    caps = _csv(tmp_path / "caps.csv", [("p0.jpg", "inside"), (name, "outside")])
+    result = run("data", "import", photos, "--captions", caps, "--out", tmp_path / "out")
+    assert_one_line_error(result, name, "outside")
+    assert _nothing_written(tmp_path)
+
+
+def test_import_refuses_names_that_differ_only_by_extension_before_writing(tmp_path):
+    photos = _photos(tmp_path / "photos", n=1)
+    (photos / "dup.png").write_bytes(_png(0))
+    (photos / "dup.jpg").write_bytes(_jpeg(9))
+    caps = _csv(tmp_path / "caps.csv", [("p0.jpg", "fine"), ("dup.png", "a png"), ("dup.jpg", "a jpeg")])
+    assert_one_line_error(run("data", "import", photos, "--captions", caps, "--out", tmp_path / "out"),
+                          "dup.png", "dup.jpg")
+    assert _nothing_written(tmp_path)
+    # COCO json: distinct image ids, but the two files would still land on one image file.
+    doc = {"images": [{"id": 1, "file_name": "dup.png"}, {"id": 2, "file_name": "dup.jpg"}],
+           "annotations": [{"id": 0, "image_id": 1, "caption": "a png"}, {"id": 1, "image_id": 2, "caption": "a jpeg"}]}
+    (tmp_path / "caps.json").write_text(json.dumps(doc))
+    assert_one_line_error(run("data", "import", photos, "--captions", tmp_path / "caps.json", "--out", tmp_path / "out"),
+                          "dup.png", "dup.jpg")
+    assert _nothing_written(tmp_path)
+
+
+def test_import_csv_encodings(tmp_path):
+    photos = _photos(tmp_path / "photos", n=2)
+    bom = _csv(tmp_path / "bom.csv", [("p0.jpg", "un café au lait"), ("p1.jpg", "a blue thing")], encoding="utf-8-sig")
+    assert bom.read_bytes().startswith(b"\xef\xbb\xbf")
+    result = run("data", "import", photos, "--captions", bom, "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert [s.references for s in load(tmp_path / "out")] == [["un café au lait"], ["a blue thing"]]
+
+    latin1 = _csv(tmp_path / "latin1.csv", [("p1.jpg", "plain"), ("p0.jpg", "un café")], encoding="latin-1")
+    assert_one_line_error(run("data", "import", photos, "--captions", latin1, "--out", tmp_path / "o2"),
+                          "latin1.csv:3", "UTF-8")
+    assert _nothing_written(tmp_path, "o2")
+    (tmp_path / "latin1.json").write_bytes('{"images": [], "annotations": [], "x": "café"}'.encode("latin-1"))
+    assert_one_line_error(run("data", "import", photos, "--captions", tmp_path / "latin1.json", "--out", tmp_path / "o3"),
+                          "latin1.json:1", "UTF-8")
+
+
+def _write(path: Path, array, fmt: str) -> Path:
+    Image.fromarray(array).save(path, format=fmt)
+    return path
+
+
+def test_import_high_bit_depth_images_are_scaled_not_clipped(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    grad16 = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1040)  # 0 .. 65520
+    unit = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    wide = np.linspace(-2, 6, 64, dtype=np.float32).reshape(8, 8)
+    nan = unit.copy()
+    nan[0, 0] = np.nan
+    _write(photos / "deep.png", grad16, "PNG")
+    _write(photos / "unit.tif", unit, "TIFF")
+    _write(photos / "wide.tif", wide, "TIFF")
+    _write(photos / "nan.tif", nan, "TIFF")
+    assert Image.open(photos / "deep.png").mode == "I;16" and Image.open(photos / "unit.tif").mode == "F"
+    caps = _csv(tmp_path / "caps.csv", [(n, f"image {n}") for n in ("deep.png", "unit.tif", "wide.tif", "nan.tif")])
+    result = run("data", "import", photos, "--captions", caps, "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    ds = load(tmp_path / "out")
+    pixels = {s.extras["file_name"]: np.asarray(ds.open_image(s)) for s in ds}
+    assert set(pixels) == {"deep.png", "unit.tif", "wide.tif"}
+    assert all(p.shape == (8, 8, 3) and p.dtype == np.uint8 for p in pixels.values())
+    assert (pixels["deep.png"][..., 0] == grad16 >> 8).all()  # PIL's convert: 99.6 % white
+    assert (pixels["deep.png"][..., 0] == pixels["deep.png"][..., 2]).all()
+    assert (pixels["unit.tif"][..., 1] == np.round(unit * 255)).all()  # PIL's convert: all black
+    assert (pixels["wide.tif"][..., 1] == np.round((wide + 2) / 8 * 255)).all()  # its real range
+    assert ds.image_path(ds[0]).read_bytes() == (photos / "deep.png").read_bytes()  # stored as given
+    (skipped,) = ds.meta["skipped"]
+    assert skipped["image"] == "nan.tif" and "NaN" in skipped["reason"]
