@@ -616,6 +616,11 @@ def test_import_refuses_names_that_differ_only_by_extension_before_writing(tmp_p
     assert_one_line_error(run("data", "import", photos, "--captions", tmp_path / "caps.json", "--out", tmp_path / "out"),
                           "dup.png", "dup.jpg")
     assert _nothing_written(tmp_path)
+    doc["images"][1]["id"] = 1  # one image id listed twice
+    (tmp_path / "caps.json").write_text(json.dumps(doc))
+    assert_one_line_error(run("data", "import", photos, "--captions", tmp_path / "caps.json", "--out", tmp_path / "out"),
+                          "image id 1 appears 2 times")
+    assert _nothing_written(tmp_path)
 
 
 def test_import_csv_encodings(tmp_path):
