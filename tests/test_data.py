@@ -244,8 +244,11 @@ class FakeHub:
         class Api:
             def dataset_info(self, repo_id, *, revision=None, **_):
                 assert repo_id == hub.repo
-                files = sorted(p.relative_to(hub.root).as_posix() for p in hub.root.rglob("*") if p.is_file())
-                return SimpleNamespace(id=repo_id, sha=HUB_SHA, siblings=[SimpleNamespace(rfilename=f) for f in files])
+                return SimpleNamespace(id=repo_id, sha=HUB_SHA)
+
+            def list_repo_files(self, repo_id, *, repo_type=None, revision=None, **_):
+                assert (repo_id, repo_type, revision) == (hub.repo, "dataset", HUB_SHA)
+                return sorted(p.relative_to(hub.root).as_posix() for p in hub.root.rglob("*") if p.is_file())
 
         def hf_hub_download(repo_id, filename, *, repo_type=None, revision=None, **_):
             assert (repo_id, repo_type, revision) == (hub.repo, "dataset", HUB_SHA)  # pinned to one commit

@@ -115,6 +115,10 @@ def _local_path(source: str) -> Path | None:
     return None
 
 
+def _local_info(local: Path) -> dict:
+    return {"id": str(local.resolve()), "kind": "local", "revision": None}
+
+
 def _image_bytes(value) -> bytes:
     """Bytes of an undecoded `datasets.Image` value ({"bytes", "path"}), raw bytes or a file path."""
     if isinstance(value, dict):
@@ -141,9 +145,10 @@ class RepoFiles:
 
 
 def _hub_repo(source: str, revision: str | None) -> RepoFiles:
-    # One listing pins the commit: every file below is read at that sha, which meta.json records.
-    listing = _hub(source, lambda: HfApi().dataset_info(source, revision=revision))
-    sha = listing.sha
+    # Resolve the commit once: the listing and every file below are read at that sha (meta.json records it).
+    api = HfApi()
+    sha = _hub(source, lambda: api.dataset_info(source, revision=revision)).sha
+    files = _hub(source, lambda: api.list_repo_files(source, repo_type="dataset", revision=sha))
     fs = HfFileSystem()
 
     def footer_rows(path: str) -> int:
@@ -151,7 +156,7 @@ def _hub_repo(source: str, revision: str | None) -> RepoFiles:
             return pq.ParquetFile(f).metadata.num_rows
 
     return RepoFiles(
-        files=[s.rfilename for s in listing.siblings or []],
+        files=list(files),
         num_rows=lambda path: _hub(source, lambda: footer_rows(path)),
         fetch=lambda path: Path(_hub(source, lambda: hf_hub_download(
             source, path, repo_type="dataset", revision=sha))),
@@ -162,8 +167,7 @@ def _hub_repo(source: str, revision: str | None) -> RepoFiles:
 def _local_repo(root: Path) -> RepoFiles:
     files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.parquet") if p.is_file())
     return RepoFiles(files=files, num_rows=lambda path: pq.read_metadata(root / path).num_rows,
-                       fetch=lambda path: root / path,
-                       info={"id": str(root.resolve()), "kind": "local", "revision": None})
+                     fetch=lambda path: root / path, info=_local_info(root))
 
 
 def _read_parquet(paths: list[Path]) -> datasets.Dataset:
@@ -231,10 +235,6 @@ def _open_parquet(spec: SourceSpec, source: str, split: str, revision: str | Non
     if isinstance(col, datasets.Image):
         rows = rows.cast_column(spec.image_column, datasets.Image(decode=False))
     return SourceTable(rows, indices, total, info, lambda row: _image_bytes(row[spec.image_column]))
-
-
-def _local_info(local: Path) -> dict:
-    return {"id": str(local.resolve()), "kind": "local", "revision": None}
 
 
 def _open_json_images(spec: SourceSpec, source: str, split: str, revision: str | None, limit: int | None,
