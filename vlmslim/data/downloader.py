@@ -1,7 +1,9 @@
 """`vlmslim data download`: a registered source (hub id or local copy) -> the local layout.
 
+Only the requested split is fetched: for a parquet repo (hub or local copy) its own shards are resolved
+from the repo's file list (`shards.py`), and with `--limit` only the shards that hold a selected row.
 Only the selected rows are touched: the image column is read undecoded (`Image(decode=False)`) and
-`Dataset.select(indices)` picks the seeded subset, so `--limit 500` decodes 500 images, not 5 000.
+`Dataset.select(positions)` picks the seeded subset, so `--limit 500` decodes 500 images, not 5 000.
 Images are stored as the source's original bytes (no JPEG re-encoding) after a full decode check.
 """
 
@@ -14,14 +16,16 @@ from pathlib import Path, PurePosixPath
 from typing import Callable
 
 import datasets
+import pyarrow.parquet as pq
 from datasets.exceptions import DatasetNotFoundError
-from huggingface_hub import HfApi, constants as hf_constants, hf_hub_download
+from huggingface_hub import HfApi, HfFileSystem, constants as hf_constants, hf_hub_download
 from huggingface_hub.errors import (
     EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError,
 )
 from tqdm.auto import tqdm
 
 from vlmslim.data.layout import Sample, select_subset
+from vlmslim.data.shards import plan_shards, split_files, splits_in
 from vlmslim.data.sources import SOURCES, SourceSpec, row_to_fields
 from vlmslim.data.writer import DatasetWriter, UnreadableImageError, check_output
 from vlmslim.errors import DataError
@@ -58,11 +62,20 @@ class DownloadConfig:
 
 @dataclass
 class SourceTable:
-    """Rows of one split with the image column undecoded, where they came from, how to get image bytes."""
+    """The selected rows of one split (image column undecoded), their row numbers in the split, the
+    split's size, where they came from, and how to get a row's image bytes."""
 
     rows: datasets.Dataset
+    indices: list[int]
+    total: int
     info: dict
     read_image: Callable[[dict], bytes]
+
+
+def _select(ds: datasets.Dataset, limit: int | None, seed: int) -> tuple[datasets.Dataset, list[int], int]:
+    """(selected rows, their row numbers, split size) for a split that was read whole."""
+    indices = select_subset(len(ds), limit, seed)
+    return (ds.select(indices) if len(indices) < len(ds) else ds), indices, len(ds)
 
 
 def _offline_message(source: str) -> str:
@@ -92,15 +105,6 @@ def _hub(source: str, fn):
         raise DataError(f"{source}: {_first_line(e)}") from e
 
 
-def _hub_revision(repo: str, revision: str | None) -> str | None:
-    """The commit sha actually used, for meta.json; the requested revision if the hub cannot say."""
-    try:
-        return HfApi().dataset_info(repo, revision=revision).sha
-    except OSError as e:  # offline (served from cache) or HTTP error: provenance degrades, data is fine
-        logger.warning("could not resolve the hub revision of %s (%s); recording %r", repo, e, revision)
-        return revision
-
-
 def _local_path(source: str) -> Path | None:
     """`source` as a local path, or None when it is a hub id."""
     path = Path(source).expanduser()
@@ -109,6 +113,10 @@ def _local_path(source: str) -> Path | None:
     if source.startswith((".", "/", "~")) or path.suffix in (".parquet", ".json", ".arrow"):
         raise DataError(f"--source {source}: no such file or directory")
     return None
+
+
+def _local_info(local: Path) -> dict:
+    return {"id": str(local.resolve()), "kind": "local", "revision": None}
 
 
 def _image_bytes(value) -> bytes:
@@ -125,46 +133,127 @@ def _image_bytes(value) -> bytes:
     raise UnreadableImageError(f"no image data in the row ({type(value).__name__})")
 
 
-def _open_parquet(spec: SourceSpec, source: str, split: str, revision: str | None) -> SourceTable:
+@dataclass
+class RepoFiles:
+    """The files of a dataset repo (hub or local copy) behind two calls, so that only the files of one
+    split, and only the shards (or images) a subset needs, are ever fetched."""
+
+    files: list[str]                   # repo-relative paths
+    num_rows: Callable[[str], int]     # rows of one parquet file, from its footer (no data read)
+    fetch: Callable[[str], Path]       # a local path of one file (hub: downloaded once into the HF cache)
+    info: dict
+
+
+def _hub_repo(source: str, revision: str | None) -> RepoFiles:
+    # Resolve the commit once: the listing and every file below are read at that sha (meta.json records it).
+    api = HfApi()
+    sha = _hub(source, lambda: api.dataset_info(source, revision=revision)).sha
+    files = _hub(source, lambda: api.list_repo_files(source, repo_type="dataset", revision=sha))
+    fs = HfFileSystem()
+
+    def footer_rows(path: str) -> int:
+        with fs.open(f"datasets/{source}@{sha}/{path}", "rb") as f:  # range reads of the footer only
+            return pq.ParquetFile(f).metadata.num_rows
+
+    return RepoFiles(
+        files=list(files),
+        num_rows=lambda path: _hub(source, lambda: footer_rows(path)),
+        fetch=lambda path: Path(_hub(source, lambda: hf_hub_download(
+            source, path, repo_type="dataset", revision=sha))),
+        info={"id": source, "kind": "hub", "revision": sha},
+    )
+
+
+def _local_repo(root: Path) -> RepoFiles:
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.parquet") if p.is_file())
+    return RepoFiles(files=files, num_rows=lambda path: pq.read_metadata(root / path).num_rows,
+                     fetch=lambda path: root / path, info=_local_info(root))
+
+
+def _read_parquet(paths: list[Path]) -> datasets.Dataset:
+    return datasets.load_dataset("parquet", data_files=[str(p) for p in paths], split="train")
+
+
+def _open_split_shards(spec: SourceSpec, source: str, repo: RepoFiles, split: str, limit: int | None,
+                       seed: int) -> tuple[datasets.Dataset, list[int], int] | None:
+    """The selected rows of `split` read from its own shards only; None if the repo does not use the
+    spec's file layout at all (then `datasets` resolves it, preparing every split)."""
+    files = split_files(repo.files, spec.split_pattern, split)
+    if not files:
+        found = splits_in(repo.files, spec.split_pattern)
+        if found:
+            raise DataError(f"--source {source} has splits {found}, not {split!r} (use --split)")
+        return None
+    if limit is None or len(files) == 1:
+        repo.info["files"] = files
+        return _select(_read_parquet([repo.fetch(f) for f in files]), limit, seed)
+    counts = [repo.num_rows(f) for f in files]
+    indices = select_subset(sum(counts), limit, seed)
+    needed, positions = plan_shards(counts, indices)
+    repo.info["files"] = [files[k] for k in needed]
+    logger.info("%s/%s: %d of %d shards hold the %d selected rows", source, split, len(needed), len(files),
+                len(indices))
+    ds = _read_parquet([repo.fetch(files[k]) for k in needed])
+    if len(ds) != sum(counts[k] for k in needed):
+        raise DataError(f"--source {source}: the shards of {split!r} hold {len(ds)} rows, their footers said "
+                        f"{sum(counts[k] for k in needed)}; the files changed while reading, re-run")
+    return ds.select(positions), indices, sum(counts)
+
+
+def _open_parquet(spec: SourceSpec, source: str, split: str, revision: str | None, limit: int | None,
+                  seed: int) -> SourceTable:
     local = _local_path(source)
-    if local is None:
-        ds = _hub(source, lambda: datasets.load_dataset(source, split=split, revision=revision))
-        info = {"id": source, "kind": "hub", "revision": _hub_revision(source, revision)}
-    else:
-        info = {"id": str(local.resolve()), "kind": "local", "revision": None}
-        try:
-            if local.is_dir() and ((local / "dataset_dict.json").is_file() or (local / "state.json").is_file()):
-                ds = datasets.load_from_disk(str(local))  # a `save_to_disk` directory
-                if isinstance(ds, datasets.DatasetDict):
-                    if split not in ds:
-                        raise DataError(f"--source {source} has splits {sorted(ds)}, not {split!r} (use --split)")
-                    ds = ds[split]
-            elif local.is_dir():  # hub-like repo copy: data/<split>-00000-of-00002.parquet, ...
-                ds = datasets.load_dataset(str(local), split=split)
-            else:  # parquet file(s) or a glob: they are the split
-                ds = datasets.load_dataset("parquet", data_files=source, split="train")
-        except (ValueError, FileNotFoundError) as e:
-            raise DataError(f"cannot read --source {source}: {_first_line(e)}") from e
-    col = ds.features.get(spec.image_column)
+    try:
+        if local is None:
+            repo = _hub_repo(source, revision)
+            opened = _open_split_shards(spec, source, repo, split, limit, seed)
+            if opened is None:
+                logger.warning("%s: no %s files; datasets.load_dataset prepares every split", source,
+                               spec.split_pattern.format(split=split))
+                opened = _select(_hub(source, lambda: datasets.load_dataset(
+                    source, split=split, revision=repo.info["revision"])), limit, seed)
+            info = repo.info
+        elif local.is_dir() and ((local / "dataset_dict.json").is_file() or (local / "state.json").is_file()):
+            ds = datasets.load_from_disk(str(local))  # a `save_to_disk` directory
+            if isinstance(ds, datasets.DatasetDict):
+                if split not in ds:
+                    raise DataError(f"--source {source} has splits {sorted(ds)}, not {split!r} (use --split)")
+                ds = ds[split]
+            opened, info = _select(ds, limit, seed), _local_info(local)
+        elif local.is_dir():  # hub-like repo copy: data/<split>-00000-of-00002.parquet, ...
+            repo = _local_repo(local)
+            opened, info = _open_split_shards(spec, source, repo, split, limit, seed), repo.info
+            if opened is None:
+                opened = _select(datasets.load_dataset(str(local), split=split), limit, seed)
+        else:  # parquet file(s) or a glob: they are the split
+            opened = _select(datasets.load_dataset("parquet", data_files=source, split="train"), limit, seed)
+            info = _local_info(local)
+    except (ValueError, FileNotFoundError) as e:
+        raise DataError(f"cannot read --source {source}: {_first_line(e)}") from e
+    rows, indices, total = opened
+    col = rows.features.get(spec.image_column)
     if isinstance(col, datasets.Image):
-        ds = ds.cast_column(spec.image_column, datasets.Image(decode=False))
-    return SourceTable(ds, info, lambda row: _image_bytes(row[spec.image_column]))
+        rows = rows.cast_column(spec.image_column, datasets.Image(decode=False))
+    return SourceTable(rows, indices, total, info, lambda row: _image_bytes(row[spec.image_column]))
 
 
-def _open_json_images(spec: SourceSpec, source: str, split: str, revision: str | None) -> SourceTable:
+def _open_json_images(spec: SourceSpec, source: str, split: str, revision: str | None, limit: int | None,
+                      seed: int) -> SourceTable:
     stem = spec.split_file(split)
     local = _local_path(source)
     if local is None:
-        json_path = _hub(source, lambda: hf_hub_download(source, f"{stem}.json", repo_type="dataset", revision=revision))
-        files = _hub(source, lambda: HfApi().list_repo_files(source, repo_type="dataset", revision=revision))
-        where = {PurePosixPath(f).name: f for f in files if f.startswith("images")}
-        info = {"id": source, "kind": "hub", "revision": _hub_revision(source, revision)}
+        repo = _hub_repo(source, revision)  # the split's json, then only the selected rows' images
+        if f"{stem}.json" not in repo.files:
+            found = sorted(f for f in repo.files if f.endswith(".json") and "/" not in f)
+            raise DataError(f"'{source}' has no {stem}.json for split {split!r} (found: {found})")
+        json_path = repo.fetch(f"{stem}.json")
+        where = {PurePosixPath(f).name: f for f in repo.files if f.startswith("images")}
+        info = repo.info
 
         def read(name: str) -> bytes:
             if name not in where:
                 raise FileNotFoundError(f"{name} is in no images*/ folder of {source}")
-            return Path(_hub(source, lambda: hf_hub_download(
-                source, where[name], repo_type="dataset", revision=revision))).read_bytes()
+            return repo.fetch(where[name]).read_bytes()
     else:
         root = local.parent if local.is_file() else local
         json_path = local if local.is_file() else local / f"{stem}.json"
@@ -173,7 +262,7 @@ def _open_json_images(spec: SourceSpec, source: str, split: str, revision: str |
             raise DataError(f"--source {source} has no {json_path.name} for split {split!r} (found: {found})")
         # Images are spread over images/, images2/, ... folders; the json names them by file name only.
         where = {p.name: p for d in sorted(root.glob("images*")) if d.is_dir() for p in d.rglob("*") if p.is_file()}
-        info = {"id": str(local.resolve()), "kind": "local", "revision": None}
+        info = _local_info(local)
 
         def read(name: str) -> bytes:
             if name not in where:
@@ -183,16 +272,19 @@ def _open_json_images(spec: SourceSpec, source: str, split: str, revision: str |
         ds = datasets.load_dataset("json", data_files=str(json_path), split="train")
     except (ValueError, datasets.exceptions.DatasetGenerationError) as e:
         raise DataError(f"cannot read {json_path}: {_first_line(e)}") from e
-    return SourceTable(ds, info, lambda row: read(str(row[spec.image_column])))
+    rows, indices, total = _select(ds, limit, seed)
+    return SourceTable(rows, indices, total, info, lambda row: read(str(row[spec.image_column])))
 
 
 _OPENERS = {"parquet": _open_parquet, "json+images": _open_json_images}
 
 
-def open_source(spec: SourceSpec, source: str, split: str, revision: str | None = None) -> SourceTable:
-    """Open one split of a source; checks that the columns the spec maps are present."""
-    table = _OPENERS[spec.layout](spec, source, split, revision)
-    table.info["fingerprint"] = table.rows._fingerprint  # datasets' content/cache hash of the split
+def open_source(spec: SourceSpec, source: str, split: str, revision: str | None = None, *,
+                limit: int | None = None, seed: int = 0) -> SourceTable:
+    """The seeded subset (`select_subset`; all rows without `limit`) of one split of a source; checks
+    that the columns the spec maps are present."""
+    table = _OPENERS[spec.layout](spec, source, split, revision, limit, seed)
+    table.info["fingerprint"] = table.rows._fingerprint  # datasets' content/cache hash of the rows read
     missing = [c for c in spec.required_columns if c not in table.rows.column_names]
     if missing:
         raise DataError(f"--source {source} lacks column(s) {missing} needed for {spec.name} "
@@ -210,10 +302,8 @@ def download(name: str, out: str | Path, **options) -> Path:
     spec = cfg.spec
     logger.info("download %s", {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()})
     check_output(cfg.out, cfg.overwrite)  # before any hub traffic
-    table = open_source(spec, cfg.source, cfg.split, cfg.revision)
-    total = len(table.rows)
-    indices = select_subset(total, cfg.limit, cfg.seed)
-    rows = table.rows.select(indices) if len(indices) < total else table.rows
+    table = open_source(spec, cfg.source, cfg.split, cfg.revision, limit=cfg.limit, seed=cfg.seed)
+    rows, indices, total = table.rows, table.indices, table.total
     request = {"dataset": spec.name, "source": table.info["id"], "split": cfg.split, "revision": cfg.revision}
     with DatasetWriter(cfg.out, task=spec.task, request=request, overwrite=cfg.overwrite) as writer:
         seen: set[str] = set()

@@ -42,11 +42,49 @@ ANNOTATIONS_FILE = "annotations.json"
 # some broken PNG chunks raise SyntaxError, bad headers ValueError, huge images DecompressionBombError.
 IMAGE_DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
+# Single-channel modes wider than 8 bits: PIL's own convert("RGB") clips them at 255 (a 16-bit photo
+# turns ~all white) or truncates them (a 0-1 float image turns black), so `to_rgb` scales them.
+HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def high_bit_scaling(im: Image.Image) -> tuple[np.ndarray, str] | None:
+    """(the pixels as uint8 (H, W), how they were scaled) for a `HIGH_BIT_MODES` image, else None.
+
+    16-bit: value >> 8 (the full 0-65535 range onto 0-255). 32-bit int: as is when it fits 0-255, >> 8
+    when it fits 16 bits, else its own min-max range. Float: x 255 when it lies in [0, 1] (the usual
+    convention), else its own min-max range. Raises ValueError for NaN or infinite pixels.
+    """
+    if im.mode not in HIGH_BIT_MODES:
+        return None
+    a = np.asarray(im)
+    if im.mode.startswith("I;16"):
+        return (a.astype(np.uint16) >> 8).astype(np.uint8), "16-bit >> 8"
+    a = a.astype(np.float64)
+    if not np.isfinite(a).all():
+        raise ValueError(f"{im.mode} image has NaN or infinite pixels; cannot map them to 0-255")
+    lo, hi = float(a.min()), float(a.max())
+    if im.mode == "I" and lo >= 0 and hi <= 255:
+        return a.astype(np.uint8), "32-bit int within 0-255"
+    if im.mode == "I" and lo >= 0 and hi <= 65535:
+        return (a.astype(np.uint32) >> 8).astype(np.uint8), "32-bit int within 16 bits >> 8"
+    if im.mode == "F" and lo >= 0 and hi <= 1:
+        return np.round(a * 255).astype(np.uint8), "float in [0, 1] x 255"
+    scaled = (a - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(a)
+    return np.round(scaled).astype(np.uint8), f"{im.mode} range [{lo:g}, {hi:g}] scaled to 0-255"
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """An RGB copy of `im`; high-bit-depth grayscale is scaled to 8 bits (`high_bit_scaling`), not clipped."""
+    scaled = high_bit_scaling(im)
+    if scaled is None:
+        return im.convert("RGB")
+    return Image.fromarray(scaled[0]).convert("RGB")  # (H, W) uint8 -> "L"
+
 
 @dataclass
 class Sample:
     """One evaluation item. `image` is relative to the dataset root; `references` are the gold texts
-    (5 COCO captions, 10 TextVQA answers, the one VQAonline answer)."""
+    (5-7 COCO captions, 10 TextVQA answers, the one VQAonline answer)."""
 
     id: str
     image: str
@@ -107,11 +145,12 @@ class LocalDataset:
         return self.root / sample.image
 
     def open_image(self, sample: Sample) -> Image.Image:
-        """The sample's image as an RGB PIL image; `DataError` naming the file if it is missing or corrupt."""
+        """The sample's image as an RGB PIL image (16-bit and float images scaled to 0-255, see `to_rgb`);
+        `DataError` naming the file if it is missing or corrupt."""
         path = self.image_path(sample)
         try:
             with Image.open(path) as im:
-                return im.convert("RGB")
+                return to_rgb(im)
         except FileNotFoundError as e:
             raise DataError(f"image file missing: {path} (sample {sample.id})") from e
         except IMAGE_DECODE_ERRORS as e:

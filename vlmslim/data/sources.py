@@ -2,9 +2,11 @@
 
 Column names are those of the published sources (checked against their dataset cards):
 
-- lmms-lab/COCO-Caption2017 (parquet, splits val/test): question_id (the file name), image, question
-  (a fixed prompt, not kept), answer (list of 5 captions), id (COCO image id), license, file_name,
-  coco_url, height, width, date_captured.
+- lmms-lab/COCO-Caption2017 (parquet, splits val/test): question_id (the image's file name,
+  "000000397133.jpg": the only identity column; lmms-eval's coco_cap derives the COCO image id from its
+  stem), image, question (a fixed prompt, not kept), answer (list of 5-7 captions: 25,014 over the 5,000
+  val images), id (not the image id; constant in test), license, file_name (constant in test), coco_url,
+  height, width, date_captured.
 - lmms-lab/textvqa (parquet, splits train/validation/test): image_id, question_id, question,
   question_tokens, image, image_width, image_height, flickr_original_url, flickr_300k_url, answers
   (10 strings; empty on test), image_classes, set_name, ocr_tokens.
@@ -17,6 +19,7 @@ A new source is one more `SourceSpec` entry; `--source` points any entry at a mi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 
 from vlmslim.data.layout import TASKS
 
@@ -40,9 +43,11 @@ class SourceSpec:
     id_column: str | None = None          # absent in a row -> the row index is the id
     image_name_column: str | None = None  # names the image file; rows sharing it share one file
     question_column: str | None = None
-    coco_id_column: str | None = None     # integer COCO image id for annotations.json (caption sets)
+    coco_id_column: str | None = None     # COCO image id (an int, or a file name "…_000000397133.jpg")
     extras_columns: tuple[str, ...] = ()  # copied into Sample.extras when present
     split_files: tuple[tuple[str, str], ...] = ()  # json+images: split name -> json file stem
+    # parquet: the files of one split in the repo (both lmms-lab repos: data/val-00000-of-00002.parquet)
+    split_pattern: str = "data/{split}-*.parquet"
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -66,9 +71,9 @@ SOURCES: dict[str, SourceSpec] = {
     for spec in (
         SourceSpec(
             name="coco-captions", hub_id="lmms-lab/COCO-Caption2017", split="val", task="caption",
-            layout="parquet", image_column="image", references_column="answer", id_column="id",
-            image_name_column="file_name", coco_id_column="id",
-            extras_columns=("file_name", "coco_url", "height", "width"),
+            layout="parquet", image_column="image", references_column="answer", id_column="question_id",
+            image_name_column="question_id", coco_id_column="question_id",
+            extras_columns=("coco_url", "height", "width"),
         ),
         SourceSpec(
             name="textvqa", hub_id="lmms-lab/textvqa", split="validation", task="vqa",
@@ -99,6 +104,16 @@ def references_of(value) -> list[str]:
     return [str(v).strip() for v in items if v is not None and str(v).strip()]
 
 
+def coco_image_id(value) -> int | None:
+    """The integer COCO image id of an id or file name, by lmms-eval's coco_cap rule (int of the last
+    "_"-separated part of the stem): "000000397133.jpg" -> 397133, "COCO_val2014_000000397133.jpg" ->
+    397133; None when there is none."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    tail = PurePosixPath(str(value or "")).stem.split("_")[-1]
+    return int(tail) if tail.isdigit() else None
+
+
 def row_to_fields(spec: SourceSpec, row: dict, index: int) -> dict:
     """The sample fields of one source row, except the image path (staged by the writer)."""
     raw_id = row.get(spec.id_column) if spec.id_column else None
@@ -113,6 +128,6 @@ def row_to_fields(spec: SourceSpec, row: dict, index: int) -> dict:
         "image_name": str(image_name) if image_name not in (None, "") else sample_id,
     }
     if spec.task == "caption":
-        coco_id = row.get(spec.coco_id_column) if spec.coco_id_column else None
-        fields["extras"]["coco_id"] = int(coco_id) if isinstance(coco_id, int) else index
+        coco_id = coco_image_id(row.get(spec.coco_id_column)) if spec.coco_id_column else None
+        fields["extras"]["coco_id"] = coco_id if coco_id is not None else index
     return fields

@@ -25,7 +25,7 @@ from PIL import Image, UnidentifiedImageError
 from vlmslim import __version__
 from vlmslim.data.layout import (
     ANNOTATIONS_FILE, FORMAT_VERSION, IMAGE_DECODE_ERRORS, IMAGES_DIR, META_FILE, SAMPLES_FILE, Sample,
-    coco_annotations, sha256_file,
+    coco_annotations, high_bit_scaling, sha256_file,
 )
 from vlmslim.errors import DataError, OutputExistsError
 
@@ -53,16 +53,26 @@ def staging_dir(out: Path) -> Path:
     return out.with_name(out.name + ".partial")
 
 
-def verify_image(data: bytes) -> str:
-    """Fully decode `data` (verify() alone misses truncation) and return the file extension to use."""
+def verify_image(data: bytes, name: str = "") -> str:
+    """Fully decode `data` (verify() alone misses truncation) and return the file extension to use.
+
+    16-bit and float images are kept as given; readers scale them to 8 bits (`layout.to_rgb`), which is
+    logged here once per image. Ones that cannot be scaled (NaN pixels) are unusable.
+    """
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
             fmt = im.format or "PNG"
+            try:
+                scaled = high_bit_scaling(im)
+            except ValueError as e:
+                raise UnreadableImageError(f"unusable image: {e}") from e
     except IMAGE_DECODE_ERRORS as e:
         # PIL's "cannot identify image file <BytesIO at 0x…>" would put a memory address in meta.json.
         why = "not a recognised image format" if isinstance(e, UnidentifiedImageError) else str(e)
         raise UnreadableImageError(f"corrupt image: {why}") from e
+    if scaled is not None:
+        logger.info("%s: %s pixels, read as 8-bit (%s)", name or "image", im.mode, scaled[1])
     return _EXTENSIONS.get(fmt, "." + fmt.lower())
 
 
@@ -172,7 +182,7 @@ class DatasetWriter:
             raise UnreadableImageError(self._bad[key])
         try:
             data = read()
-            ext = verify_image(data)
+            ext = verify_image(data, name)
         except UnreadableImageError as e:
             self._bad[key] = str(e)
             raise
