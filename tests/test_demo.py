@@ -1,10 +1,12 @@
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from vlmslim.cli import cli
 
 
+@pytest.mark.slow  # ~45 s: every step on the demo model, then a resume
 def test_reduced_demo_end_to_end_and_resume(tmp_path):
     out = tmp_path / "demo"
     args = ["demo", "--out", str(out), "--n", "6", "--batch-size", "6", "--bootstrap", "20",
