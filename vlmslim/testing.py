@@ -121,12 +121,12 @@ def tiny_paligemma(seed: int = 0):
     return PaliGemmaForConditionalGeneration(config).eval(), proc
 
 
-def tiny_qwen2_5_vl(seed: int = 0):
+def tiny_qwen2_5_vl(seed: int = 0, *, heads: int = 4, kv_heads: int = 2):
     """Qwen2.5-VL model only: its processor needs a video processor, which needs torchvision (not on CI)."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    text = dict(vocab_size=128, hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, pad_token_id=0,
+    text = dict(vocab_size=128, hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=heads,
+                num_key_value_heads=kv_heads, pad_token_id=0,
                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]})
     vision = dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, patch_size=8, spatial_merge_size=2,
                   temporal_patch_size=2, out_hidden_size=64, window_size=16, fullatt_block_indexes=[1])

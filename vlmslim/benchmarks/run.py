@@ -76,6 +76,9 @@ class BenchConfig:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)} (--engine), got {self.engine!r}")
         if self.dtype not in (None, "auto", "float16", "bfloat16", "float32", "fp16", "bf16", "fp32"):
             raise ValueError(f"dtype must be float16, bfloat16, float32 or auto (--dtype), got {self.dtype!r}")
+        existing = next(p for p in (Path(self.out), *Path(self.out).absolute().parents) if p.exists())
+        if not existing.is_dir():  # --out (or, with several MODELs, its parent) is a file
+            raise ValueError(f"--out {self.out}: {existing} is a file; a results dir is a directory")
 
     def resolved(self, dataset_task: str) -> "BenchConfig":
         task = get_task(self.task or dataset_task)

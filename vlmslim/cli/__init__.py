@@ -8,6 +8,7 @@ handling; the commands live in `data.py` (data), `models.py` (inspect, prune, qu
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
@@ -41,17 +42,35 @@ def _setup_logging(verbosity: int) -> None:
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbosity > 1 else logging.WARNING)
 
 
-def handle_errors(fn):
-    """Turn expected library errors into one-line CLI errors (exit 1), keeping tracebacks for bugs."""
+# OS errors the user fixes by freeing space or choosing another place: one line instead of a traceback.
+WRITE_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+                errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+                errno.EPERM: "operation not permitted"}
+NOTHING_KEPT = "nothing was kept under the final name"  # atomic outputs: the staging dir is removed
 
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except VlmslimError as e:
-            raise click.ClickException(str(e)) from e
 
-    return wrapper
+def handle_errors(fn=None, *, kept: str = NOTHING_KEPT):
+    """Turn expected library errors into one-line CLI errors (exit 1), keeping tracebacks for bugs.
+
+    `kept` says what a failed write leaves behind (`bench` keeps the rows flushed so far)."""
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except VlmslimError as e:
+                raise click.ClickException(str(e)) from e
+            except OSError as e:
+                if e.errno not in WRITE_ERRNOS:
+                    raise
+                # A failed write() on an open file carries no file name: name the command's output instead.
+                path = e.filename or kwargs.get("out") or "output"
+                raise click.ClickException(f"{path}: {WRITE_ERRNOS[e.errno]} ({kept})") from e
+
+        return wrapper
+
+    return decorate(fn) if fn is not None else decorate
 
 
 class OneLineErrors(click.Group):

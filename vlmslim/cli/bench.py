@@ -61,7 +61,7 @@ def _echo_summary(out: str, summary: dict) -> None:
 @click.option("--warmup", type=int, help="Unrecorded warm-up passes on the first batch (default 1).")
 @click.option("--seed", type=int, help="Subset selection and bootstrap seed (default 0).")
 @click.option("--bootstrap", type=int, help="Bootstrap resamples for 95% CIs (default 1000).")
-@handle_errors
+@handle_errors(kept="rows written so far stay under --out; re-run to resume")
 def bench(models, data, out, task, limit, batch_size, max_new_tokens, prompt, ocr_tokens, device, dtype, quant,
           random_weights, glu, heads, name, engine, baseline, bertscore_model, no_bertscore, no_energy, allow_no_java,
           energy_country, warmup, seed, bootstrap):

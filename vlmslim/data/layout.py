@@ -210,20 +210,34 @@ def load(path: str | Path, *, check_images: bool = True) -> LocalDataset:
         if not required.is_file():
             raise DataError(f"{root} is not a vlmslim dataset: {required.name} is missing ({hint})")
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        meta = json.loads(meta_path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{meta_path}: not UTF-8 text (byte {e.start}); re-create the dataset") from e
     except json.JSONDecodeError as e:
         raise DataError(f"{meta_path}: not valid JSON ({e})") from e
+    if not isinstance(meta, dict):
+        raise DataError(f"{meta_path}: expected a JSON object (provenance, counts, samples_sha256), "
+                        f"got a {type(meta).__name__}; re-create the dataset")
     expected = meta.get("samples_sha256")
     actual = sha256_file(samples_path)
     if expected != actual:
         raise DataError(f"{samples_path} does not match the sha256 in {META_FILE} "
                         f"({actual[:12]}… != {str(expected)[:12]}…): it was modified or truncated; re-create the dataset")
     samples: list[Sample] = []
-    with open(samples_path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(samples_path, "rb") as f:  # bytes: a non-UTF-8 row is reported with its line number
+        for lineno, raw in enumerate(f, 1):
             try:
-                samples.append(Sample.from_dict(json.loads(line)))
-            except (json.JSONDecodeError, TypeError, ValueError) as e:
+                row = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                raise DataError(f"{samples_path}:{lineno}: not UTF-8 text (byte {e.start} of the line)") from e
+            except json.JSONDecodeError as e:
+                raise DataError(f"{samples_path}:{lineno}: bad sample row ({e})") from e
+            if not isinstance(row, dict):
+                raise DataError(f"{samples_path}:{lineno}: bad sample row (a JSON {type(row).__name__}, "
+                                "not an object)")
+            try:
+                samples.append(Sample.from_dict(row))
+            except (TypeError, ValueError) as e:
                 raise DataError(f"{samples_path}:{lineno}: bad sample row ({e})") from e
     if not samples:
         raise DataError(f"{samples_path} has no samples")

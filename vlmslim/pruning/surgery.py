@@ -55,6 +55,17 @@ def _with_text_updates(config, family: Family, updates: dict):
         return None
 
 
+def _rebuilds(model: nn.Module, candidate) -> bool:
+    """Whether stock construction from `candidate` gives exactly `model`'s structure. Some families accept a
+    config their modules then refuse: Qwen2.5-VL's and OPT's attention `__init__` raise ValueError when
+    hidden_size % num_heads != 0 (Llama's config refuses it earlier, in `_with_text_updates`)."""
+    try:
+        return _same_structure(model, empty_model(candidate, cls=type(model)))
+    except ValueError as e:
+        logger.debug("stock %s refuses the pruned config: %s", type(model).__name__, e)
+        return False
+
+
 def sync_config(model: nn.Module) -> bool:
     """Write the pruned widths into the model's text config where expressible; True when stock
     `from_pretrained` of the saved config rebuilds the model exactly (stock-loadable)."""
@@ -74,12 +85,13 @@ def sync_config(model: nn.Module) -> bool:
     chosen = {}
     for updates in ({**mlp_updates, **head_updates}, mlp_updates):
         candidate = _with_text_updates(model.config, family, updates)
-        if candidate is not None and _same_structure(model, empty_model(candidate, cls=type(model))):
+        if candidate is not None and _rebuilds(model, candidate):
             chosen, stock = updates, True
             break
     else:
-        # Not expressible (e.g. 22 of 32 heads: LlamaConfig wants hidden % heads == 0). Keep the current,
-        # larger head counts so the config still builds a superset; apply_architecture cuts it at load.
+        # Not expressible (e.g. 22 of 32 heads: LlamaConfig wants hidden % heads == 0; Qwen2.5-VL's and OPT's
+        # attention constructors refuse 3 heads of a 64 hidden). Keep the current, larger head counts so the
+        # config still builds a superset; apply_architecture cuts it at load.
         stock = False
         if mlp_updates and _with_text_updates(model.config, family, mlp_updates) is not None:
             chosen = mlp_updates
