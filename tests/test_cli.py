@@ -16,7 +16,7 @@ def test_help_lists_every_step():
 
 def test_spelled_out_choices_equal_the_registries():
     from vlmslim.demo.pipeline import VARIANTS
-    from vlmslim.pruning.config import HEAD_MODES
+    from vlmslim.pruning.config import DEFAULT_CALIBRATION_SAMPLES, HEAD_MODES
     from vlmslim.pruning.importance import HEAD_IMPORTANCE, NEURON_IMPORTANCE
     from vlmslim.quantization.recipes import COMPUTE_DTYPES
     from vlmslim.quantization.targets import DEFAULT_TARGET, TARGETS
@@ -24,6 +24,7 @@ def test_spelled_out_choices_equal_the_registries():
     assert cli_module.NEURON_CRITERIA == tuple(sorted(NEURON_IMPORTANCE))
     assert cli_module.HEAD_CRITERIA == tuple(sorted(HEAD_IMPORTANCE))
     assert cli_module.HEAD_MODES == tuple(HEAD_MODES)
+    assert cli_module.DEFAULT_CALIBRATION_SAMPLES == DEFAULT_CALIBRATION_SAMPLES
     assert cli_module.QUANT_TARGETS == tuple(sorted(TARGETS)) and cli_module.DEFAULT_TARGET == DEFAULT_TARGET
     assert cli_module.COMPUTE_DTYPES == tuple(sorted(COMPUTE_DTYPES))
     assert cli_module.DEMO_VARIANTS == tuple(v.name for v in VARIANTS)
@@ -43,3 +44,18 @@ def test_usage_errors_are_one_line(args, expect):
     res = subprocess.run([sys.executable, "-m", "vlmslim", *args], capture_output=True, text=True)
     assert res.returncode == 2
     assert res.stderr.count("\n") == 1 and res.stderr.startswith("Error: ") and expect in res.stderr
+
+
+@pytest.mark.parametrize("where", ["group", "command"])
+def test_verbosity_options_before_or_after_the_subcommand(where, tmp_path):
+    def synthetic(*flags):
+        args = ["data", "synthetic", "--out", str(tmp_path / f"d{len(list(tmp_path.iterdir()))}"), "--n", "2"]
+        args = [*flags, *args] if where == "group" else [*args, *flags]
+        r = CliRunner().invoke(cli, args)
+        assert r.exit_code == 0, r.output
+        return r.output
+
+    assert "INFO" in synthetic()
+    assert "INFO" not in synthetic("-q") and "INFO" not in synthetic("--quiet")
+    assert "DEBUG" in synthetic("-v") and "DEBUG" not in synthetic()
+    assert "DEBUG" in synthetic("-vv")

@@ -290,3 +290,45 @@ def test_heads_025_on_qwen_and_blip2_reload_like_llama(family, kwargs, heads, tm
     n = sum(p.numel() for p in reloaded.parameters())
     assert n == sum(manifest["steps"][-1]["params_after"].values())
 
+
+
+# ---------------------------------------------------------------- pruning options that would do nothing
+
+
+@pytest.mark.parametrize("args, code, message", [
+    ([], 1, "nothing to prune"),
+    (["--importance", "activation"], 2, "--importance scores MLP neurons: it needs --glu"),
+    (["--importance", "l2", "--heads", "0.5"], 2, "--importance scores MLP neurons: it needs --glu"),
+    (["--head-importance", "activation", "--glu", "0.5"], 2, "--head-importance scores attention heads: it needs --heads"),
+])
+def test_prune_options_that_prune_nothing_are_refused(args, code, message, base, dataset, tmp_path):
+    r = run("prune", base, "--out", tmp_path / "out", *args, "--calibration", dataset)
+    one_error_line(r, message, code=code)
+    assert leftovers(tmp_path, "out") == []
+    assert "Loading weights" not in r.output  # refused from the options alone
+
+
+def test_importance_help_says_mlp_only():
+    text = " ".join(CliRunner().invoke(cli, ["prune", "-h"]).output.split())
+    assert "MLP neurons only (--glu)" in text and "heads: --head-importance" in text
+
+
+def test_calibration_samples_more_than_the_set_is_refused(base, dataset, tmp_path):
+    r = run("prune", base, "--out", tmp_path / "out", "--glu", "0.5", "--importance", "activation",
+            "--calibration", dataset, "--calibration-samples", 64)
+    one_error_line(r, "--calibration-samples 64", "has 3 samples")
+    assert leftovers(tmp_path, "out") == [] and "Loading weights" not in r.output
+
+
+def test_default_calibration_samples_uses_a_smaller_set_with_a_warning(base, dataset, tmp_path):
+    r = CliRunner().invoke(cli, ["prune", str(base), "--out", str(tmp_path / "out"), "--glu", "0.5",
+                                 "--importance", "activation", "--calibration", str(dataset)])
+    assert r.exit_code == 0, r.output
+    assert "WARNING" in r.output and "uses all 3 calibration samples (fewer than the default 32" in r.output
+    record = read_manifest(tmp_path / "out")["steps"][-1]["calibration"]
+    assert record["requested"] == 32 and record["n_samples"] == 3
+    r = run("prune", base, "--out", tmp_path / "out2", "--glu", "0.5", "--importance", "activation",
+            "--calibration", dataset, "--calibration-samples", 2)
+    assert r.exit_code == 0, r.output
+    record = read_manifest(tmp_path / "out2")["steps"][-1]["calibration"]
+    assert record["requested"] == 2 and record["n_samples"] == 2

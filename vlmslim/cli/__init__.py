@@ -24,6 +24,7 @@ from vlmslim.errors import VlmslimError
 NEURON_CRITERIA = ("activation", "hybrid", "l2", "maw", "pon", "vow")
 HEAD_CRITERIA = ("activation", "o_norm")
 HEAD_MODES = ("groups", "query")
+DEFAULT_CALIBRATION_SAMPLES = 32
 QUANT_TARGETS = ("all", "language", "vision")
 DEFAULT_TARGET = "language"
 COMPUTE_DTYPES = ("bfloat16", "float16", "float32")
@@ -95,18 +96,42 @@ class OneLineErrors(click.Group):
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
+_VERBOSITY = "vlmslim.verbosity"  # ctx.meta key: -v minus -q, summed over the group and the command
+
+
+def _add_verbosity(ctx: click.Context, param: click.Parameter, count: int) -> None:
+    if not count:
+        return
+    step = count if param.name == "verbose" else -count
+    ctx.meta[_VERBOSITY] = ctx.meta.get(_VERBOSITY, 0) + step  # ctx.meta is shared by nested contexts
+    _setup_logging(ctx.meta[_VERBOSITY])
+
+
+def verbosity_options(command: click.Command) -> click.Command:
+    """-v/-q on `command` too, so `vlmslim prune ... -q` works like `vlmslim -q prune ...`; both add up."""
+    for names, help_text in ((("-v", "--verbose"), "More log output (-vv for library debug logs)."),
+                             (("-q", "--quiet"), "Less log output.")):
+        command.params.append(click.Option(names, count=True, expose_value=False, callback=_add_verbosity,
+                                           help=help_text))
+    return command
+
+
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="vlmslim")
-@click.option("-v", "--verbose", count=True, help="More log output (-vv for library debug logs).")
-@click.option("-q", "--quiet", count=True, help="Less log output.")
-def cli(verbose: int, quiet: int) -> None:
+@click.option("-v", "--verbose", count=True, expose_value=False, callback=_add_verbosity,
+              help="More log output (-vv for library debug logs); also after the command.")
+@click.option("-q", "--quiet", count=True, expose_value=False, callback=_add_verbosity,
+              help="Less log output; also after the command.")
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """Prune, quantize and benchmark vision-language models.
 
     \b
     Steps: data -> prune -> quantize -> bench -> figures.  `vlmslim demo` runs them all
     on the embedded miniature VLM on a CPU.
     """
-    _setup_logging(verbose - quiet)
+    if _VERBOSITY not in ctx.meta:
+        _setup_logging(0)
 
 
 def main() -> None:
@@ -115,4 +140,14 @@ def main() -> None:
 
 # Registers the commands on `cli` (each module imports `cli` and `handle_errors` from here).
 from vlmslim.cli import bench, data, models, results  # noqa: E402,F401
+
+
+def _with_verbosity_everywhere(group: click.Group) -> None:
+    for command in group.commands.values():
+        verbosity_options(command)
+        if isinstance(command, click.Group):
+            _with_verbosity_everywhere(command)
+
+
+_with_verbosity_everywhere(cli)
 from vlmslim.cli.results import _COST_CHOICES  # noqa: E402,F401  (tests check it mirrors the registry)

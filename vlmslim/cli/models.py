@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from vlmslim.cli import (COMPUTE_DTYPES, DEFAULT_TARGET, HEAD_CRITERIA, HEAD_MODES, NEURON_CRITERIA, QUANT_TARGETS,
-                         cli, handle_errors)
+from vlmslim.cli import (COMPUTE_DTYPES, DEFAULT_CALIBRATION_SAMPLES, DEFAULT_TARGET, HEAD_CRITERIA, HEAD_MODES,
+                         NEURON_CRITERIA, QUANT_TARGETS, cli, handle_errors)
 
 
 # --- inspect -------------------------------------------------------------------------------
@@ -49,12 +49,15 @@ def inspect_cmd(model: str, as_json: bool) -> None:
 @click.option("--drop-layers", default=None, metavar="N|I,J",
               help="Drop the N most redundant decoder layers (needs --calibration) or the listed layer indices.")
 @click.option("--trim-vision", is_flag=True, help="Drop vision layers after vision_feature_layer (never read).")
-@click.option("--importance", type=click.Choice(NEURON_CRITERIA), default="maw", show_default=True,
-              help="MLP neuron criterion (activation, hybrid need --calibration).")
-@click.option("--head-importance", type=click.Choice(HEAD_CRITERIA), default="o_norm", show_default=True,
-              help="Attention head criterion (activation needs --calibration).")
+@click.option("--importance", type=click.Choice(NEURON_CRITERIA), default=None,
+              help="Scores MLP neurons only (--glu) [default: maw]; activation, hybrid need --calibration. "
+                   "Attention heads: --head-importance.")
+@click.option("--head-importance", type=click.Choice(HEAD_CRITERIA), default=None,
+              help="Scores attention heads (--heads) [default: o_norm]; activation needs --calibration.")
 @click.option("--calibration", type=click.Path(), default=None, help="A `vlmslim data` directory.")
-@click.option("--calibration-samples", type=int, default=32, show_default=True)
+@click.option("--calibration-samples", type=int, default=None,
+              help=f"Samples run for activation statistics [default: {DEFAULT_CALIBRATION_SAMPLES}, or the whole "
+                   "set when smaller, with a warning]; more than the set holds is refused.")
 @click.option("--round-to", type=int, default=64, show_default=True, help="Kept MLP widths are multiples of this.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
 @click.option("--seed", type=int, default=0, show_default=True, help="Picks the calibration subset.")
@@ -70,13 +73,16 @@ def prune_cmd(model, out, glu, heads, head_mode, drop_layers, trim_vision, impor
     from vlmslim.pruning.config import PruneConfig, parse_drop_layers
     from vlmslim.pruning.step import prune_checkpoint
 
-    try:
+    given = {k: v for k, v in dict(importance=importance, head_importance=head_importance,
+                                    calibration_samples=calibration_samples).items() if v is not None}
+    try:  # options not given take PruneConfig's defaults
         config = PruneConfig(glu=glu, heads=heads, head_mode=head_mode, drop_layers=parse_drop_layers(drop_layers),
-                             trim_vision=trim_vision, importance=importance, head_importance=head_importance,
-                             round_to=round_to, calibration=calibration, calibration_samples=calibration_samples,
-                             seed=seed)
+                             trim_vision=trim_vision, round_to=round_to, calibration=calibration, seed=seed, **given)
     except ValueError as e:
         raise click.ClickException(str(e)) from e
+    unused = config.unused_criteria(set(given))
+    if unused:
+        raise click.UsageError(unused)
     path, manifest = prune_checkpoint(model, out, config, device=device, overwrite=overwrite)
     step = manifest["steps"][-1]
     before, after = sum(step["params_before"].values()), sum(step["params_after"].values())

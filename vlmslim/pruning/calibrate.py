@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from vlmslim.families import Family, first_param_device
 from vlmslim.io import sha256_file
 from vlmslim.prompts import pinned_instruction
 from vlmslim.shapes import head_dim
+from vlmslim.pruning.config import DEFAULT_CALIBRATION_SAMPLES
 from vlmslim.pruning.importance import HeadStats, NeuronStats
 
 logger = logging.getLogger(__name__)
@@ -37,18 +39,34 @@ def load_calibration(path: str | Path) -> LocalDataset:
     return load_dataset(path)  # vlmslim.data.load: validates the layout and its sha256
 
 
+def calibration_count(requested: int | None, dataset) -> int:
+    """How many calibration samples to run: an explicit count larger than the set is refused (the user
+    asked for statistics over N samples); the default count takes the whole set when it is smaller, with
+    a warning. Both numbers are recorded in the manifest (`requested`, `n_samples`)."""
+    available = len(dataset)
+    where = getattr(dataset, "root", "the calibration set")
+    if requested is None:
+        return min(DEFAULT_CALIBRATION_SAMPLES, available)
+    if requested > available:
+        raise PruningError(f"--calibration-samples {requested}: {where} has {available} samples; pass "
+                           f"--calibration-samples {available} or fewer, or a larger calibration set")
+    return requested
+
+
 def pick_samples(dataset, n: int, seed: int) -> list:
     # The data step's seeded subset: the same (n, seed) picks the same samples everywhere.
     return dataset.select(n, seed).samples
 
 
-def calibration_record(dataset, samples: list) -> dict:
-    """What identifies the calibration set in the manifest: directory, content hash, the chosen ids."""
+def calibration_record(dataset, samples: list, requested: int | None = None) -> dict:
+    """What identifies the calibration set in the manifest: directory, content hash, the chosen ids, and
+    how many samples were asked for (None: the default) and used."""
     root = getattr(dataset, "root", None)
     rows = Path(root) / "samples.jsonl" if root is not None else None
     ids = "\n".join(s.id for s in samples).encode()
     return {
         "dir": str(root) if root is not None else None,
+        "requested": DEFAULT_CALIBRATION_SAMPLES if requested is None else requested,
         "n_samples": len(samples),
         "samples_sha256": sha256_file(rows) if rows is not None and rows.exists() else None,
         "sample_ids_sha256": hashlib.sha256(ids).hexdigest(),
@@ -88,12 +106,18 @@ def _first_tensor(x):
 
 
 @torch.no_grad()
-def collect_stats(model: nn.Module, family: Family, processor, dataset, n_samples: int, seed: int,
+def collect_stats(model: nn.Module, family: Family, processor, dataset, n_samples: int | None, seed: int,
                   neurons: bool, heads: bool, layers: bool) -> CalibrationStats:
+    """`n_samples` None: the default count (`calibration_count`)."""
     if processor is None:
         raise PruningError("calibration runs the model's processor on images, and this model has none "
                            "(e.g. Qwen2.5-VL without torchvision); use a weight criterion")
-    samples = pick_samples(dataset, n_samples, seed)
+    n = calibration_count(n_samples, dataset)
+    if n_samples is None and n < DEFAULT_CALIBRATION_SAMPLES:
+        logger.warning("%s has %d samples: uses all %d calibration samples (fewer than the default %d; "
+                       "--calibration-samples sets the count)", getattr(dataset, "root", "the calibration set"),
+                       len(dataset), n, DEFAULT_CALIBRATION_SAMPLES)
+    samples = pick_samples(dataset, n, seed)
     decoder = family.decoder_layers(model)
     n_layers = len(decoder)
     acc: dict[str, torch.Tensor] = {}  # float64 accumulators on the CPU
@@ -140,9 +164,13 @@ def collect_stats(model: nn.Module, family: Family, processor, dataset, n_sample
         if layers or i == 0:
             handles.append(layer.register_forward_hook(layer_hook(i), with_kwargs=True))
     model.eval()
+    # One forward per sample: on a CPU a 7B model takes seconds each, so say what is running and show a bar
+    # (also when stderr is not a terminal; -q hides it).
+    logger.info("calibration: %d samples through the %s model, one forward each", len(samples), family.model_type)
+    started = time.perf_counter()
     try:
         for inputs in tqdm(calibration_inputs(model, family, processor, dataset, samples), total=len(samples),
-                           desc="calibration", unit="sample", disable=None):
+                           desc="calibration", unit="sample", disable=not logger.isEnabledFor(logging.INFO)):
             model(**inputs, use_cache=False)
     finally:
         for h in handles:
@@ -152,5 +180,6 @@ def collect_stats(model: nn.Module, family: Family, processor, dataset, n_sample
                     for i in range(n_layers) if neurons}
     head_stats = {i: HeadStats(out_norm=(acc[f"head{i}"] / n).float()) for i in range(n_layers) if heads}
     similarity = torch.cat([acc[f"cos{i}"] for i in range(n_layers)]).float() / n if layers else None
-    logger.info("calibration: %d samples, %d tokens", len(samples), tokens[0])
-    return CalibrationStats(neuron_stats, head_stats, similarity, tokens[0], calibration_record(dataset, samples))
+    logger.info("calibration: %d samples, %d tokens in %.1f s", len(samples), tokens[0], time.perf_counter() - started)
+    return CalibrationStats(neuron_stats, head_stats, similarity, tokens[0],
+                            calibration_record(dataset, samples, n_samples))

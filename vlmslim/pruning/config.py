@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 HEAD_MODES = ("groups", "query")
+# Calibration samples when --calibration-samples is not given; a smaller set is used whole (with a
+# warning), while an explicit count larger than the set is refused (`calibrate.calibration_count`).
+DEFAULT_CALIBRATION_SAMPLES = 32
 
 
 def parse_drop_layers(text: str | int | None) -> int | tuple[int, ...]:
@@ -40,7 +43,7 @@ class PruneConfig:
     head_importance: str = "o_norm"  # head criterion, a key of importance.HEAD_IMPORTANCE
     round_to: int = 64  # kept MLP widths are multiples of this (bnb 4-bit / tensor-core fast paths)
     calibration: str | None = None  # a `vlmslim data` directory
-    calibration_samples: int = 32
+    calibration_samples: int | None = None  # None: DEFAULT_CALIBRATION_SAMPLES, or the whole set if smaller
     seed: int = 0  # picks the calibration subset
 
     def __post_init__(self) -> None:
@@ -69,7 +72,8 @@ class PruneConfig:
             raise ValueError(f"--drop-layers must be a count >= 0 or a list of indices, got {self.drop_layers!r}")
         if not isinstance(self.round_to, int) or self.round_to < 1:
             raise ValueError(f"--round-to must be an integer >= 1, got {self.round_to!r}")
-        if not isinstance(self.calibration_samples, int) or self.calibration_samples < 1:
+        if self.calibration_samples is not None and (not isinstance(self.calibration_samples, int)
+                                                     or self.calibration_samples < 1):
             raise ValueError(f"--calibration-samples must be >= 1, got {self.calibration_samples!r}")
 
     @property
@@ -92,6 +96,16 @@ class PruneConfig:
     @property
     def needs_calibration(self) -> bool:
         return self.calibration_reason is not None
+
+    def unused_criteria(self, given: set[str]) -> str | None:
+        """Why a criterion the user named would score nothing (`given`: the option names set), else None.
+        `importance` scores MLP neurons only; head pruning has its own `head_importance`."""
+        if "importance" in given and not self.glu:
+            return ("--importance scores MLP neurons: it needs --glu R (attention heads are scored by "
+                    "--head-importance with --heads R)")
+        if "head_importance" in given and not self.heads:
+            return "--head-importance scores attention heads: it needs --heads R"
+        return None
 
     def missing_calibration_message(self) -> str:
         return f"{self.calibration_reason} needs calibration data: pass --calibration DIR (a `vlmslim data` directory)"

@@ -18,7 +18,7 @@ from vlmslim.errors import PruningError
 from vlmslim.io import check_output_dir
 from vlmslim.loading import empty_model, load_config, load_model, resolve_source
 from vlmslim.manifest import new_manifest, read_manifest
-from vlmslim.pruning.calibrate import load_calibration
+from vlmslim.pruning.calibrate import calibration_count, load_calibration
 from vlmslim.pruning.config import PruneConfig
 from vlmslim.pruning.prune import check_request, prune, record_step
 
@@ -27,6 +27,8 @@ logger = logging.getLogger(__name__)
 
 def _preflight(src: str, config: PruneConfig) -> None:
     """Refuse impossible requests from the config alone (no weights loaded)."""
+    if config.is_noop:  # a copy labelled "prune none" is never what was meant
+        raise PruningError("nothing to prune: pass --glu R, --heads R, --drop-layers N|I,J or --trim-vision")
     model_config = load_config(src)
     manifest = read_manifest(src) if Path(src).is_dir() else None
     quantized = getattr(model_config, "quantization_config", None) is not None or (
@@ -46,6 +48,8 @@ def prune_checkpoint(src: str | os.PathLike, out: str | os.PathLike, config: Pru
     src = resolve_source(src)
     _preflight(src, config)
     calibration = load_calibration(config.calibration) if config.needs_calibration else None
+    if calibration is not None:
+        calibration_count(config.calibration_samples, calibration)  # refuse before loading the model
     model, processor = load_model(src, device=device)  # the checkpoint's own dtype
     model, step = prune(model, processor, config, calibration)
     manifest = record_step(new_manifest(src, model.config, prior=read_manifest(src), seed=config.seed), model, step)
