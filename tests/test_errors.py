@@ -325,6 +325,8 @@ def test_default_calibration_samples_uses_a_smaller_set_with_a_warning(base, dat
                                  "--importance", "activation", "--calibration", str(dataset)])
     assert r.exit_code == 0, r.output
     assert "WARNING" in r.output and "uses all 3 calibration samples (fewer than the default 32" in r.output
+    # the slow part says what it does and shows progress, also when stderr is not a terminal (here)
+    assert "calibration: 3 samples through the llava model" in r.output and "3/3 [" in r.output
     record = read_manifest(tmp_path / "out")["steps"][-1]["calibration"]
     assert record["requested"] == 32 and record["n_samples"] == 3
     r = run("prune", base, "--out", tmp_path / "out2", "--glu", "0.5", "--importance", "activation",
