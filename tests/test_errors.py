@@ -334,3 +334,15 @@ def test_default_calibration_samples_uses_a_smaller_set_with_a_warning(base, dat
     assert r.exit_code == 0, r.output
     record = read_manifest(tmp_path / "out2")["steps"][-1]["calibration"]
     assert record["requested"] == 2 and record["n_samples"] == 2
+
+
+# ---------------------------------------------------------------- library misuse
+
+
+def test_save_checkpoint_with_a_bare_manifest_names_new_manifest(tmp_path):
+    model, processor = tiny_model("llava")
+    with pytest.raises(ValueError, match=r"vlmslim\.manifest\.new_manifest\(source, model\.config\)"):
+        save_checkpoint(model, processor, tmp_path / "ckpt", {})
+    with pytest.raises(ValueError, match="'steps' is not a list"):
+        save_checkpoint(model, processor, tmp_path / "ckpt", {**new_manifest("x", model.config), "steps": None})
+    assert list(tmp_path.iterdir()) == []

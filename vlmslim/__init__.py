@@ -2,9 +2,13 @@
 
     import vlmslim
     model, processor = vlmslim.load_model("llava-hf/llava-1.5-7b-hf")        # or a dir, or "demo"
-    model, step = vlmslim.prune(model, processor, vlmslim.PruneConfig(glu=0.3))
+    model, step = vlmslim.prune(model, processor, vlmslim.PruneConfig(glu=0.3))   # in memory
+    vlmslim.prune_checkpoint("demo", "ckpt/glu30", vlmslim.PruneConfig(glu=0.3))  # checkpoint -> checkpoint
     vlmslim.quantize("ckpt/glu30", "ckpt/glu30-nf4", "nf4")                  # a checkpoint step
     summary = vlmslim.bench("ckpt/glu30-nf4", "data/coco-val", "results/glu30-nf4")
+
+README.md's Python section saves an in-memory result (`vlmslim.checkpoint.save_checkpoint` with
+`vlmslim.manifest.new_manifest` + `vlmslim.pruning.record_step`).
 
 Names are imported on first use, so `import vlmslim` (and the CLI's --help) stays free of torch.
 """

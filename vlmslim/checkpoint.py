@@ -25,7 +25,8 @@ from vlmslim.families import get_family
 from vlmslim.inputs import fixed_inputs
 from vlmslim.io import atomic_dir, dir_size, write_json
 from vlmslim.loading import load_model
-from vlmslim.manifest import MANIFEST, git_revision, library_versions, model_card, now_utc, read_manifest
+from vlmslim.manifest import (MANIFEST, git_revision, library_versions, manifest_problem, model_card, now_utc,
+                              read_manifest)
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,11 @@ def save_checkpoint(model, processor, out: str | os.PathLike, manifest: dict, ov
 def write_checkpoint(model, processor, directory: str | os.PathLike, manifest: dict) -> Path:
     """Write model + processor + manifest + model card into `directory` (created if missing), filling the
     manifest's family, census, versions, revision, time and size."""
+    problem = manifest_problem(manifest)
+    if problem:  # before anything is written: a bare {} would fail later as KeyError 'base'
+        raise ValueError(f"not a vlmslim manifest ({problem}): build one with "
+                         "vlmslim.manifest.new_manifest(source, model.config), and add a step's record with "
+                         "that step's record_step")
     family = get_family(model)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

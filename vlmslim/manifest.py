@@ -32,13 +32,14 @@ def read_manifest(path: str | os.PathLike) -> dict | None:
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ModelLoadError(f"{f} is not valid JSON ({e}); restore it or remove it to load the directory as a "
                              "plain HF model") from e
-    problem = _manifest_problem(manifest)
+    problem = manifest_problem(manifest)
     if problem:
         raise ModelLoadError(f"{f} is not a vlmslim manifest: {problem}")
     return manifest
 
 
-def _manifest_problem(m) -> str | None:
+def manifest_problem(m) -> str | None:
+    """What makes `m` not a vlmslim manifest (None when it is one)."""
     if not isinstance(m, dict):
         return f"expected a JSON object, got {type(m).__name__}"
     if not isinstance(m.get("base"), dict) or "model" not in m["base"]:
