@@ -11,12 +11,13 @@ Dotted paths are relative to the top-level `*ForConditionalGeneration` module (t
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Callable
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Callable
 
 from vlmslim.errors import UnsupportedFamilyError
+
+if TYPE_CHECKING:  # annotations only: the registry itself is torch-free (`vlmslim inspect` reads it)
+    import torch
+    from torch import nn
 
 COMPONENTS = ("vision", "projector", "language", "lm_head")
 QWEN_SYNTHETIC_SIDE = 448  # px of the synthetic image Qwen2.5-VL inputs are built for (no fixed image size)

@@ -1,16 +1,16 @@
 """What a model source names, and its config: a hub id, a local HF dir, a vlmslim checkpoint, "demo" (the
-embedded model) or "random:<config>" (a shipped config in `vlmslim/configs/models/`, random weights)."""
+embedded model) or "random:<config>" (a shipped config in `vlmslim/configs/models/`, random weights).
+
+torch and transformers are imported by the functions that need them: resolving a source is plain path
+logic, and `vlmslim inspect` of a vlmslim checkpoint never imports them (seconds of start-up).
+"""
 
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-
-import torch
-import transformers
-from transformers import AutoConfig
-from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+from typing import TYPE_CHECKING
 
 from vlmslim.errors import ModelLoadError
 from vlmslim.families import get_family
@@ -19,16 +19,21 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]
 DEMO_DIR = PACKAGE_DIR / "demo" / "model"
 CONFIG_DIR = PACKAGE_DIR / "configs" / "models"  # shipped in the wheel (setup.cfg package_data)
 RANDOM_PREFIX = "random:"  # "random:llava-1.5-7b": configs/models/llava-1.5-7b.json with random weights
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-           "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16",
+           "fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}  # name -> torch attribute
+
+if TYPE_CHECKING:
+    import torch
 
 
 def parse_dtype(dtype) -> torch.dtype | None:
+    import torch
+
     if dtype is None or isinstance(dtype, torch.dtype) or dtype == "auto":
         return None if dtype == "auto" else dtype
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {sorted(_DTYPES)} or 'auto', got {dtype!r}")
-    return _DTYPES[dtype]
+    return getattr(torch, _DTYPES[dtype])
 
 
 def _looks_like_path(src: str) -> bool:
@@ -80,6 +85,8 @@ def load_arch_config(name_or_path: str):
         d = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ModelLoadError(f"{path} is not valid JSON: {e}") from e
+    from transformers import AutoConfig
+
     d = {k: v for k, v in d.items() if not k.startswith("_comment")}
     model_type = d.pop("model_type", None)
     if model_type is None:
@@ -90,6 +97,8 @@ def load_arch_config(name_or_path: str):
 
 
 def load_config(src: str):
+    from transformers import AutoConfig
+
     if is_random(src):
         return load_arch_config(src.removeprefix(RANDOM_PREFIX))
     try:
@@ -106,6 +115,9 @@ def load_config(src: str):
 
 
 def model_class(config):
+    import transformers
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
     name = MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.get(config.model_type)
     get_family(config)  # unsupported families fail here with the list of supported ones
     if name is None:

@@ -3,21 +3,20 @@
 One dispatch for every kind of source: random weights for "random:<config>", a saved bitsandbytes
 checkpoint (stock `from_pretrained`, or rebuilt from the manifest for pruned shapes), or float weights
 (stock `from_pretrained`, or through a class that cuts the superset config to the manifest's shapes).
-Weights files are checked before transformers sees them, so a truncated or pickle-only checkpoint is
-one clear error, not a traceback from deep inside a loader.
+Weights files are checked before transformers sees them (`vlmslim.loading.files`), so a truncated or
+pickle-only checkpoint is one clear error, not a traceback from deep inside a loader.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import struct
 from pathlib import Path
 
 from transformers import AutoProcessor
 
 from vlmslim.errors import ModelLoadError
+from vlmslim.loading.files import check_weight_files
 from vlmslim.loading.quantized import load_saved_quantized
 from vlmslim.loading.skeleton import build_random_model
 from vlmslim.loading.sources import RANDOM_PREFIX, is_random, load_config, model_class, parse_dtype, resolve_source
@@ -26,52 +25,7 @@ from vlmslim.shapes import rebuilt_class
 
 logger = logging.getLogger(__name__)
 
-_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
-
-
-def check_weight_files(src: str | os.PathLike) -> list[Path]:
-    """The *.safetensors files of a local model dir, each with a header that fits its file size.
-
-    Refuses pickle-only checkpoints (`pytorch_model.bin`: loading one runs arbitrary code) and truncated
-    or corrupt safetensors files, naming the file."""
-    root = Path(src)
-    files = sorted(root.glob("*.safetensors"))
-    if not files:
-        pickles = sorted(p.name for p in root.iterdir() if p.suffix in _PICKLE_SUFFIXES)
-        if pickles:
-            raise ModelLoadError(f"{src} holds only pickle weights ({', '.join(pickles[:3])}); vlmslim loads "
-                                 "safetensors only (a pickle can run code): convert with save_pretrained "
-                                 "(safe_serialization=True)")
-        raise ModelLoadError(f"{src} has no *.safetensors weights")
-    for f in files:
-        problem = _safetensors_problem(f)
-        if problem:
-            raise ModelLoadError(f"{f} is not a complete safetensors file ({problem}); re-download or re-save it")
-    return files
-
-
-def _safetensors_problem(path: Path) -> str | None:
-    """None when the header parses and its tensors end exactly at the end of the file."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            return f"{size} bytes, shorter than the 8-byte header length"
-        (n,) = struct.unpack("<Q", head)
-        if n > size - 8:
-            return f"header of {n} bytes in a {size}-byte file"
-        try:
-            header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            return "unreadable header"
-    if not isinstance(header, dict):
-        return "unreadable header"
-    ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__" and isinstance(t, dict)]
-    data = size - 8 - n
-    if max(ends, default=0) != data:
-        return f"tensors need {max(ends, default=0):,} data bytes, the file has {data:,}"
-    return None
-
+__all__ = ["check_weight_files", "load_model", "load_processor", "load_weights"]
 
 def load_model(src: str | os.PathLike, dtype=None, device: str = "cpu"):
     """(model in eval mode, processor or None) from a hub id, an HF dir, a vlmslim checkpoint, 'demo', or
