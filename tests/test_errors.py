@@ -346,3 +346,37 @@ def test_save_checkpoint_with_a_bare_manifest_names_new_manifest(tmp_path):
     with pytest.raises(ValueError, match="'steps' is not a list"):
         save_checkpoint(model, processor, tmp_path / "ckpt", {**new_manifest("x", model.config), "steps": None})
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- bitsandbytes noise
+
+
+BNB_KERNEL_MSG = ("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure you already "
+                  "`pip install kernels` and the kernels >= 0.11.1")  # bitsandbytes 0.50 backends/cpu/ops.py
+
+
+def test_bnb_pip_install_kernels_warning_is_silenced_others_kept(caplog):
+    import logging
+
+    import vlmslim.loading.quantized  # noqa: F401  (installs the filter before bitsandbytes is imported)
+
+    bnb_logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    with caplog.at_level(logging.WARNING):
+        bnb_logger.warning(BNB_KERNEL_MSG, "Version 1 is not available in the local cache")
+        logging.getLogger("kernels._internals.hf_hub").warning(
+            "Skipping publisher trust check for 'kernels-community/quantization-bitsandbytes' because Hugging "
+            "Face Hub is in offline mode.")
+        bnb_logger.warning("some other bitsandbytes warning")
+        logging.getLogger("kernels._internals.hf_hub").warning("Skipping publisher trust check for 'x/y' because")
+    assert [r.getMessage() for r in caplog.records] == [
+        "some other bitsandbytes warning", "Skipping publisher trust check for 'x/y' because"]
+
+
+def test_four_bit_step_prints_no_kernels_hint(base, tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "vlmslim", "quantize", str(base), "--out", str(tmp_path / "q"),
+                        "--bits", "4"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "pip install kernels" not in r.stderr and "kernels-community" not in r.stderr

@@ -21,6 +21,32 @@ from vlmslim.loading.skeleton import empty_model
 
 logger = logging.getLogger(__name__)
 
+# bitsandbytes 0.50 logs at import, on CPUs with AVX512-BF16, that its optional fused CPU 4-bit kernel
+# (a hub download through the `kernels` package) is unavailable — offline that is every 4-bit step, and
+# there is nothing to do about it. Exactly these records are dropped (kept at DEBUG); every other
+# bitsandbytes / kernels message passes.
+_BNB_NOISE = {
+    "bitsandbytes.backends.cpu.ops": "Failed to load CPU gemm_4bit_forward from kernels-community",
+    "kernels._internals.hf_hub": "Skipping publisher trust check for 'kernels-community/quantization-bitsandbytes'",
+}
+
+
+class _DropBnbKernelNotice(logging.Filter):
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(self.prefix):
+            return True
+        logger.debug("bitsandbytes: %s", record.getMessage())
+        return False
+
+
+for _name, _prefix in _BNB_NOISE.items():  # on the emitting loggers, before bitsandbytes is imported
+    if not any(isinstance(f, _DropBnbKernelNotice) for f in logging.getLogger(_name).filters):
+        logging.getLogger(_name).addFilter(_DropBnbKernelNotice(_prefix))
+
 
 def load_saved_quantized(src: str, cls, config, manifest: dict | None, dtype=None, device: str = "cpu"):
     """A saved bnb checkpoint on `device`; float parts in `dtype` (None: as saved)."""
