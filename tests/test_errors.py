@@ -372,6 +372,7 @@ def test_bnb_pip_install_kernels_warning_is_silenced_others_kept(caplog):
         "some other bitsandbytes warning", "Skipping publisher trust check for 'x/y' because"]
 
 
+@pytest.mark.slow  # a whole 4-bit quantize step in a fresh interpreter (the notice is logged at bnb import)
 def test_four_bit_step_prints_no_kernels_hint(base, tmp_path):
     import subprocess
     import sys
