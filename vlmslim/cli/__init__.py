@@ -26,6 +26,7 @@ HEAD_MODES = ("groups", "query")
 QUANT_TARGETS = ("all", "language", "vision")
 DEFAULT_TARGET = "language"
 COMPUTE_DTYPES = ("bfloat16", "float16", "float32")
+TOKEN_METHODS = ("pool", "random", "visionzip")
 DEMO_VARIANTS = ("base", "glu30", "glu50", "glu70", "glu80", "heads25", "heads50", "glu30-heads25", "drop1",
                  "int8", "nf4", "glu30-nf4")
 

@@ -13,6 +13,7 @@ Two edits that must agree, both for one image per sample:
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +37,10 @@ class TokenSpec:
             raise ValueError(f"image_tokens (--image-tokens) must be an integer >= 1, got {self.k!r}")
         if self.method not in REDUCERS:
             raise ValueError(f"token_method (--token-method) must be one of {sorted(REDUCERS)}, got {self.method!r}")
+        side = math.isqrt(self.k)
+        if self.method == "pool" and side * side != self.k:
+            raise ValueError(f"--token-method pool keeps a square grid: --image-tokens must be a perfect square "
+                             f"(e.g. {side ** 2} or {(side + 1) ** 2}), got {self.k}; visionzip and random take any K")
 
     def to_dict(self) -> dict:
         return {"image_tokens": self.k, "method": self.method, "seed": self.seed}
