@@ -409,3 +409,26 @@ def test_single_run_without_cis_or_scores(results, tmp_path):
     assert res.exit_code == 0, res.output
     assert (out / "combined.png").is_file() and (out / "spotcheck.html").is_file()
     assert [p["run"] for p in json.loads((out / "frontier.json").read_text())["axes"]["size"]["frontier"]] == ["base"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# `vlmslim figures results/*`: files next to the results dirs (issue 12, item 13).
+
+
+def test_files_among_results_dirs_are_skipped_dirs_still_checked(results, tmp_path):
+    # A multi-model bench writes failures.json next to the results dirs, even when nothing failed.
+    (tmp_path / "failures.json").write_text("[]\n")
+    out = tmp_path / "o"
+    res = _invoke(results[0], results[4], tmp_path / "failures.json", "--out", out, "--cost", "latency", "--spotcheck", "0")
+    assert res.exit_code == 0, res.output
+    data = json.loads((out / "frontier.json").read_text())
+    assert [p["run"] for p in data["axes"]["latency"]["points"]] == ["base", "glu30"]
+    assert data["config"]["results_dirs"] == [str(results[0]), str(results[4])]
+    # Only files: nothing to plot is still an error, naming what was passed.
+    res = _invoke(tmp_path / "failures.json", "--out", tmp_path / "o2")
+    assert res.exit_code == 1 and res.output.startswith("Error: no results dir among the 1 path(s) given")
+    # A directory that is not a results dir is still refused, whatever sits next to it.
+    (tmp_path / "notes").mkdir()
+    res = _invoke(results[0], tmp_path / "notes", tmp_path / "failures.json", "--out", tmp_path / "o3")
+    assert res.exit_code == 1 and "notes is not a results dir (no summary.json)" in res.output
+    assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()

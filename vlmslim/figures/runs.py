@@ -158,11 +158,31 @@ def load_run(path: str | Path) -> Run:
     )
 
 
+def results_dirs(paths: Sequence[str | Path]) -> list[Path]:
+    """The results dirs among `paths`: a shell glob such as `results/*` also matches files a bench writes
+    next to them (failures.json), which are skipped; a `summary.json` path stands for its dir. A
+    directory stays in, so a dir that is not a results dir is still refused by `load_run`."""
+    dirs = []
+    for path in map(Path, paths):
+        if path.is_file() and path.name == "summary.json":
+            dirs.append(path.parent)
+        elif path.is_file():
+            logger.debug("skipping %s: a file, not a results dir", path)
+        else:
+            dirs.append(path)
+    if paths and not dirs:
+        raise FiguresError(f"no results dir among the {len(paths)} path(s) given (only files: "
+                           f"{', '.join(str(p) for p in paths[:3])}{', …' if len(paths) > 3 else ''}); "
+                           "pass dirs written by `vlmslim bench --out DIR`")
+    return dirs
+
+
 def load_runs(paths: Sequence[str | Path]) -> list[Run]:
-    """Load every dir; duplicate model names get the dir name appended so labels stay unique."""
+    """Load every results dir among `paths` (files skipped, see `results_dirs`); duplicate model names get
+    the dir name appended so labels stay unique."""
     if not paths:
         raise FiguresError("no results dirs given")
-    runs = [load_run(p) for p in paths]
+    runs = [load_run(p) for p in results_dirs(paths)]
     seen: dict[str, int] = {}
     for run in runs:
         seen[run.name] = seen.get(run.name, 0) + 1
