@@ -128,20 +128,34 @@ EXPECTED_FRONT = {
 N_IDS = 10
 
 
-def _summary(name, data_dir, task="caption", n_samples=500, **overrides):
+PROMPT = "Provide a one-sentence caption for the provided image."
+
+
+def _protocol(task="caption", **changes):
+    """summary.json's `protocol` block, keys and shapes as `vlmslim bench` writes it (a tiny bench run)."""
+    return {"task": task, "prompt": PROMPT, "prompt_example": f"USER: <image> {PROMPT} ASSISTANT:",
+            "max_new_tokens": 64, "batch_size": 1, "greedy": True,
+            "generate_kwargs": {"do_sample": False, "num_beams": 1, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0},
+            "dtype": "as saved", "resolved_dtype": "float16", "device": "cpu", "quant": None, "ocr_tokens": False,
+            "seed": 0, "bootstrap": 1000, "warmup_batches": 1, "bertscore_model": None, **changes}
+
+
+def _summary(name, data_dir, task="caption", n_samples=500, protocol=None, **overrides):
     precision, pruning, cider, half, latency, vram, size = RUNS[name]
     summary = {
         "model": {"name": name, "path": f"ckpt/{name}", "family": "llava", "precision": precision,
                   "pruning": pruning, "is_baseline": name == "base"},
         "task": task,
-        "dataset": {"path": str(data_dir), "name": "tiny-coco", "sha256": "f" * 64},
+        "dataset": {"path": str(data_dir), "name": "tiny-coco", "sha256": "f" * 64, "limit": None, "seed": 0},
         "n_samples": n_samples,
         "metrics": {"cider": cider, "bleu4": round(cider * 0.27, 4), "meteor": round(0.25 + cider / 40, 4),
                     "mean_len_words": 9.5},
         "ci": {"cider": [cider - half, cider + half], "bleu4": [cider * 0.26, cider * 0.28]},
         "efficiency": {"latency_s_p50": latency, "latency_s_p90": latency * 1.3, "peak_vram_mb": vram,
-                       "model_size_mb": size, "energy_wh_per_sample": None, "params": 7_000_000_000},
-        "environment": {"device": "cpu", "git_revision": "abc"},
+                       "model_size_mb": size, "energy_wh_per_sample": None, "params": 7_000_000_000,
+                       "energy": {"note": "energy not measured"}, "batch_size": (protocol or {}).get("batch_size", 1)},
+        "environment": {"device": "cpu (Intel(R) Xeon(R) Processor)", "git_revision": "abc"},
+        "protocol": _protocol(task, **(protocol or {})),
         "checkpoint_sha256": name * 4,
         "data_dir": str(data_dir),
         "an_extra_key_from_a_newer_bench": {"ignored": True},
@@ -163,11 +177,12 @@ def _samples(name):
     return rows
 
 
-def write_run(root: Path, name: str, data_dir: Path, **overrides) -> Path:
+def write_run(root: Path, name: str, data_dir: Path, engine: str = "eager", **overrides) -> Path:
     run_dir = root / name
     run_dir.mkdir(parents=True)
     (run_dir / "summary.json").write_text(json.dumps(_summary(name, data_dir, **overrides)))
-    (run_dir / "config.yaml").write_text(f"model: {name}\n")
+    # The bench records the engine in config.yaml's `generation` block (not in summary.json's protocol).
+    (run_dir / "config.yaml").write_text(f"config:\n  model: {name}\n  engine: {engine}\ngeneration:\n  engine: {engine}\n")
     lines = [json.dumps(r) for r in _samples(name)]
     if name == "fp4":
         lines.append('{"id": "s0')  # a truncated last line, as a killed benchmark leaves it
@@ -432,3 +447,99 @@ def test_files_among_results_dirs_are_skipped_dirs_still_checked(results, tmp_pa
     res = _invoke(results[0], tmp_path / "notes", tmp_path / "failures.json", "--out", tmp_path / "o3")
     assert res.exit_code == 1 and "notes is not a results dir (no summary.json)" in res.output
     assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Runs measured under different protocols (issue 12, item 12): README step 4 followed literally benched
+# the base at --batch-size 8 and the rest at 1, and the latency frontier showed a false 4.7x speedup.
+
+_OTHERS = ("glu30", "nf4")  # benched with the default protocol; "base" gets the change
+
+
+@pytest.mark.parametrize(
+    "key, change, values",
+    [
+        ("batch_size", dict(protocol={"batch_size": 8}), "8: base vs 1: glu30, nf4"),
+        ("max_new_tokens", dict(protocol={"max_new_tokens": 32}), "32: base vs 64: glu30, nf4"),
+        ("device", dict(environment={"device": "cuda:0 (NVIDIA H200)"}),
+         "cuda (NVIDIA H200): base vs cpu (Intel(R) Xeon(R) Processor): glu30, nf4"),
+        ("dtype", dict(protocol={"dtype": "bfloat16"}), "bfloat16: base vs as saved: glu30, nf4"),
+        ("engine", dict(protocol={"engine": "compiled"}), "compiled: base vs eager: glu30, nf4"),
+        ("engine", dict(engine="compiled"), "compiled: base vs eager: glu30, nf4"),  # from config.yaml
+        ("prompt", dict(protocol={"prompt": "Describe the image."}),
+         "'Describe the image.': base vs 'Provide a one-sentence caption for the provided image.': glu30, nf4"),
+        ("ocr_tokens", dict(protocol={"ocr_tokens": True}), "True: base vs False: glu30, nf4"),
+        ("limit", dict(dataset={"path": "d", "name": "tiny-coco", "sha256": "f" * 64, "limit": 100, "seed": 0}),
+         "100 (seed 0): base vs all: glu30, nf4"),
+        ("dataset", dict(dataset={"path": "d", "name": "tiny-coco", "sha256": "e" * 64, "limit": None, "seed": 0}),
+         "eeeeeeeeeeee: base vs ffffffffffff: glu30, nf4"),
+        ("task", dict(task="vqa"), "vqa: base vs caption: glu30, nf4"),
+    ],
+)
+def test_protocol_difference_is_refused_naming_key_and_runs(results, tmp_path, key, change, values):
+    data_dir = Path(load_run(results[0]).data_dir)
+    base = write_run(tmp_path / "r", "base", data_dir, **change)
+    others = [results[list(RUNS).index(n)] for n in _OTHERS]
+    out = tmp_path / "out"
+    res = _invoke(base, *others, "--out", out)
+    assert res.exit_code == 1
+    assert len(res.output.strip().splitlines()) == 1, res.output
+    assert res.output.startswith(f"Error: runs differ in {key} ({values})"), res.output
+    assert "--allow-mixed" in res.output
+    assert not out.exists() and not list(tmp_path.glob("out*"))
+
+
+def test_same_gpu_model_on_another_index_is_the_same_device(results, tmp_path):
+    data_dir = Path(load_run(results[0]).data_dir)
+    runs = [write_run(tmp_path / "r", n, data_dir, environment={"device": f"cuda:{i} (NVIDIA H200)"})
+            for i, n in enumerate(("base", "glu30"))]
+    res = _invoke(*runs, "--out", tmp_path / "o", "--cost", "size", "--spotcheck", "0")
+    assert res.exit_code == 0, res.output
+
+
+def _frontier_fig(runs, axis="latency", metric="cider"):
+    """The frontier figure `make_figures` would save, kept in memory to inspect its texts."""
+    from vlmslim.figures.analysis import compute_frontier
+    from vlmslim.figures.plots import frontier_figure
+
+    baseline = choose_baseline(runs)
+    af = compute_frontier(runs, metric, axis, baseline)
+    return af, frontier_figure(af, metric, "ctx")
+
+
+def _label_texts(fig) -> dict[str, str]:
+    """{run name: label text} of the point labels (gid 'label:<run>')."""
+    return {t.get_gid()[len("label:"):]: t.get_text() for t in fig.axes[0].texts if (t.get_gid() or "").startswith("label:")}
+
+
+def test_latency_axis_says_per_request_and_batch(results):
+    from vlmslim.figures.runs import check_compatible
+
+    runs = load_runs(results[:3])
+    check_compatible(runs, allow_mixed=False)
+    _, fig = _frontier_fig(runs)
+    assert fig.axes[0].get_xlabel() == "Latency p50 per request, batch 1 (s)  ← better"
+    assert _label_texts(fig) == {"base": "base (baseline)", "int8": "int8", "nf4": "nf4"}
+
+
+def test_allow_mixed_labels_the_difference(results, tmp_path):
+    from vlmslim.figures.runs import check_compatible
+
+    data_dir = Path(load_run(results[0]).data_dir)
+    base = write_run(tmp_path / "r", "base", data_dir, protocol={"batch_size": 8})
+    runs = load_runs([base, *(results[list(RUNS).index(n)] for n in _OTHERS)])
+    with pytest.raises(FiguresError, match=re.escape("runs differ in batch_size (8: base vs 1: glu30, nf4)")):
+        check_compatible(runs, allow_mixed=False)
+    assert list(check_compatible(runs, allow_mixed=True)) == ["batch_size"]
+    _, fig = _frontier_fig(runs)
+    assert fig.axes[0].get_xlabel() == "Latency p50 per request, batch 1/8 (mixed) (s)  ← better"
+    assert _label_texts(fig) == {"base": "base [batch 8] (baseline)", "glu30": "glu30 [batch 1]", "nf4": "nf4 [batch 1]"}
+
+    out = tmp_path / "o"
+    res = _invoke(base, *(results[list(RUNS).index(n)] for n in _OTHERS), "--out", out, "--allow-mixed", "--spotcheck", "0",
+                  "--cost", "latency")
+    assert res.exit_code == 0, res.output
+    summary = (out / "summary.md").read_text()
+    assert "mixed protocol: batch_size" in summary and "| **base [batch 8] (baseline)** |" in summary
+    assert "| **glu30 [batch 1]** |" in summary
+    assert "WARNING vlmslim.figures.runs: plotting runs that differ in batch_size" in res.stderr

@@ -17,6 +17,7 @@ logger = logging.getLogger(__name__)
 @dataclass
 class PlotPoint:
     name: str
+    label: str  # Run.label: what the figure writes next to the point
     quality: float
     cost: float
     ci: Optional[tuple[float, float]]
@@ -34,6 +35,7 @@ class AxisFrontier:
     axis: CostAxis
     points: list[PlotPoint]
     excluded: dict[str, str] = field(default_factory=dict)
+    title: str = ""  # axis_title(): what was measured, e.g. "Latency p50 per request, batch 8 (s)"
 
     @property
     def front(self) -> list[PlotPoint]:
@@ -55,7 +57,8 @@ def compute_frontier(runs: Sequence[Run], metric: str, axis_name: str, baseline:
         elif axis.log and cost <= 0:
             excluded[run.name] = f"{axis.key} = {cost} cannot go on a log axis"
         else:
-            points.append(PlotPoint(run.name, quality, cost, run.ci.get(metric), run.precision, run.pruning_method, run is baseline))
+            points.append(PlotPoint(run.name, run.label, quality, cost, run.ci.get(metric), run.precision,
+                                    run.pruning_method, run is baseline))
     if not points:
         if all(run.cost(axis.key) is None for run in runs):  # e.g. energy or VRAM on CPU runs
             logger.warning("skipping the %s axis: %s is missing or null in all %d runs", axis_name, axis.key, len(runs))
@@ -66,7 +69,19 @@ def compute_frontier(runs: Sequence[Run], metric: str, axis_name: str, baseline:
         logger.warning("%s axis leaves out %s", axis_name, _reasons(excluded))
     for point, flag in zip(points, pareto_front([(p.quality, p.cost) for p in points])):
         point.on_front = flag
-    return AxisFrontier(axis_name, axis, points, excluded)
+    plotted = {p.name for p in points}
+    return AxisFrontier(axis_name, axis, points, excluded, axis_title(axis, [r for r in runs if r.name in plotted]))
+
+
+def axis_title(axis: CostAxis, runs: Sequence[Run]) -> str:
+    """What one value on the axis is: 'Latency p50 per request, batch 8 (s)'; several batch sizes (only
+    with --allow-mixed) read 'batch 1/8 (mixed)'."""
+    text = f"{axis.label} {axis.per}".rstrip()
+    if axis.batch_dependent:
+        batches = sorted({r.batch_size for r in runs if r.batch_size is not None})
+        if batches:
+            text += ", batch " + "/".join(map(str, batches)) + (" (mixed)" if len(batches) > 1 else "")
+    return f"{text} ({axis.unit})"
 
 
 def _reasons(excluded: dict[str, str]) -> str:
@@ -98,6 +113,7 @@ def frontier_json(frontiers: dict[str, AxisFrontier], skipped: dict[str, str], r
         axes[name] = {
             "cost_key": af.axis.key,
             "label": af.axis.label,
+            "title": af.title,
             "unit": af.axis.unit,
             "log_scale": af.axis.log,
             "frontier": [
@@ -146,7 +162,7 @@ def summary_markdown(runs: Sequence[Run], metric: str, baseline: Run, frontiers:
     for m in metrics:
         header.append(metric_label(m) + (" (95% CI)" if m == metric else ""))
     header += [f"Δ {metric_label(metric)} vs baseline"]
-    header += [f"{COST_AXES[a].label} ({COST_AXES[a].unit})" for a in COST_AXES]
+    header += [axis_title(COST_AXES[a], runs) for a in COST_AXES]
     header += ["On frontier"]
     lines = [
         f"# Results: {metric_label(metric)}",
@@ -161,7 +177,7 @@ def summary_markdown(runs: Sequence[Run], metric: str, baseline: Run, frontiers:
     ]
     base_value = baseline.metrics.get(metric)
     for run in runs:
-        name = _md(run.name) + (" (baseline)" if run is baseline else "")
+        name = _md(run.label) + (" (baseline)" if run is baseline else "")
         cells = [f"**{name}**" if on_axes[run.name] else name, run.precision, _md(run.pruning_text)]
         for m in metrics:
             cell = _fmt(run.metrics.get(m))

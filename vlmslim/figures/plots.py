@@ -28,7 +28,6 @@ from vlmslim.figures.style import (
     metric_label,
     precision_color,
     pruning_marker,
-    short_label,
 )
 
 logger = logging.getLogger(__name__)
@@ -72,7 +71,7 @@ def wrap_context(context: str, max_chars: int) -> str:
 
 
 def _axis_label(af: AxisFrontier) -> str:
-    return f"{af.axis.label} ({af.axis.unit}{', log scale' if af.axis.log else ''})  ← better"
+    return f"{af.title}{' (log scale)' if af.axis.log else ''}  ← better"
 
 
 def _thousands(value: float, _pos=None) -> str:
@@ -155,7 +154,7 @@ def label_points(ax, points: Sequence[PlotPoint], fontsize: float, polyline: Seq
     texts, sizes = [], []
     for i in order:
         p = points[i]
-        text = short_label(p.name) + (" (baseline)" if p.is_baseline else "")
+        text = p.label + (" (baseline)" if p.is_baseline else "")
         probe = ax.text(0, 0, text, fontsize=fontsize, fontweight="bold" if p.on_front else "normal")
         bb = probe.get_window_extent(renderer)
         probe.remove()
@@ -185,7 +184,7 @@ def label_points(ax, points: Sequence[PlotPoint], fontsize: float, polyline: Seq
         ax.annotate(text, (p.cost, p.quality), xytext=(place.dx * to_points, place.dy * to_points),
                     textcoords="offset points", ha="left", va="bottom", fontsize=fontsize,
                     fontweight="bold" if p.on_front else "normal", color="black" if p.on_front else "0.35",
-                    arrowprops=arrow, zorder=6,
+                    arrowprops=arrow, zorder=6, gid=f"label:{p.name}",  # tests find labels by gid
                     # A faint halo keeps text readable where it still crosses a grid or CI line.
                     bbox=dict(boxstyle="square,pad=0.05", fc="white", ec="none", alpha=0.75))
 

@@ -15,14 +15,19 @@ class CostAxis:
     label: str
     unit: str
     log: bool  # log-scale x axis (sizes span 16-bit .. 4-bit, a 4x+ range)
+    per: str = ""  # what one value is for: "per request" (a sample's latency is its batch's)
+    batch_dependent: bool = False  # the value changes with --batch-size: the axis label names it
 
 
 COST_AXES: dict[str, CostAxis] = {
-    "latency": CostAxis("latency_s_p50", "Latency p50", "s", False),
-    "vram": CostAxis("peak_vram_mb", "Peak VRAM", "MB", False),
+    "latency": CostAxis("latency_s_p50", "Latency p50", "s", False, per="per request", batch_dependent=True),
+    "vram": CostAxis("peak_vram_mb", "Peak VRAM", "MB", False, batch_dependent=True),
     "size": CostAxis("model_size_mb", "Size on disk", "MB", True),
-    "energy": CostAxis("energy_wh_per_sample", "Energy", "Wh/sample", False),
+    "energy": CostAxis("energy_wh_per_sample", "Energy", "Wh", False, per="per sample", batch_dependent=True),
 }
+
+# summary.json's efficiency.energy.basis → what figures say about it.
+ENERGY_BASIS: dict[str, str] = {"cpu+ram (estimated)": "CPU estimate", "gpu (measured)": "GPU measured"}
 
 # Human labels; a metric not listed here is shown under its key.
 METRIC_LABELS: dict[str, str] = {
