@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 
 from vlmslim.figures.frontier import frontier_order, pareto_front
 from vlmslim.figures.runs import Run
-from vlmslim.figures.style import COST_AXES, CostAxis, is_quality_metric, metric_label
+from vlmslim.figures.style import COST_AXES, DUPLICATE_METRICS, CostAxis, is_quality_metric, metric_label
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ def compute_frontier(runs: Sequence[Run], metric: str, axis_name: str, baseline:
     points, excluded = [], {}
     for run in runs:
         quality, cost = run.metrics.get(metric), run.cost(axis.key)
+        cost = None if cost is None else cost * axis.scale
         if quality is None:
             excluded[run.name] = f"no {metric}"
         elif cost is None:
@@ -74,14 +75,18 @@ def compute_frontier(runs: Sequence[Run], metric: str, axis_name: str, baseline:
 
 
 def axis_title(axis: CostAxis, runs: Sequence[Run]) -> str:
-    """What one value on the axis is: 'Latency p50 per request, batch 8 (s)'; several batch sizes (only
-    with --allow-mixed) read 'batch 1/8 (mixed)'."""
+    """What one value on the axis is: 'Latency p50 per request, batch 8 (s)', 'Energy per sample, batch 8
+    (mWh, CPU estimate)'; several batch sizes (only with --allow-mixed) read 'batch 1/8 (mixed)'."""
     text = f"{axis.label} {axis.per}".rstrip()
     if axis.batch_dependent:
         batches = sorted({r.batch_size for r in runs if r.batch_size is not None})
         if batches:
             text += ", batch " + "/".join(map(str, batches)) + (" (mixed)" if len(batches) > 1 else "")
-    return f"{text} ({axis.unit})"
+    unit = axis.unit
+    if axis.has_basis:
+        bases = list(dict.fromkeys(r.energy_basis for r in runs if r.energy_basis))
+        unit += "".join(f", {b}" for b in bases[:1]) + (f"/{'/'.join(bases[1:])} (mixed)" if len(bases) > 1 else "")
+    return f"{text} ({unit})"
 
 
 def _reasons(excluded: dict[str, str]) -> str:
@@ -96,6 +101,12 @@ def quality_metrics(runs: Sequence[Run]) -> list[str]:
             if is_quality_metric(key):
                 seen.setdefault(key, None)
     return list(seen)
+
+
+def figure_metrics(runs: Sequence[Run]) -> list[str]:
+    """quality_metrics without the duplicates (DUPLICATE_METRICS) whose twin is present: one ROUGE-L."""
+    metrics = quality_metrics(runs)
+    return [m for m in metrics if DUPLICATE_METRICS.get(m) not in metrics]
 
 
 def relative_change(value: Optional[float], reference: Optional[float]) -> Optional[float]:
@@ -115,6 +126,7 @@ def frontier_json(frontiers: dict[str, AxisFrontier], skipped: dict[str, str], r
             "label": af.axis.label,
             "title": af.title,
             "unit": af.axis.unit,
+            "scale": af.axis.scale,  # cost = summary.json's value × scale
             "log_scale": af.axis.log,
             "frontier": [
                 {"run": p.name, "quality": p.quality, "cost": p.cost, "results_dir": dirs[p.name]} for p in af.front
@@ -154,6 +166,10 @@ def _fmt(value: Optional[float]) -> str:
     return f"{value:.3g}" if 0 < abs(value) < 0.1 else f"{value:.3f}"
 
 
+def _scaled(value: Optional[float], scale: float) -> Optional[float]:
+    return None if value is None else value * scale
+
+
 def summary_markdown(runs: Sequence[Run], metric: str, baseline: Run, frontiers: dict[str, AxisFrontier], context: str) -> str:
     """A markdown table of every run; names of runs on any frontier in bold, with the axes they lead on."""
     metrics = quality_metrics(runs)
@@ -186,7 +202,7 @@ def summary_markdown(runs: Sequence[Run], metric: str, baseline: Run, frontiers:
             cells.append(cell)
         delta = relative_change(run.metrics.get(metric), base_value)
         cells.append("baseline" if run is baseline else "–" if delta is None else f"{delta:+.1f}%")
-        cells += [_fmt(run.cost(COST_AXES[a].key)) for a in COST_AXES]
+        cells += [_fmt(_scaled(run.cost(COST_AXES[a].key), COST_AXES[a].scale)) for a in COST_AXES]
         cells.append(", ".join(on_axes[run.name]) or "")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

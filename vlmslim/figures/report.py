@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 from vlmslim.errors import FiguresError, OutputExistsError
 from vlmslim.io import atomic_dir
-from vlmslim.figures.analysis import compute_frontier, frontier_json, quality_metrics, summary_markdown
+from vlmslim.figures.analysis import compute_frontier, figure_metrics, frontier_json, quality_metrics, summary_markdown
 from vlmslim.figures.bars import bar_figure
 from vlmslim.figures.combined import combined_figure
 from vlmslim.figures.plots import frontier_figure, save_figure
@@ -123,7 +123,7 @@ def make_figures(run_dirs: Sequence[str | Path], out: str | Path, config: Option
                 continue
             frontiers[axis_name] = af
             files += save_figure(frontier_figure(af, metric, context), partial, f"frontier_{axis_name}")
-        metrics = quality_metrics(runs)
+        metrics = figure_metrics(runs)
         for m in metrics:
             files += save_figure(bar_figure(runs, m, baseline, context), partial, f"bars_{_stem(m)}")
         combined = combined_figure(list(frontiers.values()), runs, metrics, baseline, metric, context)
