@@ -17,7 +17,9 @@ _COST_CHOICES = ["latency", "vram", "size", "energy", "all"]  # mirrors vlmslim.
 @click.option("--metric", default=None, help="Quality metric to plot [default: the task's: cider / vqa_accuracy / rouge_l].")
 @click.option("--cost", "costs", multiple=True, type=click.Choice(_COST_CHOICES), default=("all",), show_default=True,
               help="Cost axis; repeat for several.")
-@click.option("--allow-mixed", is_flag=True, help="Plot runs that differ in task, dataset or n_samples together.")
+@click.option("--allow-mixed", is_flag=True,
+              help="Plot runs that differ in task, data or protocol (batch size, max new tokens, device, dtype, "
+                   "engine, prompt, limit) together, each label naming its values [default: refused].")
 @click.option("--baseline", default=None, metavar="NAME_OR_DIR", help="Reference run [default: is_baseline, else unpruned 16-bit].")
 @click.option("--spotcheck", default=8, show_default=True, type=click.IntRange(min=0), help="Samples in the spot-check gallery (0: none).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for the spot-check sample.")
