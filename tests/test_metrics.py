@@ -12,6 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 import pytest
+import torch
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.meteor.meteor import Meteor
@@ -253,6 +254,45 @@ def test_bertscore_local_minilm():
     assert "_L6_" in res.notes["bertscore_hash"] and "rescaled" not in res.notes["bertscore_hash"]
     with pytest.raises(ValueError, match="num_layers"):
         BertScoreConfig(model=str(MINILM), num_layers=None)
+
+
+def test_bertscore_empty_prediction_scores_zero_without_crashing():
+    """Generated answers can be empty: bert_score 0.3.x crashes on them under transformers 5 (its empty-string
+    path calls a removed tokenizer method); they score raw P = R = F = 0, bert_score's own value for an
+    empty candidate, and a sample whose references are all empty likewise."""
+    cfg = BertScoreConfig(model=str(MINILM), num_layers=6)
+    preds = {"empty": "", "blank": "  \n ", "ok": "a dog runs on the grass", "no-refs": "a cat", "mixed": "a dog"}
+    refs = {"empty": ["a cat"], "blank": ["a cat", "a dog"], "ok": ["a dog runs on the grass", ""],
+            "no-refs": ["", "  "], "mixed": ["", "a dog"]}
+    res = score_bertscore(preds, refs, cfg, n_bootstrap=50)
+    for k in ("empty", "blank", "no-refs"):
+        assert res.per_sample[k] == {"bertscore_precision": 0.0, "bertscore_recall": 0.0, "bertscore_f1": 0.0}, k
+    assert res.per_sample["ok"]["bertscore_f1"] == pytest.approx(1.0, abs=1e-5)  # the empty reference is ignored
+    assert res.per_sample["mixed"]["bertscore_f1"] == pytest.approx(1.0, abs=1e-5)
+    assert res.metrics["bertscore_f1"] == pytest.approx(2 / 5, abs=1e-5)
+    assert res.notes["bertscore_empty"] == {"predictions": 2, "references": 4, "all_references_empty": 1}
+    all_empty = score_bertscore({"a": "", "b": " "}, {"a": ["x"], "b": ["y"]}, cfg, n_bootstrap=10)
+    assert all_empty.metrics["bertscore_f1"] == 0.0 and all_empty.ci["bertscore_f1"] == (0.0, 0.0)
+
+
+def test_bertscore_empty_rescaled_like_bert_score():
+    """With baseline rescaling an empty candidate gets bert_score's rescaled zero, (0 − b) / (1 − b)."""
+    from vlmslim.benchmarks.metrics.bertscore import score_pairs
+
+    class Scorer:  # stands in for a BERTScorer with a rescale baseline (P, R, F) = (0.8, 0.75, 0.9)
+        baseline_vals = torch.tensor([0.8, 0.75, 0.9], dtype=torch.float64)
+        calls = []
+
+        def score(self, cands, refs):
+            self.calls.append((cands, refs))
+            return tuple(torch.full((len(cands),), v) for v in (0.5, 0.6, 0.7))
+
+    scorer = Scorer()
+    got = score_pairs(scorer, ["", "a dog", " "], [["a cat"], ["a dog", " "], ["x"]], rescaled=True)
+    assert scorer.calls == [(["a dog"], [["a dog"]])]  # only non-empty texts reach bert_score
+    np.testing.assert_allclose(got[0], [-4.0, -3.0, -9.0])
+    np.testing.assert_allclose(got[1], [0.5, 0.6, 0.7])
+    np.testing.assert_allclose(got[2], got[0])
 
 
 def test_bertscore_absent_not_zero(caplog):
