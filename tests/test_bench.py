@@ -33,7 +33,8 @@ from vlmslim.cli import cli
 from vlmslim.testing import tiny_model
 
 PROMPT = "provide a caption for the image"  # every word is in the tiny tokenizer's vocabulary
-FAST = ["--max-new-tokens", "6", "--bootstrap", "10", "--no-energy", "--warmup", "1"]
+# Caption runs score BERTScore by default (roberta-large): tests pass --no-bertscore or the offline MiniLM.
+FAST = ["--max-new-tokens", "6", "--bootstrap", "10", "--no-energy", "--warmup", "1", "--no-bertscore"]
 SUMMARY_KEYS = {"model", "task", "dataset", "data_dir", "n_samples", "metrics", "ci", "efficiency", "environment",
                 "checkpoint_sha256", "protocol"}
 EFFICIENCY_KEYS = {"latency_s_p50", "latency_s_p90", "ttft_s_p50", "decode_ms_per_token", "throughput_images_per_s",
@@ -209,18 +210,19 @@ def test_samples_writer_drops_torn_line(tmp_path):
 # ---------------------------------------------------------------- end to end
 
 
-def test_bench_end_to_end_files_and_keys(tmp_path, ckpt):
+def test_bench_end_to_end_files_and_keys(tmp_path, ckpt, minilm):
     data = make_dataset(tmp_path / "data", n=4)
     out = tmp_path / "res"
-    r = run_cli(ckpt, "--data", data, "--out", out, "--batch-size", "2", "--prompt", PROMPT,
-                "--max-new-tokens", "6", "--bootstrap", "10", "--warmup", "1")  # energy on: CPU estimate path
+    r = run_cli(ckpt, "--data", data, "--out", out, "--batch-size", "2", "--prompt", PROMPT, "--bertscore-model",
+                minilm, "--max-new-tokens", "6", "--bootstrap", "10", "--warmup", "1")  # energy on: CPU estimate
     assert r.exit_code == 0, r.output
     assert "tiny-llava: cider" in r.output
     for f in ("config.yaml", "samples.jsonl", "sessions.jsonl", "summary.json", "summary.csv"):
         assert (out / f).is_file(), f
     s = json.loads((out / "summary.json").read_text())
     assert SUMMARY_KEYS <= set(s) and EFFICIENCY_KEYS <= set(s["efficiency"])
-    assert set(TASKS["caption"].metric_keys) <= set(s["metrics"]) and set(s["ci"]) >= {"cider", "bleu4"}
+    assert set(TASKS["caption"].metric_keys) <= set(s["metrics"]) and set(s["ci"]) >= {"cider", "bleu4", "bertscore_f1"}
+    assert 0 < s["metrics"]["bertscore_f1"] < 1 and s["protocol"]["bertscore_model"] == minilm
     assert s["n_samples"] == 4 and s["task"] == "caption" and s["dataset"]["name"] == "tiny-shapes"
     assert s["model"]["name"] == "tiny-llava" and s["model"]["family"] == "llava"
     assert s["model"]["precision"] == "32-bit" and s["model"]["is_baseline"] and s["model"]["pruning"] == []
@@ -247,10 +249,12 @@ def test_bench_end_to_end_files_and_keys(tmp_path, ckpt):
 
     # Same checkpoint, new dir, against the first as baseline: paired differences over the common samples.
     r = run_cli(ckpt, "--data", data, "--out", tmp_path / "res2", "--batch-size", "2", "--prompt", PROMPT,
-                *FAST, "--baseline", out)
+                *FAST[:-1], "--bertscore-model", minilm, "--baseline", out)
     assert r.exit_code == 0, r.output
     paired = json.loads((tmp_path / "res2" / "summary.json").read_text())["paired_vs_baseline"]
-    assert paired["n_common"] == 4 and "cider" in paired["differences"]
+    assert paired["n_common"] == 4 and {"cider", "bertscore_f1"} <= set(paired["differences"])
+    # the same checkpoint, greedy: identical answers, so every paired difference is exactly 0
+    assert paired["differences"]["bertscore_f1"] == {"diff": 0.0, "lo": 0.0, "hi": 0.0}
 
 
 def test_interrupted_run_resumes_without_loss_or_duplicates(tmp_path, ckpt):
@@ -265,18 +269,20 @@ def test_interrupted_run_resumes_without_loss_or_duplicates(tmp_path, ckpt):
 
     with pytest.raises(KeyboardInterrupt):
         bench(ckpt, data, str(out), max_new_tokens=4, bootstrap=5, energy=False, progress=False,
-              on_batch=kill_after_two)
+              bertscore_model=None, on_batch=kill_after_two)
     assert ids_in(out) == ["s0", "s1"]
     with open(out / "samples.jsonl", "a") as f:
         f.write('{"id": "s2", "prediction": "half a li')  # a kill in the middle of a write
-    r = run_cli(ckpt, "--data", data, "--out", out, "--max-new-tokens", "4", "--bootstrap", "5", "--no-energy")
+    r = run_cli(ckpt, "--data", data, "--out", out, "--max-new-tokens", "4", "--bootstrap", "5", "--no-energy",
+                "--no-bertscore")
     assert r.exit_code == 0, r.output
     ids = ids_in(out)
     assert sorted(ids) == [f"s{i}" for i in range(5)] and len(ids) == len(set(ids))
     s = json.loads((out / "summary.json").read_text())
     assert s["n_samples"] == 5 and s["run"] == {**s["run"], "sessions": 2, "resumed": True, "completed_sessions": 1}
     # A third run has nothing left to generate: it rescored and rewrote the summary, adding no rows.
-    r = run_cli(ckpt, "--data", data, "--out", out, "--max-new-tokens", "4", "--bootstrap", "5", "--no-energy")
+    r = run_cli(ckpt, "--data", data, "--out", out, "--max-new-tokens", "4", "--bootstrap", "5", "--no-energy",
+                "--no-bertscore")
     assert r.exit_code == 0, r.output
     assert len(ids_in(out)) == 5
 
@@ -298,6 +304,7 @@ def test_corrupt_image_is_recorded_skipped_counted(tmp_path, ckpt):
     s = json.loads((out / "summary.json").read_text())
     assert s["n_samples"] == 3 and s["n_skipped"] == 1
     assert s["skipped"][0]["id"] == "s1" and "cannot decode image" in s["skipped"][0]["reason"]
+    assert "bertscore_f1" not in s["metrics"] and s["metric_notes"]["bertscore"] == "disabled"  # --no-bertscore
     r = run_cli(ckpt, "--data", data, "--out", out, "--batch-size", "2", *FAST)
     assert r.exit_code == 0 and sorted(ids_in(out)) == ["s0", "s1", "s2", "s3"]
 
@@ -397,11 +404,11 @@ def test_missing_java_fails_before_generating_and_fallback_is_labelled(tmp_path,
     monkeypatch.setattr(_shutil, "which", lambda name, *a, **k: None if name == "java" else real_which(name, *a, **k))
     data = make_dataset(tmp_path / "data", n=2)
     r = run_cli(ckpt, "--data", data, "--out", tmp_path / "res", "--no-energy", "--bootstrap", "5",
-                "--max-new-tokens", "4")
+                "--max-new-tokens", "4", "--no-bertscore")
     assert r.exit_code == 1 and "java" in r.output and "--allow-no-java" in r.output
     assert not (tmp_path / "res" / "samples.jsonl").exists()
     r = run_cli(ckpt, "--data", data, "--out", tmp_path / "res2", "--no-energy", "--bootstrap", "5",
-                "--max-new-tokens", "4", "--allow-no-java")
+                "--max-new-tokens", "4", "--allow-no-java", "--no-bertscore")
     assert r.exit_code == 0, r.output
     s = json.loads((tmp_path / "res2" / "summary.json").read_text())
     assert "meteor" not in s["metrics"] and "cider" in s["metrics"]

@@ -319,6 +319,42 @@ def test_open_vqa_merges_text_metrics_and_bertscore(monkeypatch, tmp_path):
     assert "bertscore_f1" not in off.metrics and off.notes["bertscore"] == "disabled"
 
 
+def test_caption_task_scores_bertscore_multi_reference_with_ci_and_paired(monkeypatch, tmp_path, minilm):
+    """The caption benchmark is CIDEr, METEOR, ROUGE and BERTScore: per caption the max over its references
+    (bert_score's rule for a list of references), a bootstrap CI, and a paired difference vs a baseline."""
+    monkeypatch.setenv("PATH", str(tmp_path))  # Java-less fallback keeps this fast; BERTScore needs no Java
+    from vlmslim.benchmarks.tasks import TASKS, bertscore_config
+    from vlmslim.benchmarks.tasks import paired_differences as task_paired
+
+    task, cfg = TASKS["caption"], bertscore_config(minilm)
+    ids = sorted(PREDS)[:8]
+    preds, refs = {k: PREDS[k] for k in ids}, {k: REFS[k] for k in ids}
+    res = task.score(preds, refs, n_bootstrap=100, seed=SEED, bertscore=cfg, allow_fallback=True)
+    assert {"cider", "bertscore_precision", "bertscore_recall", "bertscore_f1"} <= set(res.metrics)
+    lo, hi = res.ci["bertscore_f1"]
+    assert lo < res.metrics["bertscore_f1"] < hi
+    # multi-reference = max over the references, each scored alone
+    one_by_one = [score_bertscore(preds, {k: [v[j]] for k, v in refs.items()}, cfg, n_bootstrap=0) for j in range(5)]
+    for k in ids:
+        best = max(r.per_sample[k]["bertscore_f1"] for r in one_by_one)
+        assert res.per_sample[k]["bertscore_f1"] == pytest.approx(best, abs=1e-6), k
+    assert res.metrics["bertscore_f1"] == pytest.approx(np.mean([res.per_sample[k]["bertscore_f1"] for k in ids]))
+    assert res.notes["bertscore"].startswith("BERTScore") and "rescaled=False" in res.notes["bertscore"]
+
+    shuffled = {k: preds[ids[(i + 3) % len(ids)]] for i, k in enumerate(ids)}  # captions of other images
+    diffs = task_paired(task, preds, shuffled, refs, n_bootstrap=200, seed=SEED, bertscore=cfg, allow_fallback=True)
+    theirs = task.score(shuffled, refs, n_bootstrap=0, seed=SEED, bertscore=cfg, allow_fallback=True)
+    d, lo, hi = diffs["bertscore_f1"]
+    assert d == pytest.approx(res.metrics["bertscore_f1"] - theirs.metrics["bertscore_f1"], abs=1e-9)
+    assert 0 < lo < d < hi
+    assert "cider" in diffs
+
+    off = task.score(preds, refs, n_bootstrap=0, seed=SEED, bertscore=None, allow_fallback=True)
+    assert "bertscore_f1" not in off.metrics and off.notes["bertscore"] == "disabled"
+    assert "bertscore_f1" not in task_paired(task, preds, shuffled, refs, n_bootstrap=10, seed=SEED, bertscore=None,
+                                             allow_fallback=True)
+
+
 def test_error_while_meteor_runs_stops_the_jvm(monkeypatch):
     """A failure in the Python statistics must not leave the METEOR JVM (or its I/O threads) behind."""
     started = []

@@ -23,7 +23,15 @@ import bert_score
 import numpy as np
 from bert_score.utils import model2layers
 
-from vlmslim.benchmarks.metrics.bootstrap import ScoreResult, resample_counts, scored_ids, summarise, weighted_mean
+from vlmslim.benchmarks.metrics.bootstrap import (
+    PairedDifference,
+    ScoreResult,
+    paired_mean_differences,
+    resample_counts,
+    scored_ids,
+    summarise,
+    weighted_mean,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -139,3 +147,23 @@ def score_bertscore(
     per_sample = {k: {key: float(v[i]) for key, v in per.items()} for i, k in enumerate(ids)}
     return summarise({key: weighted_mean(v, counts) for key, v in per.items()}, per_sample, notes)
 
+
+
+def with_bertscore(result: ScoreResult, predictions: dict[str, str], references: dict[str, list[str]],
+                   config: BertScoreConfig | None, *, n_bootstrap: int, seed: int) -> ScoreResult:
+    """`result` (text metrics of the same samples) plus BERTScore; `config=None` notes it as disabled."""
+    if config is None:
+        result.notes["bertscore"] = "disabled"
+        return result
+    return result.merge(score_bertscore(predictions, references, config, n_bootstrap=n_bootstrap, seed=seed))
+
+
+def paired_bertscore(predictions: dict[str, str], baseline: dict[str, str], references: dict[str, list[str]],
+                     config: BertScoreConfig, *, n_bootstrap: int, seed: int) -> dict[str, PairedDifference]:
+    """BERTScore P/R/F1 of `predictions` minus `baseline` (paired bootstrap of per-sample means); {} if absent."""
+    ours = score_bertscore(predictions, references, config, n_bootstrap=0, seed=seed).per_sample
+    if not ours:  # the model could not be loaded (already logged)
+        return {}
+    theirs = score_bertscore(baseline, references, config, n_bootstrap=0, seed=seed).per_sample
+    return {key: paired_mean_differences({i: v[key] for i, v in ours.items()}, {i: v[key] for i, v in theirs.items()},
+                                         n_bootstrap=n_bootstrap, seed=seed) for key in KEYS}
