@@ -209,6 +209,20 @@ def test_samples_writer_drops_torn_line(tmp_path):
 
 # ---------------------------------------------------------------- end to end
 
+_SUMMARY_SKELETON = {
+    "model": {"name": "m", "path": "/m", "family": "llava", "precision": "16-bit", "pruning": [],
+              "quantized_at_load": None, "is_baseline": True, "base_model": "b"},
+    "task": "caption", "dataset": {"name": "d", "sha256": "0" * 64, "limit": None, "seed": 0},
+    "n_samples": 3, "n_skipped": 0, "metrics": {"cider": 0.5}, "ci": {"cider": [0.4, 0.6]},
+    "metric_notes": {"tokenizer": "PTB"}, "checkpoint_sha256": "1" * 64,
+    "efficiency": {"params": 12, "model_size_mb": 3.0, "disk_mb": 3.0, "energy": {"note": "energy not measured"},
+                   "components": {c: {"params": 10 if c == "vision" else 1, "mb": 2.0 if c == "language" else 0.5}
+                                  for c in ("vision", "projector", "language", "lm_head", "other")}},
+    "environment": {"device": "cpu (x)"}, "protocol": {"prompt": "p", "batch_size": 1},
+    "run": {"sessions": 1, "resumed": False}, "paired_vs_baseline": None,
+}
+
+
 
 def test_bench_end_to_end_files_and_keys(tmp_path, ckpt, minilm):
     data = make_dataset(tmp_path / "data", n=4)
@@ -241,9 +255,14 @@ def test_bench_end_to_end_files_and_keys(tmp_path, ckpt, minilm):
         assert row["scores"] and 0 < row["tokens"] <= 6 and row["batch_size"] == 2
         # The answer is decoded from the generated tokens only: no chat template, no instruction.
         assert not row["prediction"].startswith("USER") and PROMPT not in row["prediction"]
-    with open(out / "summary.csv") as f:
-        (flat,) = list(csv.DictReader(f))
-    assert float(flat["metrics.cider"]) == s["metrics"]["cider"] and "efficiency.latency_s_p50" in flat
+    flat = read_tidy_csv(out / "summary.csv")
+    assert flat["cider"] == s["metrics"]["cider"] and flat["latency_s_p50"] == s["efficiency"]["latency_s_p50"]
+    assert (flat["cider_ci_lo"], flat["cider_ci_hi"]) == tuple(s["ci"]["cider"])
+    assert flat["cider_ci_lo"] <= flat["cider"] <= flat["cider_ci_hi"]
+    assert flat["bertscore_f1_ci_lo"] <= flat["bertscore_f1"] <= flat["bertscore_f1_ci_hi"]
+    assert (flat["name"], flat["task"], flat["batch_size"], flat["n_samples"]) == ("tiny-llava", "caption", 2, 4)
+    assert flat["pruning"] == "none" and flat["glu_ratio"] == 0 and flat["params"] == s["efficiency"]["params"]
+    assert flat["cider_delta"] == "" and flat["baseline"] == ""  # no --baseline: empty cells, same columns
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["generation"]["max_new_tokens"] == 6 and cfg["checkpoint_sha256"] == s["checkpoint_sha256"]
 
@@ -255,6 +274,45 @@ def test_bench_end_to_end_files_and_keys(tmp_path, ckpt, minilm):
     assert paired["n_common"] == 4 and {"cider", "bertscore_f1"} <= set(paired["differences"])
     # the same checkpoint, greedy: identical answers, so every paired difference is exactly 0
     assert paired["differences"]["bertscore_f1"] == {"diff": 0.0, "lo": 0.0, "hi": 0.0}
+    flat2 = read_tidy_csv(tmp_path / "res2" / "summary.csv")
+    assert list(flat2) == list(flat)  # a stable set of columns
+    assert (flat2["cider_delta"], flat2["cider_delta_ci_lo"], flat2["cider_delta_ci_hi"]) == (0, 0, 0)
+    assert flat2["baseline"] == "tiny-llava" and flat2["n_common"] == 4
+
+
+def read_tidy_csv(path) -> dict:
+    """The one row of a summary.csv, each cell parsed: a number, or a plain string (no list/JSON cells)."""
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    assert len(rows) == 2 and len(rows[0]) == len(rows[1]) == len(set(rows[0])), "one header + one row"
+    assert len(rows[0]) <= 100, f"{len(rows[0])} columns"
+    row = {}
+    for key, cell in zip(*rows):
+        assert "[" not in cell and "{" not in cell, (key, cell)
+        try:
+            row[key] = int(cell) if cell.lstrip("-").isdigit() else float(cell)
+        except ValueError:
+            row[key] = cell  # a plain string (or empty: absent)
+    return row
+
+
+def test_summary_csv_row_from_pruned_checkpoint_has_numeric_ratios():
+    from vlmslim.benchmarks.report import csv_row
+
+    steps = [{"kind": "prune", "method": "glu+heads", "params": {"glu": 0.3, "heads": 0.25, "drop_layers": 0},
+              "kept": {"mlp": {"len": 40, "sha256": "ab"}, "attention": [{"layer": 0, "q_heads": [0, 1, 2]}]}},
+             {"kind": "prune", "method": "glu+layers", "params": {"glu": 0.5, "heads": 0.0, "drop_layers": 2},
+              "dropped_layers": [3, 5]},
+             {"kind": "quantize", "method": "nf4", "params": {"bits": 4}}]
+    summary = json.loads(json.dumps(_SUMMARY_SKELETON))
+    summary["model"].update(pruning=steps[:2], precision="nf4", is_baseline=False)
+    row = csv_row(summary)
+    assert row["pruning"] == "glu+heads, glu+layers" and row["dropped_layers"] == 2
+    assert row["glu_ratio"] == pytest.approx(1 - 0.7 * 0.5) and row["heads_ratio"] == pytest.approx(0.25)
+    assert row["precision"] == "nf4" and row["is_baseline"] is False
+    assert all(v is None or isinstance(v, (str, int, float)) for v in row.values())
+    assert row["meteor"] is None and row["meteor_ci_lo"] is None  # absent metric: empty cell, column kept
+    assert row["vision_params"] == 10 and row["lm_head_params"] == 1
 
 
 def test_interrupted_run_resumes_without_loss_or_duplicates(tmp_path, ckpt):

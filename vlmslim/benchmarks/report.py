@@ -8,6 +8,7 @@ import hashlib
 import importlib.metadata
 import json
 import logging
+import math
 import platform
 from pathlib import Path
 
@@ -16,9 +17,10 @@ import torch
 from vlmslim.benchmarks import results as res
 from vlmslim.benchmarks.efficiency import MB, decode_weight_bytes, energy_summary, roofline, stats
 from vlmslim.benchmarks.generate import GREEDY
-from vlmslim.benchmarks.tasks import bertscore_config, paired_differences
+from vlmslim.benchmarks.tasks import TASKS, bertscore_config, paired_differences
 from vlmslim.manifest import git_revision, library_versions
 from vlmslim.errors import BenchmarkError
+from vlmslim.families import COMPONENTS
 
 logger = logging.getLogger(__name__)
 
@@ -205,7 +207,7 @@ def score_and_summarise(cfg, task, dataset, out, rows, sessions, record, baselin
             "task": task.name, "prompt": cfg.prompt, "prompt_example": last.get("prompt_example"),
             "max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size, "greedy": True,
             "generate_kwargs": GREEDY, "dtype": cfg.dtype or "as saved", "resolved_dtype": last.get("resolved_dtype"),
-            "device": cfg.device, "quant": cfg.quant, "ocr_tokens": cfg.ocr_tokens, "seed": cfg.seed,
+            "device": cfg.device, "engine": cfg.engine, "quant": cfg.quant, "ocr_tokens": cfg.ocr_tokens, "seed": cfg.seed,
             "bootstrap": cfg.bootstrap, "warmup_batches": cfg.warmup,
             "bertscore_model": cfg.bertscore_model if task.uses_bertscore else None,
         },
@@ -213,7 +215,7 @@ def score_and_summarise(cfg, task, dataset, out, rows, sessions, record, baselin
                 "completed_sessions": sum(bool(s.get("completed")) for s in sessions), "finished": now()},
         "paired_vs_baseline": _paired(task, cfg, predictions, references, baseline, bertscore) if baseline else None,
     }
-    res.write_summary(out, summary)
+    res.write_summary(out, summary, csv_row(summary))
     logger.info("wrote %s", out / res.SUMMARY)
     return summary
 
@@ -231,3 +233,74 @@ def _paired(task, cfg, predictions, references, baseline, bertscore) -> dict:
     return {"baseline": baseline["path"], "baseline_model": baseline["summary"].get("model", {}).get("name"),
             "n_common": len(common), "protocol_differs": changed,
             "differences": {k: {"diff": d, "lo": lo, "hi": hi} for k, (d, lo, hi) in diffs.items()}}
+
+
+# ---------------------------------------------------------------- summary.csv
+
+# One tidy row per run, stable columns per task: scalars only (numbers, plain strings, empty = absent);
+# lists, kept indices and notes stay in summary.json. Quality: each of the task's `metric_keys` with its CI
+# bounds and its paired difference vs --baseline (empty without one).
+CSV_EFFICIENCY = ("latency_s_p50", "latency_s_p90", "ttft_s_p50", "decode_ms_per_token", "throughput_images_per_s",
+                  "tokens_per_s", "tokens_per_sample_mean", "peak_vram_mb", "peak_vram_reserved_mb", "peak_rss_mb",
+                  "energy_wh_per_sample", "roofline_fraction")
+CSV_PROTOCOL = ("prompt", "max_new_tokens", "batch_size", "dtype", "resolved_dtype", "device", "engine", "quant",
+                "ocr_tokens", "seed", "bootstrap", "bertscore_model")
+
+
+def _cell(value):
+    """A CSV cell: None (empty) for absent or non-finite numbers; a list or dict here is a bug."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is not None and not isinstance(value, (str, int, float)):
+        raise TypeError(f"summary.csv cells are scalars, got {type(value).__name__}: {value!r}")
+    return value
+
+
+def _pruning_columns(steps: list[dict]) -> dict:
+    """Methods as text; GLU/head fractions removed from the original (successive steps compound)."""
+    kept = {"glu": 1.0, "heads": 1.0}
+    for step in steps:
+        for key in kept:
+            ratio = (step.get("params") or {}).get(key) or 0.0
+            kept[key] *= 1.0 - ratio
+    return {"pruning": ", ".join(str(s.get("method") or s.get("kind")) for s in steps) or "none",
+            "glu_ratio": 1.0 - kept["glu"], "heads_ratio": 1.0 - kept["heads"],
+            "dropped_layers": sum(len(s.get("dropped_layers") or []) for s in steps)}
+
+
+def _quality_columns(summary: dict) -> dict:
+    paired = summary.get("paired_vs_baseline") or {}
+    diffs = paired.get("differences") or {}
+    row = {"baseline": paired.get("baseline_model"), "n_common": paired.get("n_common")}
+    for key in TASKS[summary["task"]].metric_keys:
+        lo, hi = summary["ci"].get(key) or (None, None)
+        d = diffs.get(key) or {}
+        row.update({key: summary["metrics"].get(key), f"{key}_ci_lo": lo, f"{key}_ci_hi": hi,
+                    f"{key}_delta": d.get("diff"), f"{key}_delta_ci_lo": d.get("lo"), f"{key}_delta_ci_hi": d.get("hi")})
+    return row
+
+
+def csv_row(summary: dict) -> dict:
+    """summary.csv's row: identity, protocol, quality (value, CI, delta vs baseline), efficiency, size, run."""
+    model, eff, env, protocol = summary["model"], summary["efficiency"], summary["environment"], summary["protocol"]
+    notes = summary.get("metric_notes") or {}
+    row = {
+        "name": model["name"], "family": model["family"], "precision": model["precision"],
+        **_pruning_columns(model["pruning"]), "quantized_at_load": model["quantized_at_load"],
+        "is_baseline": model["is_baseline"], "base_model": model["base_model"], "path": model["path"],
+        "checkpoint_sha256": summary["checkpoint_sha256"], "task": summary["task"],
+        "dataset": summary["dataset"]["name"], "dataset_sha256": summary["dataset"]["sha256"],
+        "limit": summary["dataset"].get("limit"), "n_samples": summary["n_samples"], "n_skipped": summary["n_skipped"],
+        **{key: protocol.get(key) for key in CSV_PROTOCOL},
+        "tokenizer": notes.get("tokenizer"),
+        **_quality_columns(summary),
+        **{key: eff.get(key) for key in CSV_EFFICIENCY},
+        "energy_basis": eff["energy"].get("basis"),
+        "params": eff["params"], "model_size_mb": eff["model_size_mb"], "disk_mb": eff["disk_mb"],
+        **{f"{c}_params": eff["components"].get(c, {}).get("params") for c in COMPONENTS},
+        "device": env.get("device"), "torch": env.get("torch"), "transformers": env.get("transformers"),
+        "git_revision": env.get("git_revision"),
+        "sessions": summary["run"]["sessions"], "resumed": summary["run"]["resumed"],
+        "finished": summary["run"].get("finished"),
+    }
+    return {k: _cell(v) for k, v in row.items()}

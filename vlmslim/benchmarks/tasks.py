@@ -82,7 +82,7 @@ class Task:
     prompt: str  # the pinned instruction (caption) or answer-style suffix (vqa, open-vqa)
     max_new_tokens: int
     headline: str  # the metric a one-line summary shows
-    metric_keys: tuple[str, ...]
+    metric_keys: tuple[str, ...]  # the metrics tables report (summary.csv columns); summary.json has them all
     instruction: Callable  # (sample, prompt, ocr_tokens) -> text after the image
     score: Callable  # (predictions, references, *, n_bootstrap, seed, bertscore) -> ScoreResult
     uses_bertscore: bool = False
@@ -94,13 +94,15 @@ class Task:
 TASKS: dict[str, Task] = {
     t.name: t
     for t in [
-        Task("caption", CAPTION_PROMPT, 64, "cider", CAPTION_METRICS, caption_instruction, _score_caption,
-             paired=_paired_caption, uses_bertscore=True),
+        # caption length next to CIDEr: prompt wording moves both (DESIGN.md)
+        Task("caption", CAPTION_PROMPT, 64, "cider",
+             ("cider", "bleu4", "meteor", "rouge_l", "bertscore_f1", "caption_len_mean"), caption_instruction,
+             _score_caption, paired=_paired_caption, uses_bertscore=True),
         # 16 tokens: a "single word or phrase" answer; longer output only inflates latency.
         Task("vqa", VQA_PROMPT, 16, "vqa_accuracy", ("vqa_accuracy",), vqa_instruction, _score_vqa),
         # No suffix: the question is the instruction; answers are paragraphs, hence 256 tokens.
-        Task("open-vqa", OPEN_VQA_PROMPT, 256, "rouge_l", ("rouge_l", "meteor", "bertscore_f1"), open_vqa_instruction,
-             _score_open_vqa, uses_bertscore=True),
+        Task("open-vqa", OPEN_VQA_PROMPT, 256, "rouge_l", ("rouge_l", "rougeL_f", "meteor", "bertscore_f1"),
+             open_vqa_instruction, _score_open_vqa, uses_bertscore=True),
     ]
 }
 
