@@ -338,7 +338,7 @@ def test_interrupted_run_resumes_without_loss_or_duplicates(tmp_path, ckpt):
     assert sorted(ids) == [f"s{i}" for i in range(5)] and len(ids) == len(set(ids))
     s = json.loads((out / "summary.json").read_text())
     assert s["n_samples"] == 5 and s["run"] == {**s["run"], "sessions": 2, "resumed": True, "completed_sessions": 1}
-    # A third run has nothing left to generate: it rescored and rewrote the summary, adding no rows.
+    # A third run has nothing left to generate: it rewrote the summary (cached scores), adding no rows.
     r = run_cli(ckpt, "--data", data, "--out", out, "--max-new-tokens", "4", "--bootstrap", "5", "--no-energy",
                 "--no-bertscore")
     assert r.exit_code == 0, r.output
@@ -352,6 +352,52 @@ def test_interrupted_run_resumes_without_loss_or_duplicates(tmp_path, ckpt):
     r = run_cli(other, "--data", data, "--out", out, "--max-new-tokens", "4", "--no-energy")
     assert r.exit_code == 1 and "checkpoint weights" in r.output
     assert len(ids_in(out)) == 5
+
+
+def test_rerun_of_finished_bench_reuses_cached_scores(tmp_path, ckpt, metrics, monkeypatch, caplog):
+    """Scores are cached in the results dir keyed by predictions, references and scoring settings: re-running a
+    finished bench (or its --baseline comparison) does not re-score; other settings do; scoring is logged."""
+    import logging
+    import shutil as _shutil
+
+    real_which = _shutil.which  # Java-less scoring keeps this fast; the cache does not depend on the scorer
+    monkeypatch.setattr(_shutil, "which", lambda name, *a, **k: None if name == "java" else real_which(name, *a, **k))
+    calls = {"score": 0, "paired": 0}
+
+    def counting(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(metrics, "score_captions", counting("score", metrics.score_captions))
+    monkeypatch.setattr(metrics, "paired_differences", counting("paired", metrics.paired_differences))
+    data = make_dataset(tmp_path / "data", n=3)
+    opts = dict(max_new_tokens=4, bootstrap=5, energy=False, progress=False, bertscore_model=None, java_fallback=True)
+    with caplog.at_level(logging.INFO, logger="vlmslim"):
+        first = bench(ckpt, data, str(tmp_path / "res"), **opts)
+    assert calls == {"score": 1, "paired": 0}
+    assert any("scoring 3 caption predictions" in r.getMessage() for r in caplog.records)
+    first_scores = scores_in(tmp_path / "res")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="vlmslim"):
+        again = bench(ckpt, data, str(tmp_path / "res"), **opts)
+    assert calls == {"score": 1, "paired": 0}  # finished run, same settings: the cached scores
+    assert any("cached" in r.getMessage() for r in caplog.records)
+    assert again["metrics"] == first["metrics"] and again["ci"] == first["ci"]
+    assert scores_in(tmp_path / "res") == first_scores and all(first_scores)
+    bench(ckpt, data, str(tmp_path / "res"), **{**opts, "bootstrap": 6})  # another scoring setting: re-scored
+    assert calls == {"score": 2, "paired": 0}
+
+    base = str(tmp_path / "res")
+    paired = bench(ckpt, data, str(tmp_path / "res2"), **opts, baseline=base)["paired_vs_baseline"]
+    assert calls == {"score": 3, "paired": 1}
+    again = bench(ckpt, data, str(tmp_path / "res2"), **opts, baseline=base)["paired_vs_baseline"]
+    assert calls == {"score": 3, "paired": 1} and again == paired
+
+
+def scores_in(out):
+    return [r["scores"] for r in res.read_jsonl(out / "samples.jsonl")]
 
 
 def test_corrupt_image_is_recorded_skipped_counted(tmp_path, ckpt):

@@ -3,6 +3,7 @@ model state, so a resumed run reports over every session's rows)."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import importlib.metadata
@@ -10,6 +11,8 @@ import json
 import logging
 import math
 import platform
+import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -26,6 +29,9 @@ logger = logging.getLogger(__name__)
 
 QUANT_KINDS = ("int8", "nf4", "fp4")
 QUANT_STEP_KINDS = ("quantize",)  # the step kind `vlmslim quantize` records
+# Scores of the last scoring (and --baseline comparison) in a results dir, keyed by a hash of what they depend on.
+SCORES_CACHE = "scores_cache.json"
+SCORING_PACKAGES = ("vlmslim", "pycocoevalcap", "rouge-score", "bert-score")
 
 
 def now() -> str:
@@ -179,10 +185,9 @@ def score_and_summarise(cfg, task, dataset, out, rows, sessions, record, baselin
     predictions = {r["id"]: r["prediction"] for r in scored}
     references = {r["id"]: r["references"] for r in scored}
     bertscore = bertscore_config(cfg.bertscore_model) if task.uses_bertscore else None
-    result = task.score(predictions, references, n_bootstrap=cfg.bootstrap, seed=cfg.seed, bertscore=bertscore,
-                        allow_fallback=cfg.java_fallback)
+    scores = _score(task, cfg, out, predictions, references, bertscore)
     for r in rows:  # rows outside this --limit selection keep no scores: they were not in this corpus
-        r["scores"] = result.per_sample.get(r["id"])
+        r["scores"] = scores["per_sample"].get(r["id"])
     res.rewrite_samples(out, rows)
 
     last = next(s for s in reversed(sessions) if s.get("census"))
@@ -197,9 +202,9 @@ def score_and_summarise(cfg, task, dataset, out, rows, sessions, record, baselin
         "n_samples": len(scored),
         "n_skipped": len(skipped),
         "skipped": skipped,
-        "metrics": result.metrics,
-        "ci": {k: list(v) for k, v in result.ci.items()},
-        "metric_notes": result.notes,
+        "metrics": scores["metrics"],
+        "ci": scores["ci"],
+        "metric_notes": scores["notes"],
         "efficiency": efficiency_block(scored, sessions, last["census"], disk_bytes, cfg.batch_size, cfg.warmup),
         "environment": last["environment"],
         "checkpoint_sha256": record["checkpoint_sha256"],
@@ -213,26 +218,104 @@ def score_and_summarise(cfg, task, dataset, out, rows, sessions, record, baselin
         },
         "run": {"sessions": len(sessions), "resumed": len(sessions) > 1,
                 "completed_sessions": sum(bool(s.get("completed")) for s in sessions), "finished": now()},
-        "paired_vs_baseline": _paired(task, cfg, predictions, references, baseline, bertscore) if baseline else None,
+        "paired_vs_baseline": _paired(task, cfg, out, predictions, references, baseline, bertscore) if baseline else None,
     }
     res.write_summary(out, summary, csv_row(summary))
     logger.info("wrote %s", out / res.SUMMARY)
     return summary
 
 
-def _paired(task, cfg, predictions, references, baseline, bertscore) -> dict:
+def _paired(task, cfg, out, predictions, references, baseline, bertscore) -> dict:
     common = sorted(set(predictions) & set(baseline["predictions"]))
     if not common:
         raise BenchmarkError(f"--baseline {baseline['path']} shares no scored sample with this run")
-    diffs = paired_differences(task, {i: predictions[i] for i in common},
-                               {i: baseline["predictions"][i] for i in common}, {i: references[i] for i in common},
-                               n_bootstrap=cfg.bootstrap, seed=cfg.seed, bertscore=bertscore,
-                               allow_fallback=cfg.java_fallback)
+    ours, theirs = {i: predictions[i] for i in common}, {i: baseline["predictions"][i] for i in common}
+    refs = {i: references[i] for i in common}
+    key = _digest({"settings": _scoring_settings(task, cfg, bertscore), "predictions": ours, "baseline": theirs,
+                   "references": refs})
+    diffs = _read_cache(out, "paired", key)
+    if diffs is not None:
+        logger.info("paired differences vs %s: cached in %s (same predictions and settings), not recomputed",
+                    baseline["path"], out / SCORES_CACHE)
+    else:
+        logger.info("paired differences vs %s over %d common samples (%d bootstrap resamples)…", baseline["path"],
+                    len(common), cfg.bootstrap)
+        diffs = paired_differences(task, ours, theirs, refs, n_bootstrap=cfg.bootstrap, seed=cfg.seed,
+                                   bertscore=bertscore, allow_fallback=cfg.java_fallback)
+        if not bertscore or any(k.startswith("bertscore") for k in diffs):  # BERTScore absent: retry next time
+            _write_cache(out, "paired", key, diffs)
     base_protocol = baseline["summary"].get("protocol", {})
     changed = [k for k in ("prompt", "max_new_tokens", "batch_size") if base_protocol.get(k) != getattr(cfg, k)]
     return {"baseline": baseline["path"], "baseline_model": baseline["summary"].get("model", {}).get("name"),
             "n_common": len(common), "protocol_differs": changed,
             "differences": {k: {"diff": d, "lo": lo, "hi": hi} for k, (d, lo, hi) in diffs.items()}}
+
+
+# ---------------------------------------------------------------- scoring, cached
+
+
+def _scoring_settings(task, cfg, bertscore) -> dict:
+    """Everything a score depends on besides the texts: a change re-scores."""
+    versions = {}
+    for pkg in SCORING_PACKAGES:
+        try:
+            versions[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {"task": task.name, "n_bootstrap": cfg.bootstrap, "seed": cfg.seed, "allow_fallback": cfg.java_fallback,
+            # Java present: PTB tokens + METEOR; absent: the labelled fallback (metrics.tokenize's test)
+            "java": shutil.which("java") is not None,
+            "bertscore": dataclasses.asdict(bertscore) if bertscore else None, "versions": versions}
+
+
+def _digest(payload: dict) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
+
+
+def _read_cache(out: Path, kind: str, key: str):
+    path = out / SCORES_CACHE
+    if not path.is_file():
+        return None
+    try:
+        entry = json.loads(path.read_text(encoding="utf-8")).get(kind) or {}
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+        logger.warning("%s is unreadable (%s): re-scoring", path, e)
+        return None
+    return entry.get("value") if entry.get("key") == key else None
+
+
+def _write_cache(out: Path, kind: str, key: str, value) -> None:
+    path = out / SCORES_CACHE
+    try:
+        cache = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        cache = {}
+    if not isinstance(cache, dict):
+        cache = {}
+    cache[kind] = {"key": key, "value": value}
+    res.atomic_write_text(path, json.dumps(cache, ensure_ascii=False))
+
+
+def _score(task, cfg, out: Path, predictions: dict, references: dict, bertscore) -> dict:
+    """task.score as {metrics, ci, per_sample, notes}; cached while predictions, references and settings hold."""
+    key = _digest({"settings": _scoring_settings(task, cfg, bertscore), "predictions": predictions,
+                   "references": references})
+    cached = _read_cache(out, "score", key)
+    if cached is not None:
+        logger.info("scores of these %d %s predictions are cached in %s (same predictions, references and "
+                    "settings): not re-scoring", len(predictions), task.name, out / SCORES_CACHE)
+        return cached
+    extra = f" + BERTScore ({bertscore.model})" if bertscore else ""
+    logger.info("scoring %d %s predictions: %s%s, %d bootstrap resamples…", len(predictions), task.name,
+                ", ".join(k for k in task.metric_keys if not k.startswith("bertscore")), extra, cfg.bootstrap)
+    started = time.perf_counter()
+    result = task.score(predictions, references, n_bootstrap=cfg.bootstrap, seed=cfg.seed, bertscore=bertscore,
+                        allow_fallback=cfg.java_fallback)
+    logger.info("scored in %.1f s", time.perf_counter() - started)
+    scores = result.to_json()
+    if not str(result.notes.get("bertscore", "")).startswith("absent"):  # an absent model may load next time
+        _write_cache(out, "score", key, scores)
+    return scores
 
 
 # ---------------------------------------------------------------- summary.csv
