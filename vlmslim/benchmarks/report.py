@@ -272,28 +272,28 @@ def _digest(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
 
 
-def _read_cache(out: Path, kind: str, key: str):
+def _load_cache(out: Path) -> dict:
+    """{kind: {"key", "value"}}; an unreadable cache is ignored (it is rebuilt)."""
     path = out / SCORES_CACHE
     if not path.is_file():
-        return None
+        return {}
     try:
-        entry = json.loads(path.read_text(encoding="utf-8")).get(kind) or {}
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
-        logger.warning("%s is unreadable (%s): re-scoring", path, e)
-        return None
-    return entry.get("value") if entry.get("key") == key else None
+        cache = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        logger.warning("%s is unreadable (%s): ignored", path, e)
+        return {}
+    return cache if isinstance(cache, dict) else {}
+
+
+def _read_cache(out: Path, kind: str, key: str):
+    entry = _load_cache(out).get(kind)
+    return entry["value"] if isinstance(entry, dict) and entry.get("key") == key else None
 
 
 def _write_cache(out: Path, kind: str, key: str, value) -> None:
-    path = out / SCORES_CACHE
-    try:
-        cache = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        cache = {}
-    if not isinstance(cache, dict):
-        cache = {}
+    cache = _load_cache(out)
     cache[kind] = {"key": key, "value": value}
-    res.atomic_write_text(path, json.dumps(cache, ensure_ascii=False))
+    res.atomic_write_text(out / SCORES_CACHE, json.dumps(cache, ensure_ascii=False))
 
 
 def _score(task, cfg, out: Path, predictions: dict, references: dict, bertscore) -> dict:

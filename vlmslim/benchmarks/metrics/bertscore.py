@@ -148,7 +148,6 @@ def score_bertscore(
     return summarise({key: weighted_mean(v, counts) for key, v in per.items()}, per_sample, notes)
 
 
-
 def with_bertscore(result: ScoreResult, predictions: dict[str, str], references: dict[str, list[str]],
                    config: BertScoreConfig | None, *, n_bootstrap: int, seed: int) -> ScoreResult:
     """`result` (text metrics of the same samples) plus BERTScore; `config=None` notes it as disabled."""
