@@ -33,7 +33,8 @@ from vlmslim.cli import cli
 from vlmslim.testing import tiny_model
 
 PROMPT = "provide a caption for the image"  # every word is in the tiny tokenizer's vocabulary
-FAST = ["--max-new-tokens", "6", "--bootstrap", "10", "--no-energy", "--warmup", "1"]
+# Caption runs score BERTScore by default (roberta-large): tests pass --no-bertscore or the offline MiniLM.
+FAST = ["--max-new-tokens", "6", "--bootstrap", "10", "--no-energy", "--warmup", "1", "--no-bertscore"]
 SUMMARY_KEYS = {"model", "task", "dataset", "data_dir", "n_samples", "metrics", "ci", "efficiency", "environment",
                 "checkpoint_sha256", "protocol"}
 EFFICIENCY_KEYS = {"latency_s_p50", "latency_s_p90", "ttft_s_p50", "decode_ms_per_token", "throughput_images_per_s",
@@ -208,19 +209,34 @@ def test_samples_writer_drops_torn_line(tmp_path):
 
 # ---------------------------------------------------------------- end to end
 
+_SUMMARY_SKELETON = {
+    "model": {"name": "m", "path": "/m", "family": "llava", "precision": "16-bit", "pruning": [],
+              "quantized_at_load": None, "is_baseline": True, "base_model": "b"},
+    "task": "caption", "dataset": {"name": "d", "sha256": "0" * 64, "limit": None, "seed": 0},
+    "n_samples": 3, "n_skipped": 0, "metrics": {"cider": 0.5}, "ci": {"cider": [0.4, 0.6]},
+    "metric_notes": {"tokenizer": "PTB"}, "checkpoint_sha256": "1" * 64,
+    "efficiency": {"params": 12, "model_size_mb": 3.0, "disk_mb": 3.0, "energy": {"note": "energy not measured"},
+                   "components": {c: {"params": 10 if c == "vision" else 1, "mb": 2.0 if c == "language" else 0.5}
+                                  for c in ("vision", "projector", "language", "lm_head", "other")}},
+    "environment": {"device": "cpu (x)"}, "protocol": {"prompt": "p", "batch_size": 1},
+    "run": {"sessions": 1, "resumed": False}, "paired_vs_baseline": None,
+}
 
-def test_bench_end_to_end_files_and_keys(tmp_path, ckpt):
+
+
+def test_bench_end_to_end_files_and_keys(tmp_path, ckpt, minilm):
     data = make_dataset(tmp_path / "data", n=4)
     out = tmp_path / "res"
-    r = run_cli(ckpt, "--data", data, "--out", out, "--batch-size", "2", "--prompt", PROMPT,
-                "--max-new-tokens", "6", "--bootstrap", "10", "--warmup", "1")  # energy on: CPU estimate path
+    r = run_cli(ckpt, "--data", data, "--out", out, "--batch-size", "2", "--prompt", PROMPT, "--bertscore-model",
+                minilm, "--max-new-tokens", "6", "--bootstrap", "10", "--warmup", "1")  # energy on: CPU estimate
     assert r.exit_code == 0, r.output
     assert "tiny-llava: cider" in r.output
     for f in ("config.yaml", "samples.jsonl", "sessions.jsonl", "summary.json", "summary.csv"):
         assert (out / f).is_file(), f
     s = json.loads((out / "summary.json").read_text())
     assert SUMMARY_KEYS <= set(s) and EFFICIENCY_KEYS <= set(s["efficiency"])
-    assert set(TASKS["caption"].metric_keys) <= set(s["metrics"]) and set(s["ci"]) >= {"cider", "bleu4"}
+    assert set(TASKS["caption"].metric_keys) <= set(s["metrics"]) and set(s["ci"]) >= {"cider", "bleu4", "bertscore_f1"}
+    assert 0 < s["metrics"]["bertscore_f1"] < 1 and s["protocol"]["bertscore_model"] == minilm
     assert s["n_samples"] == 4 and s["task"] == "caption" and s["dataset"]["name"] == "tiny-shapes"
     assert s["model"]["name"] == "tiny-llava" and s["model"]["family"] == "llava"
     assert s["model"]["precision"] == "32-bit" and s["model"]["is_baseline"] and s["model"]["pruning"] == []
@@ -239,18 +255,64 @@ def test_bench_end_to_end_files_and_keys(tmp_path, ckpt):
         assert row["scores"] and 0 < row["tokens"] <= 6 and row["batch_size"] == 2
         # The answer is decoded from the generated tokens only: no chat template, no instruction.
         assert not row["prediction"].startswith("USER") and PROMPT not in row["prediction"]
-    with open(out / "summary.csv") as f:
-        (flat,) = list(csv.DictReader(f))
-    assert float(flat["metrics.cider"]) == s["metrics"]["cider"] and "efficiency.latency_s_p50" in flat
+    flat = read_tidy_csv(out / "summary.csv")
+    assert flat["cider"] == s["metrics"]["cider"] and flat["latency_s_p50"] == s["efficiency"]["latency_s_p50"]
+    assert (flat["cider_ci_lo"], flat["cider_ci_hi"]) == tuple(s["ci"]["cider"])
+    assert flat["cider_ci_lo"] <= flat["cider"] <= flat["cider_ci_hi"]
+    assert flat["bertscore_f1_ci_lo"] <= flat["bertscore_f1"] <= flat["bertscore_f1_ci_hi"]
+    assert (flat["name"], flat["task"], flat["batch_size"], flat["n_samples"]) == ("tiny-llava", "caption", 2, 4)
+    assert flat["pruning"] == "none" and flat["glu_ratio"] == 0 and flat["params"] == s["efficiency"]["params"]
+    assert flat["cider_delta"] == "" and flat["baseline"] == ""  # no --baseline: empty cells, same columns
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["generation"]["max_new_tokens"] == 6 and cfg["checkpoint_sha256"] == s["checkpoint_sha256"]
 
     # Same checkpoint, new dir, against the first as baseline: paired differences over the common samples.
     r = run_cli(ckpt, "--data", data, "--out", tmp_path / "res2", "--batch-size", "2", "--prompt", PROMPT,
-                *FAST, "--baseline", out)
+                *FAST[:-1], "--bertscore-model", minilm, "--baseline", out)
     assert r.exit_code == 0, r.output
     paired = json.loads((tmp_path / "res2" / "summary.json").read_text())["paired_vs_baseline"]
-    assert paired["n_common"] == 4 and "cider" in paired["differences"]
+    assert paired["n_common"] == 4 and {"cider", "bertscore_f1"} <= set(paired["differences"])
+    # the same checkpoint, greedy: identical answers, so every paired difference is exactly 0
+    assert paired["differences"]["bertscore_f1"] == {"diff": 0.0, "lo": 0.0, "hi": 0.0}
+    flat2 = read_tidy_csv(tmp_path / "res2" / "summary.csv")
+    assert list(flat2) == list(flat)  # a stable set of columns
+    assert (flat2["cider_delta"], flat2["cider_delta_ci_lo"], flat2["cider_delta_ci_hi"]) == (0, 0, 0)
+    assert flat2["baseline"] == "tiny-llava" and flat2["n_common"] == 4
+
+
+def read_tidy_csv(path) -> dict:
+    """The one row of a summary.csv, each cell parsed: a number, or a plain string (no list/JSON cells)."""
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    assert len(rows) == 2 and len(rows[0]) == len(rows[1]) == len(set(rows[0])), "one header + one row"
+    assert len(rows[0]) <= 100, f"{len(rows[0])} columns"
+    row = {}
+    for key, cell in zip(*rows):
+        assert "[" not in cell and "{" not in cell, (key, cell)
+        try:
+            row[key] = int(cell) if cell.lstrip("-").isdigit() else float(cell)
+        except ValueError:
+            row[key] = cell  # a plain string (or empty: absent)
+    return row
+
+
+def test_summary_csv_row_from_pruned_checkpoint_has_numeric_ratios():
+    from vlmslim.benchmarks.report import csv_row
+
+    steps = [{"kind": "prune", "method": "glu+heads", "params": {"glu": 0.3, "heads": 0.25, "drop_layers": 0},
+              "kept": {"mlp": {"len": 40, "sha256": "ab"}, "attention": [{"layer": 0, "q_heads": [0, 1, 2]}]}},
+             {"kind": "prune", "method": "glu+layers", "params": {"glu": 0.5, "heads": 0.0, "drop_layers": 2},
+              "dropped_layers": [3, 5]},
+             {"kind": "quantize", "method": "nf4", "params": {"bits": 4}}]
+    summary = json.loads(json.dumps(_SUMMARY_SKELETON))
+    summary["model"].update(pruning=steps[:2], precision="nf4", is_baseline=False)
+    row = csv_row(summary)
+    assert row["pruning"] == "glu+heads, glu+layers" and row["dropped_layers"] == 2
+    assert row["glu_ratio"] == pytest.approx(1 - 0.7 * 0.5) and row["heads_ratio"] == pytest.approx(0.25)
+    assert row["precision"] == "nf4" and row["is_baseline"] is False
+    assert all(v is None or isinstance(v, (str, int, float)) for v in row.values())
+    assert row["meteor"] is None and row["meteor_ci_lo"] is None  # absent metric: empty cell, column kept
+    assert row["vision_params"] == 10 and row["lm_head_params"] == 1
 
 
 def test_interrupted_run_resumes_without_loss_or_duplicates(tmp_path, ckpt):
@@ -265,18 +327,20 @@ def test_interrupted_run_resumes_without_loss_or_duplicates(tmp_path, ckpt):
 
     with pytest.raises(KeyboardInterrupt):
         bench(ckpt, data, str(out), max_new_tokens=4, bootstrap=5, energy=False, progress=False,
-              on_batch=kill_after_two)
+              bertscore_model=None, on_batch=kill_after_two)
     assert ids_in(out) == ["s0", "s1"]
     with open(out / "samples.jsonl", "a") as f:
         f.write('{"id": "s2", "prediction": "half a li')  # a kill in the middle of a write
-    r = run_cli(ckpt, "--data", data, "--out", out, "--max-new-tokens", "4", "--bootstrap", "5", "--no-energy")
+    r = run_cli(ckpt, "--data", data, "--out", out, "--max-new-tokens", "4", "--bootstrap", "5", "--no-energy",
+                "--no-bertscore")
     assert r.exit_code == 0, r.output
     ids = ids_in(out)
     assert sorted(ids) == [f"s{i}" for i in range(5)] and len(ids) == len(set(ids))
     s = json.loads((out / "summary.json").read_text())
     assert s["n_samples"] == 5 and s["run"] == {**s["run"], "sessions": 2, "resumed": True, "completed_sessions": 1}
-    # A third run has nothing left to generate: it rescored and rewrote the summary, adding no rows.
-    r = run_cli(ckpt, "--data", data, "--out", out, "--max-new-tokens", "4", "--bootstrap", "5", "--no-energy")
+    # A third run has nothing left to generate: it rewrote the summary (cached scores), adding no rows.
+    r = run_cli(ckpt, "--data", data, "--out", out, "--max-new-tokens", "4", "--bootstrap", "5", "--no-energy",
+                "--no-bertscore")
     assert r.exit_code == 0, r.output
     assert len(ids_in(out)) == 5
 
@@ -290,6 +354,52 @@ def test_interrupted_run_resumes_without_loss_or_duplicates(tmp_path, ckpt):
     assert len(ids_in(out)) == 5
 
 
+def test_rerun_of_finished_bench_reuses_cached_scores(tmp_path, ckpt, metrics, monkeypatch, caplog):
+    """Scores are cached in the results dir keyed by predictions, references and scoring settings: re-running a
+    finished bench (or its --baseline comparison) does not re-score; other settings do; scoring is logged."""
+    import logging
+    import shutil as _shutil
+
+    real_which = _shutil.which  # Java-less scoring keeps this fast; the cache does not depend on the scorer
+    monkeypatch.setattr(_shutil, "which", lambda name, *a, **k: None if name == "java" else real_which(name, *a, **k))
+    calls = {"score": 0, "paired": 0}
+
+    def counting(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(metrics, "score_captions", counting("score", metrics.score_captions))
+    monkeypatch.setattr(metrics, "paired_differences", counting("paired", metrics.paired_differences))
+    data = make_dataset(tmp_path / "data", n=3)
+    opts = dict(max_new_tokens=4, bootstrap=5, energy=False, progress=False, bertscore_model=None, java_fallback=True)
+    with caplog.at_level(logging.INFO, logger="vlmslim"):
+        first = bench(ckpt, data, str(tmp_path / "res"), **opts)
+    assert calls == {"score": 1, "paired": 0}
+    assert any("scoring 3 caption predictions" in r.getMessage() for r in caplog.records)
+    first_scores = scores_in(tmp_path / "res")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="vlmslim"):
+        again = bench(ckpt, data, str(tmp_path / "res"), **opts)
+    assert calls == {"score": 1, "paired": 0}  # finished run, same settings: the cached scores
+    assert any("cached" in r.getMessage() for r in caplog.records)
+    assert again["metrics"] == first["metrics"] and again["ci"] == first["ci"]
+    assert scores_in(tmp_path / "res") == first_scores and all(first_scores)
+    bench(ckpt, data, str(tmp_path / "res"), **{**opts, "bootstrap": 6})  # another scoring setting: re-scored
+    assert calls == {"score": 2, "paired": 0}
+
+    base = str(tmp_path / "res")
+    paired = bench(ckpt, data, str(tmp_path / "res2"), **opts, baseline=base)["paired_vs_baseline"]
+    assert calls == {"score": 3, "paired": 1}
+    again = bench(ckpt, data, str(tmp_path / "res2"), **opts, baseline=base)["paired_vs_baseline"]
+    assert calls == {"score": 3, "paired": 1} and again == paired
+
+
+def scores_in(out):
+    return [r["scores"] for r in res.read_jsonl(out / "samples.jsonl")]
+
+
 def test_corrupt_image_is_recorded_skipped_counted(tmp_path, ckpt):
     data = make_dataset(tmp_path / "data", n=4, corrupt={1})
     out = tmp_path / "res"
@@ -298,6 +408,7 @@ def test_corrupt_image_is_recorded_skipped_counted(tmp_path, ckpt):
     s = json.loads((out / "summary.json").read_text())
     assert s["n_samples"] == 3 and s["n_skipped"] == 1
     assert s["skipped"][0]["id"] == "s1" and "cannot decode image" in s["skipped"][0]["reason"]
+    assert "bertscore_f1" not in s["metrics"] and s["metric_notes"]["bertscore"] == "disabled"  # --no-bertscore
     r = run_cli(ckpt, "--data", data, "--out", out, "--batch-size", "2", *FAST)
     assert r.exit_code == 0 and sorted(ids_in(out)) == ["s0", "s1", "s2", "s3"]
 
@@ -397,11 +508,11 @@ def test_missing_java_fails_before_generating_and_fallback_is_labelled(tmp_path,
     monkeypatch.setattr(_shutil, "which", lambda name, *a, **k: None if name == "java" else real_which(name, *a, **k))
     data = make_dataset(tmp_path / "data", n=2)
     r = run_cli(ckpt, "--data", data, "--out", tmp_path / "res", "--no-energy", "--bootstrap", "5",
-                "--max-new-tokens", "4")
+                "--max-new-tokens", "4", "--no-bertscore")
     assert r.exit_code == 1 and "java" in r.output and "--allow-no-java" in r.output
     assert not (tmp_path / "res" / "samples.jsonl").exists()
     r = run_cli(ckpt, "--data", data, "--out", tmp_path / "res2", "--no-energy", "--bootstrap", "5",
-                "--max-new-tokens", "4", "--allow-no-java")
+                "--max-new-tokens", "4", "--allow-no-java", "--no-bertscore")
     assert r.exit_code == 0, r.output
     s = json.loads((tmp_path / "res2" / "summary.json").read_text())
     assert "meteor" not in s["metrics"] and "cider" in s["metrics"]

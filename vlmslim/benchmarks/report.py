@@ -3,12 +3,16 @@ model state, so a resumed run reports over every session's rows)."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import importlib.metadata
 import json
 import logging
+import math
 import platform
+import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -16,14 +20,18 @@ import torch
 from vlmslim.benchmarks import results as res
 from vlmslim.benchmarks.efficiency import MB, decode_weight_bytes, energy_summary, roofline, stats
 from vlmslim.benchmarks.generate import GREEDY
-from vlmslim.benchmarks.tasks import bertscore_config, paired_differences
+from vlmslim.benchmarks.tasks import TASKS, bertscore_config, paired_differences
 from vlmslim.manifest import git_revision, library_versions
 from vlmslim.errors import BenchmarkError
+from vlmslim.families import COMPONENTS
 
 logger = logging.getLogger(__name__)
 
 QUANT_KINDS = ("int8", "nf4", "fp4")
 QUANT_STEP_KINDS = ("quantize",)  # the step kind `vlmslim quantize` records
+# Scores of the last scoring (and --baseline comparison) in a results dir, keyed by a hash of what they depend on.
+SCORES_CACHE = "scores_cache.json"
+SCORING_PACKAGES = ("vlmslim", "pycocoevalcap", "rouge-score", "bert-score")
 
 
 def now() -> str:
@@ -177,10 +185,9 @@ def score_and_summarise(cfg, task, dataset, out, rows, sessions, record, baselin
     predictions = {r["id"]: r["prediction"] for r in scored}
     references = {r["id"]: r["references"] for r in scored}
     bertscore = bertscore_config(cfg.bertscore_model) if task.uses_bertscore else None
-    result = task.score(predictions, references, n_bootstrap=cfg.bootstrap, seed=cfg.seed, bertscore=bertscore,
-                        allow_fallback=cfg.java_fallback)
+    scores = _score(task, cfg, out, predictions, references, bertscore)
     for r in rows:  # rows outside this --limit selection keep no scores: they were not in this corpus
-        r["scores"] = result.per_sample.get(r["id"])
+        r["scores"] = scores["per_sample"].get(r["id"])
     res.rewrite_samples(out, rows)
 
     last = next(s for s in reversed(sessions) if s.get("census"))
@@ -195,9 +202,9 @@ def score_and_summarise(cfg, task, dataset, out, rows, sessions, record, baselin
         "n_samples": len(scored),
         "n_skipped": len(skipped),
         "skipped": skipped,
-        "metrics": result.metrics,
-        "ci": {k: list(v) for k, v in result.ci.items()},
-        "metric_notes": result.notes,
+        "metrics": scores["metrics"],
+        "ci": scores["ci"],
+        "metric_notes": scores["notes"],
         "efficiency": efficiency_block(scored, sessions, last["census"], disk_bytes, cfg.batch_size, cfg.warmup),
         "environment": last["environment"],
         "checkpoint_sha256": record["checkpoint_sha256"],
@@ -205,29 +212,178 @@ def score_and_summarise(cfg, task, dataset, out, rows, sessions, record, baselin
             "task": task.name, "prompt": cfg.prompt, "prompt_example": last.get("prompt_example"),
             "max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size, "greedy": True,
             "generate_kwargs": GREEDY, "dtype": cfg.dtype or "as saved", "resolved_dtype": last.get("resolved_dtype"),
-            "device": cfg.device, "quant": cfg.quant, "ocr_tokens": cfg.ocr_tokens, "seed": cfg.seed,
+            "device": cfg.device, "engine": cfg.engine, "quant": cfg.quant, "ocr_tokens": cfg.ocr_tokens, "seed": cfg.seed,
             "bootstrap": cfg.bootstrap, "warmup_batches": cfg.warmup,
             "bertscore_model": cfg.bertscore_model if task.uses_bertscore else None,
         },
         "run": {"sessions": len(sessions), "resumed": len(sessions) > 1,
                 "completed_sessions": sum(bool(s.get("completed")) for s in sessions), "finished": now()},
-        "paired_vs_baseline": _paired(task, cfg, predictions, references, baseline, bertscore) if baseline else None,
+        "paired_vs_baseline": _paired(task, cfg, out, predictions, references, baseline, bertscore) if baseline else None,
     }
-    res.write_summary(out, summary)
+    res.write_summary(out, summary, csv_row(summary))
     logger.info("wrote %s", out / res.SUMMARY)
     return summary
 
 
-def _paired(task, cfg, predictions, references, baseline, bertscore) -> dict:
+def _paired(task, cfg, out, predictions, references, baseline, bertscore) -> dict:
     common = sorted(set(predictions) & set(baseline["predictions"]))
     if not common:
         raise BenchmarkError(f"--baseline {baseline['path']} shares no scored sample with this run")
-    diffs = paired_differences(task, {i: predictions[i] for i in common},
-                               {i: baseline["predictions"][i] for i in common}, {i: references[i] for i in common},
-                               n_bootstrap=cfg.bootstrap, seed=cfg.seed, bertscore=bertscore,
-                               allow_fallback=cfg.java_fallback)
+    ours, theirs = {i: predictions[i] for i in common}, {i: baseline["predictions"][i] for i in common}
+    refs = {i: references[i] for i in common}
+    key = _digest({"settings": _scoring_settings(task, cfg, bertscore), "predictions": ours, "baseline": theirs,
+                   "references": refs})
+    diffs = _read_cache(out, "paired", key)
+    if diffs is not None:
+        logger.info("paired differences vs %s: cached in %s (same predictions and settings), not recomputed",
+                    baseline["path"], out / SCORES_CACHE)
+    else:
+        logger.info("paired differences vs %s over %d common samples (%d bootstrap resamples)…", baseline["path"],
+                    len(common), cfg.bootstrap)
+        diffs = paired_differences(task, ours, theirs, refs, n_bootstrap=cfg.bootstrap, seed=cfg.seed,
+                                   bertscore=bertscore, allow_fallback=cfg.java_fallback)
+        if not bertscore or any(k.startswith("bertscore") for k in diffs):  # BERTScore absent: retry next time
+            _write_cache(out, "paired", key, diffs)
     base_protocol = baseline["summary"].get("protocol", {})
     changed = [k for k in ("prompt", "max_new_tokens", "batch_size") if base_protocol.get(k) != getattr(cfg, k)]
     return {"baseline": baseline["path"], "baseline_model": baseline["summary"].get("model", {}).get("name"),
             "n_common": len(common), "protocol_differs": changed,
             "differences": {k: {"diff": d, "lo": lo, "hi": hi} for k, (d, lo, hi) in diffs.items()}}
+
+
+# ---------------------------------------------------------------- scoring, cached
+
+
+def _scoring_settings(task, cfg, bertscore) -> dict:
+    """Everything a score depends on besides the texts: a change re-scores."""
+    versions = {}
+    for pkg in SCORING_PACKAGES:
+        try:
+            versions[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {"task": task.name, "n_bootstrap": cfg.bootstrap, "seed": cfg.seed, "allow_fallback": cfg.java_fallback,
+            # Java present: PTB tokens + METEOR; absent: the labelled fallback (metrics.tokenize's test)
+            "java": shutil.which("java") is not None,
+            "bertscore": dataclasses.asdict(bertscore) if bertscore else None, "versions": versions}
+
+
+def _digest(payload: dict) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
+
+
+def _load_cache(out: Path) -> dict:
+    """{kind: {"key", "value"}}; an unreadable cache is ignored (it is rebuilt)."""
+    path = out / SCORES_CACHE
+    if not path.is_file():
+        return {}
+    try:
+        cache = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        logger.warning("%s is unreadable (%s): ignored", path, e)
+        return {}
+    return cache if isinstance(cache, dict) else {}
+
+
+def _read_cache(out: Path, kind: str, key: str):
+    entry = _load_cache(out).get(kind)
+    return entry["value"] if isinstance(entry, dict) and entry.get("key") == key else None
+
+
+def _write_cache(out: Path, kind: str, key: str, value) -> None:
+    cache = _load_cache(out)
+    cache[kind] = {"key": key, "value": value}
+    res.atomic_write_text(out / SCORES_CACHE, json.dumps(cache, ensure_ascii=False))
+
+
+def _score(task, cfg, out: Path, predictions: dict, references: dict, bertscore) -> dict:
+    """task.score as {metrics, ci, per_sample, notes}; cached while predictions, references and settings hold."""
+    key = _digest({"settings": _scoring_settings(task, cfg, bertscore), "predictions": predictions,
+                   "references": references})
+    cached = _read_cache(out, "score", key)
+    if cached is not None:
+        logger.info("scores of these %d %s predictions are cached in %s (same predictions, references and "
+                    "settings): not re-scoring", len(predictions), task.name, out / SCORES_CACHE)
+        return cached
+    extra = f" + BERTScore ({bertscore.model})" if bertscore else ""
+    logger.info("scoring %d %s predictions: %s%s, %d bootstrap resamples…", len(predictions), task.name,
+                ", ".join(k for k in task.metric_keys if not k.startswith("bertscore")), extra, cfg.bootstrap)
+    started = time.perf_counter()
+    result = task.score(predictions, references, n_bootstrap=cfg.bootstrap, seed=cfg.seed, bertscore=bertscore,
+                        allow_fallback=cfg.java_fallback)
+    logger.info("scored in %.1f s", time.perf_counter() - started)
+    scores = result.to_json()
+    if not str(result.notes.get("bertscore", "")).startswith("absent"):  # an absent model may load next time
+        _write_cache(out, "score", key, scores)
+    return scores
+
+
+# ---------------------------------------------------------------- summary.csv
+
+# One tidy row per run, stable columns per task: scalars only (numbers, plain strings, empty = absent);
+# lists, kept indices and notes stay in summary.json. Quality: each of the task's `metric_keys` with its CI
+# bounds and its paired difference vs --baseline (empty without one).
+CSV_EFFICIENCY = ("latency_s_p50", "latency_s_p90", "ttft_s_p50", "decode_ms_per_token", "throughput_images_per_s",
+                  "tokens_per_s", "tokens_per_sample_mean", "peak_vram_mb", "peak_vram_reserved_mb", "peak_rss_mb",
+                  "energy_wh_per_sample", "roofline_fraction")
+CSV_PROTOCOL = ("prompt", "max_new_tokens", "batch_size", "dtype", "resolved_dtype", "device", "engine", "quant",
+                "ocr_tokens", "seed", "bootstrap", "bertscore_model")
+
+
+def _cell(value):
+    """A CSV cell: None (empty) for absent or non-finite numbers; a list or dict here is a bug."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is not None and not isinstance(value, (str, int, float)):
+        raise TypeError(f"summary.csv cells are scalars, got {type(value).__name__}: {value!r}")
+    return value
+
+
+def _pruning_columns(steps: list[dict]) -> dict:
+    """Methods as text; GLU/head fractions removed from the original (successive steps compound)."""
+    kept = {"glu": 1.0, "heads": 1.0}
+    for step in steps:
+        for key in kept:
+            ratio = (step.get("params") or {}).get(key) or 0.0
+            kept[key] *= 1.0 - ratio
+    return {"pruning": ", ".join(str(s.get("method") or s.get("kind")) for s in steps) or "none",
+            "glu_ratio": 1.0 - kept["glu"], "heads_ratio": 1.0 - kept["heads"],
+            "dropped_layers": sum(len(s.get("dropped_layers") or []) for s in steps)}
+
+
+def _quality_columns(summary: dict) -> dict:
+    paired = summary.get("paired_vs_baseline") or {}
+    diffs = paired.get("differences") or {}
+    row = {"baseline": paired.get("baseline_model"), "n_common": paired.get("n_common")}
+    for key in TASKS[summary["task"]].metric_keys:
+        lo, hi = summary["ci"].get(key) or (None, None)
+        d = diffs.get(key) or {}
+        row.update({key: summary["metrics"].get(key), f"{key}_ci_lo": lo, f"{key}_ci_hi": hi,
+                    f"{key}_delta": d.get("diff"), f"{key}_delta_ci_lo": d.get("lo"), f"{key}_delta_ci_hi": d.get("hi")})
+    return row
+
+
+def csv_row(summary: dict) -> dict:
+    """summary.csv's row: identity, protocol, quality (value, CI, delta vs baseline), efficiency, size, run."""
+    model, eff, env, protocol = summary["model"], summary["efficiency"], summary["environment"], summary["protocol"]
+    notes = summary.get("metric_notes") or {}
+    row = {
+        "name": model["name"], "family": model["family"], "precision": model["precision"],
+        **_pruning_columns(model["pruning"]), "quantized_at_load": model["quantized_at_load"],
+        "is_baseline": model["is_baseline"], "base_model": model["base_model"], "path": model["path"],
+        "checkpoint_sha256": summary["checkpoint_sha256"], "task": summary["task"],
+        "dataset": summary["dataset"]["name"], "dataset_sha256": summary["dataset"]["sha256"],
+        "limit": summary["dataset"].get("limit"), "n_samples": summary["n_samples"], "n_skipped": summary["n_skipped"],
+        **{key: protocol.get(key) for key in CSV_PROTOCOL},
+        "tokenizer": notes.get("tokenizer"),
+        **_quality_columns(summary),
+        **{key: eff.get(key) for key in CSV_EFFICIENCY},
+        "energy_basis": eff["energy"].get("basis"),
+        "params": eff["params"], "model_size_mb": eff["model_size_mb"], "disk_mb": eff["disk_mb"],
+        **{f"{c}_params": eff["components"].get(c, {}).get("params") for c in COMPONENTS},
+        "device": env.get("device"), "torch": env.get("torch"), "transformers": env.get("transformers"),
+        "git_revision": env.get("git_revision"),
+        "sessions": summary["run"]["sessions"], "resumed": summary["run"]["resumed"],
+        "finished": summary["run"].get("finished"),
+    }
+    return {k: _cell(v) for k, v in row.items()}

@@ -6,7 +6,9 @@ OUT/
   samples.jsonl    one row per processed sample, appended + flushed per batch; after scoring it is
                    rewritten once, atomically, with each row's `scores` filled in
   sessions.jsonl   one row per bench invocation: device, peak memory, energy, bandwidth, census
-  summary.json     the report (keys in run.py); summary.csv = the same, flattened into one row
+  summary.json     the report (keys in report.py); summary.csv = one tidy row of it (report.csv_row)
+  scores_cache.json  the last scores (and --baseline differences), keyed by a hash of predictions,
+                   references and scoring settings: re-running a finished bench does not re-score
 ```
 
 A process killed mid-write leaves at most a torn last line in samples.jsonl; `open_samples` drops it
@@ -180,27 +182,13 @@ def check_resumable(out: Path, old: dict, new: dict) -> None:
 # ---------------------------------------------------------------- summary
 
 
-def flatten(d: dict, prefix: str = "") -> dict:
-    """{"a": {"b": 1}} -> {"a.b": 1}; lists become JSON strings (one CSV cell)."""
-    flat = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            flat.update(flatten(v, key + "."))
-        elif isinstance(v, (list, tuple)):
-            flat[key] = json.dumps(v, default=str)
-        else:
-            flat[key] = v
-    return flat
-
-
-def write_summary(out: Path, summary: dict) -> None:
+def write_summary(out: Path, summary: dict, row: dict) -> None:
+    """summary.json, and summary.csv: a header and `row` (scalar cells)."""
     atomic_write_text(out / SUMMARY, json.dumps(summary, indent=2, default=str) + "\n")
-    flat = flatten(summary)
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(flat))
+    writer = csv.DictWriter(buf, fieldnames=list(row))
     writer.writeheader()
-    writer.writerow(flat)
+    writer.writerow(row)
     atomic_write_text(out / SUMMARY_CSV, buf.getvalue())
 
 

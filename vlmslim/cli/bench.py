@@ -57,7 +57,7 @@ def _echo_summary(out: str, summary: dict) -> None:
 @click.option("--baseline", type=click.Path(exists=True, file_okay=False),
               help="Results dir to compare against (paired CIs).")
 @click.option("--bertscore-model", help=f"Hub id or local dir (default {DEFAULT_BERTSCORE_MODEL}).")
-@click.option("--no-bertscore", is_flag=True, help="Skip BERTScore (open-vqa).")
+@click.option("--no-bertscore", is_flag=True, help="Skip BERTScore (caption, open-vqa).")
 @click.option("--no-energy", is_flag=True, help="Do not run codecarbon's energy tracker.")
 @click.option("--allow-no-java", is_flag=True,
               help="Without Java: score with a simple tokenizer and no METEOR, labelled as such in the summary.")
