@@ -203,6 +203,32 @@ def label_points(ax, points: Sequence[PlotPoint], fontsize: float, polyline: Seq
                     bbox=dict(boxstyle="square,pad=0.05", fc="white", ec="none", alpha=0.75))
 
 
+def annotate_points(ax, xy: Sequence[tuple[float, float]], texts: Sequence[str], fontsize: float = 7.0) -> None:
+    """Label data points without collisions (same placer as the frontiers; leader lines where moved).
+    For figures outside the frontier code, e.g. the GPU study's speed-vs-size panels."""
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    anchors = [tuple(ax.transData.transform(p)) for p in xy]
+    sizes = []
+    for text in texts:
+        probe = ax.text(0, 0, text, fontsize=fontsize)
+        bb = probe.get_window_extent(renderer)
+        probe.remove()
+        sizes.append((bb.width, bb.height))
+    px = fig.dpi / 72
+    bbox = ax.get_window_extent(renderer)
+    placements = place_labels(anchors, sizes, marker_radii=[4.5 * px] * len(xy),
+                              bounds=(bbox.x0, bbox.y0, bbox.x1, bbox.y1),
+                              radii=[r * px for r in (2, 5, 9, 14, 21, 30, 42, 58)], gap=LABEL_GAP_PT * px,
+                              leader_px=12 * px)
+    to_points = 72.0 / fig.dpi
+    for p, text, place in zip(xy, texts, placements):
+        arrow = dict(arrowstyle="-", color="0.45", lw=0.6, shrinkA=0, shrinkB=4.5) if place.leader else None
+        ax.annotate(text, p, xytext=(place.dx * to_points, place.dy * to_points), textcoords="offset points",
+                    ha="left", va="bottom", fontsize=fontsize, arrowprops=arrow, zorder=6,
+                    bbox=dict(boxstyle="square,pad=0.05", fc="white", ec="none", alpha=0.75))
+
+
 LABEL_GAP_PT = 2.5  # between two labels: more than a space, so two names never read as one
 
 
