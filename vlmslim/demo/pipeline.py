@@ -130,6 +130,8 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
             if not _done(res_dir, "summary.json"):
                 bench(str(ckpt), str(eval_dir), str(res_dir), name=v.name, batch_size=cfg.batch_size, device=cfg.device,
                       bootstrap=cfg.bootstrap, energy=cfg.energy, seed=cfg.seed, progress=progress,
+                      # offline and CPU-sized: BERTScore's roberta-large would be a 1.4 GB hub download
+                      bertscore_model=None,
                       baseline=None if v.name == "base" else str(base_results))
             results[v.name] = res_dir
         except (VlmslimError, ValueError, RuntimeError) as e:  # recorded; the other variants go on
