@@ -97,3 +97,25 @@ def test_refusals():
     with pytest.raises(BenchmarkError, match="wired for llava only"):
         with reducing(model, TokenSpec(16)):
             pass
+
+
+def test_bench_records_the_token_budget_and_refuses_mixing_it(tmp_path):
+    from click.testing import CliRunner
+
+    from vlmslim.cli import cli
+
+    runner = CliRunner()
+    data = tmp_path / "shapes"
+    assert runner.invoke(cli, ["data", "synthetic", "--out", str(data), "--n", "3", "--seed", "7"]).exit_code == 0
+    fast = ["--data", str(data), "--no-bertscore", "--no-energy", "--bootstrap", "10", "--max-new-tokens", "8",
+            "--device", "cpu"]
+    out = tmp_path / "r16"
+    res = runner.invoke(cli, ["bench", "demo", "--out", str(out), "--image-tokens", "16", *fast])
+    assert res.exit_code == 0, res.output
+    import json
+
+    s = json.loads((out / "summary.json").read_text())
+    assert s["model"]["token_reduction"] == {"image_tokens": 16, "method": "pool", "seed": 0}
+    assert s["model"]["is_baseline"] is False and s["protocol"]["image_tokens"] == 16
+    res = runner.invoke(cli, ["bench", "demo", "--out", str(out), "--image-tokens", "4", *fast])
+    assert res.exit_code == 1 and "image_tokens: 16 -> 4" in res.output  # one results dir, one token budget

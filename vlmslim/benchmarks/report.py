@@ -75,7 +75,7 @@ def compact_manifest(manifest: dict | None) -> dict | None:
 
 
 def model_block(model: str, source: str, manifest: dict | None, census: dict, family: str, quant: str | None,
-                name: str | None = None) -> dict:
+                name: str | None = None, token_reduction: dict | None = None) -> dict:
     steps = (manifest or {}).get("steps") or []
     pruning = [s for s in steps if s.get("kind") not in QUANT_STEP_KINDS]
     prec = precision(census)
@@ -86,8 +86,9 @@ def model_block(model: str, source: str, manifest: dict | None, census: dict, fa
         "precision": prec,
         "pruning": pruning,
         "quantized_at_load": quant,
-        # The reference point of comparisons: unpruned and unquantized (16-bit, or 32-bit on CPU).
-        "is_baseline": not pruning and prec in ("16-bit", "32-bit"),
+        "token_reduction": token_reduction,  # {"image_tokens", "method", "seed"} or None (all image tokens)
+        # The reference point of comparisons: unpruned, unquantized (16-bit, or 32-bit on CPU), all image tokens.
+        "is_baseline": not pruning and prec in ("16-bit", "32-bit") and token_reduction is None,
         "base_model": ((manifest or {}).get("base") or {}).get("model"),
     }
 
@@ -194,7 +195,8 @@ def score_and_summarise(cfg, task, dataset, out, rows, sessions, record, baselin
     disk_bytes = sum((Path(weights) / f).stat().st_size for f in weight_files)
     summary = {
         "model": model_block(cfg.model, last["model_source"], last.get("manifest"), last["census"], last["family"],
-                             cfg.quant, name=cfg.name),
+                             cfg.quant, name=cfg.name,
+                             token_reduction=cfg.token_spec.to_dict() if cfg.token_spec else None),
         "task": task.name,
         "dataset": {"path": str(Path(cfg.data).resolve()), "name": dataset.meta.get("dataset") or Path(cfg.data).name,
                     "sha256": record["dataset_sha256"], "limit": cfg.limit, "seed": cfg.seed},
@@ -212,7 +214,8 @@ def score_and_summarise(cfg, task, dataset, out, rows, sessions, record, baselin
             "task": task.name, "prompt": cfg.prompt, "prompt_example": last.get("prompt_example"),
             "max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size, "greedy": True,
             "generate_kwargs": GREEDY, "dtype": cfg.dtype or "as saved", "resolved_dtype": last.get("resolved_dtype"),
-            "device": cfg.device, "engine": cfg.engine, "quant": cfg.quant, "ocr_tokens": cfg.ocr_tokens, "seed": cfg.seed,
+            "device": cfg.device, "engine": cfg.engine, "image_tokens": cfg.image_tokens,
+            "token_method": cfg.token_method if cfg.image_tokens else None, "quant": cfg.quant, "ocr_tokens": cfg.ocr_tokens, "seed": cfg.seed,
             "bootstrap": cfg.bootstrap, "warmup_batches": cfg.warmup,
             "bertscore_model": cfg.bertscore_model if task.uses_bertscore else None,
         },

@@ -152,7 +152,8 @@ def rewrite_samples(out: Path, rows: list[dict]) -> None:
 
 # What makes two sessions' rows comparable: same weights, data and generation protocol. Scoring settings
 # (bootstrap, BERTScore model, baseline) and --limit are recomputed per run and may change freely.
-PROTOCOL_KEYS = ("task", "prompt", "max_new_tokens", "batch_size", "dtype", "device", "quant", "ocr_tokens", "engine")
+PROTOCOL_KEYS = ("task", "prompt", "max_new_tokens", "batch_size", "dtype", "device", "quant", "ocr_tokens", "engine",
+                 "image_tokens", "token_method")
 
 
 def read_config(out: Path) -> dict | None:

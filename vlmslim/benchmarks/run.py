@@ -32,6 +32,7 @@ from vlmslim.census import census as take_census
 from vlmslim.loading import load_model, resolve_source
 from vlmslim.manifest import read_manifest
 from vlmslim.quantization import as_spec, load_quantized
+from vlmslim.tokens import TokenSpec, check_supported
 from vlmslim.errors import BenchmarkError, DataError, VlmslimError
 from vlmslim.families import get_family
 from vlmslim.io import sha256_file, write_json
@@ -55,6 +56,8 @@ class BenchConfig:
     quant: str | None = None  # a vlmslim.quantization recipe applied at load
     name: str | None = None  # label in tables and figures (default: the model dir's / repo's name)
     engine: str = "eager"  # "compiled": static KV cache + CUDA-graph decode step (benchmarks/engine.py)
+    image_tokens: int | None = None  # vlmslim.tokens: K image tokens per image into the language model
+    token_method: str = "pool"
     baseline: str | None = None  # results dir for paired differences
     bertscore_model: str | None = DEFAULT_BERTSCORE_MODEL  # None: no BERTScore
     energy: bool = True
@@ -74,8 +77,13 @@ class BenchConfig:
                 raise ValueError(f"{name} must be an integer >= {low} (--{name.replace('_', '-')}), got {value!r}")
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)} (--engine), got {self.engine!r}")
+        self.token_spec  # validates --image-tokens / --token-method
         if self.dtype not in (None, "auto", "float16", "bfloat16", "float32", "fp16", "bf16", "fp32"):
             raise ValueError(f"dtype must be float16, bfloat16, float32 or auto (--dtype), got {self.dtype!r}")
+
+    @property
+    def token_spec(self) -> TokenSpec | None:
+        return None if self.image_tokens is None else TokenSpec(self.image_tokens, self.token_method, self.seed)
 
     def resolved(self, dataset_task: str) -> "BenchConfig":
         task = get_task(self.task or dataset_task)
@@ -203,9 +211,11 @@ def _generate(model, processor, dataset, todo, task, cfg, writer, session, progr
     )
     meter = EnergyMeter(cfg.country, devices) if cfg.energy and todo else None
     measuring = False
-    gen = generate_batch
+    if cfg.token_spec is not None:
+        check_supported(model)  # before any sample is generated
+    gen = functools.partial(generate_batch, tokens=cfg.token_spec)
     if cfg.engine == "compiled":
-        gen = functools.partial(generate_batch_compiled, decoders={})
+        gen = functools.partial(generate_batch_compiled, decoders={}, tokens=cfg.token_spec)
     bar = tqdm(total=len(todo), disable=not progress, desc=cfg.name or model_label(cfg.model), unit="img")
     try:
         for start in range(0, len(todo), cfg.batch_size):
