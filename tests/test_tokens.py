@@ -119,3 +119,12 @@ def test_bench_records_the_token_budget_and_refuses_mixing_it(tmp_path):
     assert s["model"]["is_baseline"] is False and s["protocol"]["image_tokens"] == 16
     res = runner.invoke(cli, ["bench", "demo", "--out", str(out), "--image-tokens", "4", *fast])
     assert res.exit_code == 1 and "image_tokens: 16 -> 4" in res.output  # one results dir, one token budget
+    from vlmslim.figures import load_run
+
+    run = load_run(str(out))
+    assert run.pruning_method == "tokens" and "16 image tokens (pool)" in run.pruning_text
+    base = tmp_path / "base"
+    assert runner.invoke(cli, ["bench", "demo", "--out", str(base), *fast]).exit_code == 0
+    res = runner.invoke(cli, ["figures", str(base), str(out), "--out", str(tmp_path / "figs"), "--cost", "ttft"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "figs" / "frontier_ttft.png").exists()

@@ -8,7 +8,7 @@ from vlmslim.cli import DEMO_VARIANTS, cli, handle_errors
 
 
 # --- figures -----------------------------------------------------------------------------------------
-_COST_CHOICES = ["latency", "vram", "size", "energy", "all"]  # mirrors vlmslim.figures.style.COST_AXES
+_COST_CHOICES = ["latency", "vram", "ttft", "size", "energy", "all"]  # mirrors vlmslim.figures.style.COST_AXES
 
 
 @cli.command("figures")

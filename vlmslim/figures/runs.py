@@ -75,9 +75,15 @@ class Run:
         return ENERGY_BASIS.get(basis, basis) if basis else None
 
     @property
+    def token_reduction(self) -> Optional[dict]:
+        """{"image_tokens", "method", "seed"} when the run fed fewer image tokens (vlmslim.tokens), else None."""
+        return (self.summary.get("model") or {}).get("token_reduction")
+
+    @property
     def pruning_method(self) -> str:
-        """'none', a single method ('glu', 'heads', 'layers', …) or 'combined' for several."""
-        kinds = sorted({m for step in self.pruning for m in _step_methods(step)})
+        """'none', a single method ('glu', 'heads', 'layers', 'tokens', …) or 'combined' for several."""
+        kinds = sorted({m for step in self.pruning for m in _step_methods(step)} |
+                       ({"tokens"} if self.token_reduction else set()))
         if not kinds:
             return "none"
         return kinds[0] if len(kinds) == 1 else "combined"
@@ -102,6 +108,9 @@ class Run:
             text = " + ".join(texts)
             importance = params.get("importance") if "glu" in _step_methods(step) else None
             parts.append(text + (f" ({importance})" if importance else ""))
+        if self.token_reduction:
+            t = self.token_reduction
+            parts.append(f"{t['image_tokens']} image tokens ({t['method']})")
         return " + ".join(parts) or "none"
 
     @property

@@ -24,6 +24,7 @@ class CostAxis:
 COST_AXES: dict[str, CostAxis] = {
     "latency": CostAxis("latency_s_p50", "Latency p50", "s", False, per="per request", batch_dependent=True),
     "vram": CostAxis("peak_vram_mb", "Peak VRAM", "MB", False, batch_dependent=True),
+    "ttft": CostAxis("ttft_s_p50", "Time to first token p50", "s", False, per="per request", batch_dependent=True),
     "size": CostAxis("model_size_mb", "Size on disk", "MB", True),
     # On CPU codecarbon estimates CPU + RAM power (the RAM share dominates); on GPU it reads NVML.
     "energy": CostAxis("energy_wh_per_sample", "Energy", "mWh", False, per="per sample", batch_dependent=True,
@@ -74,6 +75,7 @@ PRUNING_MARKERS: dict[str, str] = {
     "glu": "s",
     "heads": "^",
     "layers": "D",
+    "tokens": "v",  # fewer image tokens into the language model (vlmslim.tokens)
     "combined": "P",
 }
 UNKNOWN_MARKER = "X"
