@@ -88,10 +88,11 @@ def demo(out, n, batch_size, bootstrap, device, variants, no_energy):
     rows = [[r["name"], fmt(r["cider"], ".3f"),
              "-" if not r["cider_ci"] else f"[{r['cider_ci'][0]:.3f}, {r['cider_ci'][1]:.3f}]",
              fmt(r["bleu4"], ".3f"), fmt(r["caption_len"], ".1f"), fmt(r["params_m"], ".2f"),
-             fmt(r["size_mb"], ".2f"), fmt(r["latency_s_p50"], ".3f"), fmt(r["decode_ms_per_token"], ".2f")]
+             fmt(r["size_mb"], ".2f"), fmt(r["latency_s_p50"], ".3f"), fmt(r["ttft_s_p50"], ".3f"),
+             fmt(r["decode_ms_per_token"], ".2f")]
             for r in result["rows"]]
     click.echo(table(rows, ["variant", "CIDEr-D", "95% CI", "BLEU-4", "words", "params M", "MB",
-                            "latency p50 s", "decode ms/tok"]))
+                            "latency p50 s", "TTFT p50 s", "decode ms/tok"]))
     click.echo(f"\nresults: {result['out']}/results/*  figures: {result['figures']}  "
                f"(frontier_latency.png, summary.md, spotcheck.html)")
     if result["failures"]:
