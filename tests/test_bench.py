@@ -297,7 +297,7 @@ def read_tidy_csv(path) -> dict:
 
 
 def test_summary_csv_row_from_pruned_checkpoint_has_numeric_ratios():
-    from vlmslim.benchmarks.report import csv_row
+    from vlmslim.benchmarks.summary import csv_row
 
     steps = [{"kind": "prune", "method": "glu+heads", "params": {"glu": 0.3, "heads": 0.25, "drop_layers": 0},
               "kept": {"mlp": {"len": 40, "sha256": "ab"}, "attention": [{"layer": 0, "q_heads": [0, 1, 2]}]}},
@@ -438,7 +438,7 @@ def test_bad_inputs_clear_errors(tmp_path, ckpt, case, expect):
 
 
 def test_manifest_steps_compacted_for_the_summary():
-    from vlmslim.benchmarks.report import compact_manifest, model_block
+    from vlmslim.benchmarks.summary import compact_manifest, model_block
 
     manifest = {"base": {"model": "b"}, "steps": [{"kind": "prune", "params": {"glu": 0.25},
                                                    "kept": list(range(100))}], "census": {}}

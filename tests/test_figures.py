@@ -391,7 +391,7 @@ def test_metric_missing_everywhere_and_somewhere(results, tmp_path):
     data = json.loads((out / "frontier.json").read_text())
     assert [p["run"] for p in data["axes"]["latency"]["points"]] == ["base", "glu30"]
     assert data["axes"]["latency"]["excluded"] == {"nf4": "no meteor"}
-    assert "WARNING vlmslim.figures.report: meteor is missing from nf4" in res.stderr  # the CLI logs to stderr
+    assert "WARNING vlmslim.figures.make: meteor is missing from nf4" in res.stderr  # the CLI logs to stderr
 
 
 def test_existing_out_refused_unless_overwrite(results, tmp_path):

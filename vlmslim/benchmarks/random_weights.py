@@ -22,7 +22,7 @@ from vlmslim.benchmarks.generate import FirstTokenTimer
 from vlmslim.census import census
 from vlmslim.inputs import synthetic_inputs
 from vlmslim.benchmarks.efficiency import measure_bandwidth_gb_s
-from vlmslim.benchmarks.report import environment, precision
+from vlmslim.benchmarks.summary import environment, precision
 from vlmslim.families import get_family
 from vlmslim.io import atomic_dir, check_output_dir, write_json
 from vlmslim.loading import build_random_model

@@ -6,7 +6,7 @@ OUT/
   samples.jsonl    one row per processed sample, appended + flushed per batch; after scoring it is
                    rewritten once, atomically, with each row's `scores` filled in
   sessions.jsonl   one row per bench invocation: device, peak memory, energy, bandwidth, census
-  summary.json     the report (keys in report.py); summary.csv = one tidy row of it (report.csv_row)
+  summary.json     the report (keys in summary.py); summary.csv = one tidy row of it (summary.csv_row)
   scores_cache.json  the last scores (and --baseline differences), keyed by a hash of predictions,
                    references and scoring settings: re-running a finished bench does not re-score
 ```

@@ -26,7 +26,7 @@ from vlmslim.benchmarks.efficiency import reset_peak_memory
 from vlmslim.benchmarks.engine import ENGINES
 from vlmslim.benchmarks.devices import cuda_devices, device_sync
 from vlmslim.benchmarks.generate import generate_batch, generate_batch_compiled, prompt_text
-from vlmslim.benchmarks.report import compact_manifest, environment, model_label, now, score_and_summarise
+from vlmslim.benchmarks.summary import compact_manifest, environment, model_label, now, score_and_summarise
 from vlmslim.benchmarks.tasks import DEFAULT_BERTSCORE_MODEL, get_task
 from vlmslim.census import census as take_census
 from vlmslim.loading import load_model, resolve_source

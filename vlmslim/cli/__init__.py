@@ -3,7 +3,7 @@
 Commands parse options and turn expected library errors (`VlmslimError`) into one-line
 `click.ClickException`s; no logic lives here. This module holds the group and the shared error
 handling; the commands live in `data.py` (data), `models.py` (inspect, prune, quantize),
-`bench.py` (bench) and `results.py` (figures, demo), registered on import at the bottom.
+`bench.py` (bench), `figures.py` and `demo.py`, registered on import at the bottom.
 """
 
 from __future__ import annotations
@@ -97,5 +97,5 @@ def main() -> None:
 
 
 # Registers the commands on `cli` (each module imports `cli` and `handle_errors` from here).
-from vlmslim.cli import bench, data, models, results  # noqa: E402,F401
-from vlmslim.cli.results import _COST_CHOICES  # noqa: E402,F401  (tests check it mirrors the registry)
+from vlmslim.cli import bench, data, demo, figures, models  # noqa: E402,F401
+from vlmslim.cli.figures import _COST_CHOICES  # noqa: E402,F401  (tests check it mirrors the registry)
