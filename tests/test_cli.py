@@ -30,6 +30,9 @@ def test_spelled_out_choices_equal_the_registries():
     from vlmslim.tokens import REDUCERS
 
     assert cli_module.TOKEN_METHODS == tuple(sorted(REDUCERS))
+    from vlmslim.quantization.recipes import RECIPES
+
+    assert cli_module.QUANT_RECIPES == tuple(sorted(RECIPES))
 
 
 def test_cli_import_is_light():

@@ -43,6 +43,7 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("int8", quant="int8"),
     Variant("nf4", quant="nf4"),
     Variant("glu30-nf4", source="glu30", quant="nf4"),
+    Variant("int4wo", quant="int4wo"),  # 4-bit weight-only on ATen tinygemm (vlmslim.int4), group size 128
     # Fewer image tokens (vlmslim.tokens) into the language model: 64 = the full 8 x 8 grid.
     Variant("tokens36", tokens=(36, "pool")),
     Variant("tokens16", tokens=(16, "pool")),
