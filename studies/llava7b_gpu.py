@@ -42,6 +42,8 @@ VARIANTS = {
     "int8": ({}, "int8"),
     "nf4": ({}, "nf4"),
     "glu30+nf4": ({"glu": 0.3}, "nf4"),
+    "int4wo": ({}, "int4wo"),  # vlmslim.int4: ATen tinygemm, group size 128
+    "glu30+int4wo": ({"glu": 0.3}, "int4wo"),
 }
 NEW_TOKENS = 64
 

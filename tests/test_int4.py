@@ -35,6 +35,9 @@ def test_codes_round_trip_and_kernel_equals_dequantised_product():
     y = m(x)
     assert y.shape == (5, 7, 96) and y.dtype == x.dtype
     assert ((y - ref).norm() / ref.norm()).item() < 1e-2  # bf16 activations
+    big = torch.randn(40, 256)  # more rows than GEMV_MAX_ROWS: the dequantised-GEMM path (prefill)
+    ref_big = big @ m.dequantized().t() + lin.bias.detach()
+    assert ((m(big) - ref_big).norm() / ref_big.norm()).item() < 1e-2
     assert sorted(m.state_dict()) == ["bias", "scales", "weight", "zeros"]
     assert m.weight.dtype == torch.uint8 and m.weight.shape == (96, 128)  # two codes per byte
 

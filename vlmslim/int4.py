@@ -17,6 +17,9 @@ import torch
 from torch import nn
 
 GROUP_SIZES = (32, 64, 128, 256)
+# tinygemm is a GEMV kernel: measured on an H200 it makes a 592-token LLaVA prefill 4.6x slower than fp16
+# (docs/performance.md). Above this many rows the weights are dequantised on the fly for a bf16 GEMM.
+GEMV_MAX_ROWS = 16
 KIND = "int4wo"  # the census kind
 
 
@@ -70,11 +73,11 @@ class Int4WeightOnlyLinear(nn.Module):
         m.prepare()
         return m
 
-    def dequantized(self) -> torch.Tensor:
-        """(N, K) float32 weights as the kernel sees them (for checks)."""
+    def dequantized(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """(N, K) weights in `dtype` as the kernels see them."""
         n, k, g = self.out_features, self.in_features, self.group_size
-        codes = unpack(self.weight).float().view(n, k // g, g)
-        return (codes * self.scales.float()[..., None] + self.zeros.float()[..., None]).view(n, k)
+        codes = unpack(self.weight).to(dtype).view(n, k // g, g)
+        return (codes * self.scales.to(dtype)[..., None] + self.zeros.to(dtype)[..., None]).view(n, k)
 
     @torch.no_grad()
     def prepare(self) -> None:
@@ -99,7 +102,9 @@ class Int4WeightOnlyLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1]).to(torch.bfloat16)  # (M, K)
-        if x2.device.type == "cuda":
+        if x2.shape[0] > GEMV_MAX_ROWS:  # prefill: compute-bound, a GEMM on dequantised bf16 weights
+            y = torch.nn.functional.linear(x2, self.dequantized(torch.bfloat16))
+        elif x2.device.type == "cuda":
             y = torch._weight_int4pack_mm(x2, self._packed, self.group_size, self._scales_zeros)
         else:
             y = torch._weight_int4pack_mm_for_cpu(x2, self._packed, self.group_size, self._scales_zeros)
