@@ -124,6 +124,16 @@ def clean_stale(out: Path) -> None:
             logger.info("removed %s (left by killed process %d)", p, pid)
 
 
+def clean_stale_files(folder: Path, pattern: str) -> None:
+    """Remove files `pattern` (ending in `-PID`) in `folder` whose process is dead: the temporary files
+    of a killed atomic file write (call under the lock of what `folder` belongs to)."""
+    for p in folder.glob(pattern):
+        pid = p.name.rsplit("-", 1)[-1]
+        if p.is_file() and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            p.unlink()
+            logger.info("removed %s (left by killed process %s)", p, pid)
+
+
 _libc = ctypes.CDLL(None, use_errno=True)
 _RENAMEAT2 = getattr(_libc, "renameat2", None)
 _AT_FDCWD, _RENAME_NOREPLACE = -100, 1
