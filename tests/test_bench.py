@@ -534,3 +534,25 @@ def test_results_dir_without_rows_is_not_a_different_run(tmp_path, ckpt, stub_sc
     assert r.exit_code == 0, r.output
     assert len(ids_in(out)) == 2
     assert yaml.safe_load((out / "config.yaml").read_text())["generation"]["max_new_tokens"] == 6
+
+
+def test_full_disk_mid_bench_is_one_error_and_resumable(tmp_path, ckpt, stub_scores, monkeypatch):
+    import errno
+
+    data = make_dataset(tmp_path / "data", n=3)
+    out = tmp_path / "res"
+    real_append = res.SamplesWriter.append
+
+    def append_then_fill(self, rows):
+        if self.rows:  # the second batch finds the disk full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_append(self, rows)
+
+    monkeypatch.setattr(res.SamplesWriter, "append", append_then_fill)
+    r = run_cli(ckpt, "--data", data, "--out", out, *FAST)
+    assert r.exit_code == 1 and r.output.count("Error:") == 1 and "No space left on device; free space" in r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit)  # no traceback
+    assert ids_in(out) == ["s0"]
+    monkeypatch.setattr(res.SamplesWriter, "append", real_append)
+    r = run_cli(ckpt, "--data", data, "--out", out, *FAST)
+    assert r.exit_code == 0 and sorted(ids_in(out)) == ["s0", "s1", "s2"]

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from safetensors import SafetensorError
 
-from vlmslim.errors import OutputBusyError, OutputExistsError
+from vlmslim.errors import OutputBusyError, OutputExistsError, OutputWriteError
 from vlmslim.io import atomic_dir, output_lock
 
 HOLD = ("import sys, time\nfrom vlmslim.io import output_lock\n"
@@ -133,3 +135,27 @@ def test_prune_step_saves_into_its_own_staging_dir(tmp_path, monkeypatch):
     prune_checkpoint(base, tmp_path / "glu", PruneConfig(glu=0.5, round_to=1))
     assert written_in == [f"glu.partial-{os.getpid()}"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["base", "glu"]
+
+
+def test_busy_output_refused_before_any_work(tmp_path, holder):
+    from vlmslim.io import check_output_dir
+
+    with pytest.raises(OutputBusyError, match=f"PID {holder.pid}"):
+        check_output_dir(tmp_path / "out", overwrite=False)  # what prune/quantize call before loading a model
+    holder.kill()
+    holder.wait()
+    assert check_output_dir(tmp_path / "out", overwrite=False) == tmp_path / "out"
+
+
+@pytest.mark.parametrize("error", [OSError(errno.ENOSPC, "No space left on device"),
+                                   SafetensorError("Error while serializing: I/O error: No space left on device "
+                                                   "(os error 28)")])
+def test_full_disk_is_one_error_and_leaves_nothing(tmp_path, error):
+    with pytest.raises(OutputWriteError, match="No space left on device; free space") as e:
+        with atomic_dir(tmp_path / "out") as staging:
+            (staging / "model.safetensors").write_bytes(b"half")
+            raise error
+    assert "\n" not in str(e.value) and list(tmp_path.iterdir()) == []
+    with pytest.raises(OSError, match="not a write"):  # other errors pass through unchanged
+        with atomic_dir(tmp_path / "out"):
+            raise OSError(errno.EIO, "not a write failure")

@@ -23,6 +23,8 @@ import re
 import shutil
 from pathlib import Path
 
+from safetensors import SafetensorError
+
 from vlmslim.errors import OutputBusyError, OutputExistsError, OutputWriteError
 
 logger = logging.getLogger(__name__)
@@ -30,12 +32,21 @@ logger = logging.getLogger(__name__)
 # Staging dirs this process is filling: a save into one of them (a step's save_checkpoint inside the
 # step's own atomic_dir) writes in place instead of nesting a second `.partial-PID` layer.
 _STAGING: set[Path] = set()
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # the output's disk, not the step, failed
 _LEFTOVER = re.compile(r"\.(partial|old)-(\d+)")  # what follows `<out>` in a staging / backup dir name
 
 
 def check_output_dir(out: str | os.PathLike, overwrite: bool) -> Path:
-    """Fail early (before any work) when `out` exists and may not be replaced."""
+    """Fail early (before any work) when `out` exists and may not be replaced, or another process is
+    writing it right now (the authoritative checks are repeated under the lock in `atomic_dir`)."""
     out = Path(out)
+    if lock_path(out).exists():
+        with output_lock(out):  # raises OutputBusyError naming the holder; released at once
+            pass
+    return _check_replaceable(out, overwrite)
+
+
+def _check_replaceable(out: Path, overwrite: bool) -> Path:
     if out.exists() and not overwrite:
         raise OutputExistsError(f"output {out} already exists; pass --overwrite to replace it")
     if out.exists() and not out.is_dir():
@@ -50,6 +61,23 @@ def lock_path(out: str | os.PathLike) -> Path:
 
 def _unwritable(path: Path, e: OSError) -> OutputWriteError:
     return OutputWriteError(f"cannot write to {path}: {e.strerror or e}; choose an --out on a writable disk")
+
+
+@contextlib.contextmanager
+def write_errors(out: str | os.PathLike):
+    """Turn a failed write while building `out` (disk full, quota, read-only) into one OutputWriteError."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in _WRITE_ERRNOS:
+            raise
+        raise OutputWriteError(f"cannot write {out}: {os.strerror(e.errno)}; free space (or choose another "
+                               "--out) and re-run the same command") from e
+    except SafetensorError as e:  # its Rust writer keeps only the OS error's text: "(os error 28)"
+        if f"(os error {errno.ENOSPC})" not in str(e):
+            raise
+        raise OutputWriteError(f"cannot write {out}: {os.strerror(errno.ENOSPC)}; free space (or choose "
+                               "another --out) and re-run the same command") from e
 
 
 @contextlib.contextmanager
@@ -165,10 +193,10 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False):
     if Path(out).absolute() in _STAGING:
         yield Path(out)
         return
-    with output_lock(out):
+    with output_lock(out), write_errors(out):
         out = Path(out)
         clean_stale(out)
-        out = check_output_dir(out, overwrite)
+        _check_replaceable(out, overwrite)
         staging = out.with_name(f"{out.name}.partial-{os.getpid()}")
         try:
             staging.mkdir()

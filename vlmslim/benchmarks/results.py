@@ -18,6 +18,7 @@ samples.jsonl; `SamplesWriter` drops it (truncating the file so later appends st
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -146,8 +147,12 @@ def append_jsonl(path: Path, row: dict) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:  # a failed write (disk full) leaves no temp file; after the replace there is none
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
 
 
 def rewrite_samples(out: Path, rows: list[dict]) -> None:

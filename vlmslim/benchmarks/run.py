@@ -34,7 +34,7 @@ from vlmslim.census import census as take_census
 from vlmslim.checkpoint import load_model, read_manifest, resolve_source
 from vlmslim.errors import BenchmarkError, DataError, VlmslimError
 from vlmslim.families import get_family
-from vlmslim.io import output_lock, sha256_file, write_json
+from vlmslim.io import output_lock, sha256_file, write_errors, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +149,8 @@ def run_bench(config: BenchConfig, *, progress: bool = True,
         "weights_files": res.weight_files(files),
         "dataset_sha256": sha256_file(Path(cfg.data) / res.SAMPLES),
     }
-    with output_lock(out):  # one writer per results dir for the whole run: config, rows, sessions, scoring
+    # One writer per results dir for the whole run (config, rows, sessions, scoring); a full disk is one error line.
+    with output_lock(out), write_errors(out):
         rows, sessions = _open_results(out, record)
         baseline = _read_baseline(cfg, task, record["dataset_sha256"]) if cfg.baseline else None
         done = {r["id"] for r in rows}
