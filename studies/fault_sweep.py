@@ -66,6 +66,13 @@ def one_error_line(stderr: str) -> str | None:
     return lines[0] if len(lines) == 1 and "Traceback" not in stderr else None
 
 
+def has_child(pid: int) -> bool:
+    try:
+        return bool(Path(f"/proc/{pid}/task/{pid}/children").read_text().strip())
+    except OSError:
+        return False
+
+
 def last_line(text: str) -> str:
     lines = [line for line in text.splitlines() if line.strip()]
     return lines[-1][:160] if lines else ""
@@ -143,6 +150,12 @@ class Sweep:
             return (out / "samples.jsonl").read_bytes().count(b"\n")
         except FileNotFoundError:
             return 0
+
+    def session_ended(self, out: Path) -> bool:
+        try:
+            return b'"ended"' in (out / "sessions.jsonl").read_bytes()
+        except FileNotFoundError:
+            return False
 
     def midway(self, step: str, out: Path) -> bool:
         if step == "bench":
@@ -269,14 +282,18 @@ class Sweep:
         return [f"second writer exit {rc}: {line or last_line(err)}"]
 
     def race_bench(self, during: str) -> Outcome:
-        """B on A's --out while A appends rows (A paused after its 2nd row), or while A scores and rewrites
-        samples.jsonl (A paused once all its rows are written; B asks for more samples)."""
+        """B on A's --out while A appends rows (A paused after its 2nd row), or while A scores before it
+        rewrites samples.jsonl (A paused after its session's end record; B asks for more samples, rows
+        that A's rewrite would drop)."""
         name = f"second bench on one --out while the first {'appends' if during == 'appending' else 'rewrites'}"
         d = self.fresh(f"race-bench-{during}")
         out = d / "res"
         first = self.start(*self.command("bench", out))
-        goal = 2 if during == "appending" else LIMIT
-        if not self.wait_until(first, lambda: self.rows(out) >= goal):
+        if during == "appending":
+            hit = self.wait_until(first, lambda: self.rows(out) >= 2)
+        else:  # scoring: samples.jsonl closed, Java (PTB tokenizer, METEOR) running as its child, rewrite next
+            hit = self.wait_until(first, lambda: self.session_ended(out) and has_child(first.pid))
+        if not hit or first.poll() is not None:
             return Outcome(name, f"not hit: exit {self.finish(first)[0]} first", False)
         os.kill(first.pid, signal.SIGSTOP)
         try:
@@ -286,6 +303,8 @@ class Sweep:
         rc_a, err_a = self.finish(first)
         problems = self._second_refused(first, rc_b, err_b)
         problems += [f"first: {last_line(err_a)}"] if rc_a else self.complete("bench", out)
+        if rc_b == 0 and during == "rewriting" and self.rows(out) < N_DATA:
+            problems.append(f"the second's rows lost: {self.rows(out)} rows after both exited 0")
         if during == "rewriting":  # B again, now alone: it adds its samples to A's
             rc_c, err_c = self.run(*self.command("bench", out, N_DATA))
             problems += [f"re-run: {last_line(err_c)}"] if rc_c else self.complete("bench", out, N_DATA)
