@@ -10,6 +10,8 @@ from __future__ import annotations
 import csv
 import importlib
 import json
+import os
+import shutil
 import sys
 import types
 from dataclasses import dataclass, field
@@ -51,6 +53,10 @@ class _StubScore:
     per_sample: dict
     notes: dict = field(default_factory=dict)
 
+    def to_json(self) -> dict:  # as metrics.bootstrap.ScoreResult (the score cache stores this)
+        return {"metrics": self.metrics, "ci": {k: list(v) for k, v in self.ci.items()},
+                "per_sample": self.per_sample, "notes": self.notes}
+
 
 def _stub_metrics() -> types.ModuleType:
     """The agreed metrics interface with a trivial score (share of answers with a reference word)."""
@@ -71,6 +77,7 @@ def _stub_metrics() -> types.ModuleType:
     m.score_open_vqa = score(("rouge_l", "meteor"))
     m.BertScoreConfig = lambda **kw: kw
     m.paired_differences = lambda a, b, refs, **kw: {"cider": (0.0, 0.0, 0.0)}
+    m.with_bertscore = lambda result, predictions, references, bertscore, **kw: result  # BERTScore off
     return m
 
 
@@ -350,7 +357,7 @@ def test_interrupted_run_resumes_without_loss_or_duplicates(tmp_path, ckpt):
     model, processor = tiny_model("llava", seed=1)
     other = save_checkpoint(model, processor, tmp_path / "other", new_manifest("x", model.config))
     r = run_cli(other, "--data", data, "--out", out, "--max-new-tokens", "4", "--no-energy")
-    assert r.exit_code == 1 and "checkpoint weights" in r.output
+    assert r.exit_code == 1 and "checkpoint files (model.safetensors;" in r.output
     assert len(ids_in(out)) == 5
 
 
@@ -517,3 +524,152 @@ def test_missing_java_fails_before_generating_and_fallback_is_labelled(tmp_path,
     s = json.loads((tmp_path / "res2" / "summary.json").read_text())
     assert "meteor" not in s["metrics"] and "cider" in s["metrics"]
     assert "fallback" in json.dumps(s["metric_notes"])
+
+
+# ---------------------------------------------------------------- results integrity (issue 12, items 5-8)
+
+
+@pytest.fixture
+def stub_scores(monkeypatch):
+    """These tests check what is written where; the stub scores in milliseconds what Java scores in seconds."""
+    import vlmslim.benchmarks
+
+    stub = _stub_metrics()
+    monkeypatch.setitem(sys.modules, "vlmslim.benchmarks.metrics", stub)
+    monkeypatch.setattr(vlmslim.benchmarks, "metrics", stub, raising=False)
+
+
+def test_checkpoint_key_covers_config_and_processor_files(tmp_path):
+    for name, text in (("model.safetensors", "w"), ("config.json", "{}"), ("generation_config.json", "{}"),
+                       ("tokenizer_config.json", "{}"), ("chat_template.jinja", "t"), ("vlmslim.json", "{}"),
+                       ("README.md", "card")):
+        (tmp_path / name).write_text(text)
+    key, files = res.checkpoint_sha256(tmp_path)
+    assert sorted(files) == ["chat_template.jinja", "config.json", "generation_config.json", "model.safetensors",
+                             "tokenizer_config.json"]
+    assert res.weight_files(files) == ["model.safetensors"]
+    for name in ("config.json", "generation_config.json", "tokenizer_config.json", "chat_template.jinja"):
+        before = (tmp_path / name).read_text()
+        (tmp_path / name).write_text(before + " ")
+        assert res.checkpoint_sha256(tmp_path)[0] != key, name
+        (tmp_path / name).write_text(before)
+    # The manifest (timestamps) and the model card do not change what the model generates.
+    (tmp_path / "vlmslim.json").write_text('{"created": "later"}')
+    (tmp_path / "README.md").write_text("another card")
+    assert res.checkpoint_sha256(tmp_path)[0] == key
+
+
+def test_changed_config_json_is_a_different_run(tmp_path, ckpt, stub_scores):
+    model_dir = tmp_path / "tiny-llava"
+    shutil.copytree(ckpt, model_dir)
+    data = make_dataset(tmp_path / "data", n=2)
+    out = tmp_path / "res"
+    assert run_cli(model_dir, "--data", data, "--out", out, *FAST).exit_code == 0
+    rows = (out / "samples.jsonl").read_text()
+    config = json.loads((model_dir / "config.json").read_text())
+    config["text_config"]["rms_norm_eps"] = 0.5  # same weights, another model
+    (model_dir / "config.json").write_text(json.dumps(config))
+    r = run_cli(model_dir, "--data", data, "--out", out, *FAST)
+    assert r.exit_code == 1 and "config.json" in r.output and "new --out" in r.output, r.output
+    assert (out / "samples.jsonl").read_text() == rows
+
+
+def test_second_bench_on_one_out_is_refused_for_the_whole_run(tmp_path, ckpt, stub_scores, monkeypatch):
+    """B starting while A scores (A rewrites samples.jsonl) would append rows A's rewrite then drops."""
+    data = make_dataset(tmp_path / "data", n=4)
+    out = tmp_path / "res"
+    real_rewrite, second = res.rewrite_samples, []
+
+    def rewrite_after_b(out_dir, rows):
+        if not second:  # A's rewrite (B's own, when B is let in, must not start a third run)
+            second.append(None)
+            second[0] = run_cli(ckpt, "--data", data, "--out", out, "--limit", "4", *FAST)
+        real_rewrite(out_dir, rows)
+
+    monkeypatch.setattr(res, "rewrite_samples", rewrite_after_b)
+    bench(ckpt, data, str(out), limit=2, max_new_tokens=6, bootstrap=10, energy=False, progress=False)
+    (b,) = second
+    assert b.exit_code == 1 and f"PID {os.getpid()}" in b.output and "another --out" in b.output, b.output
+    assert len(ids_in(out)) == 2 and not (out.parent / ".res.lock").exists()
+    monkeypatch.setattr(res, "rewrite_samples", real_rewrite)
+    assert run_cli(ckpt, "--data", data, "--out", out, "--limit", "4", *FAST).exit_code == 0  # now it resumes
+    assert sorted(ids_in(out)) == ["s0", "s1", "s2", "s3"]
+
+
+def test_killed_session_is_recorded_and_counted(tmp_path, ckpt, stub_scores):
+    data = make_dataset(tmp_path / "data", n=5)
+    out = tmp_path / "res"
+
+    def interrupt_after_two(rows, seen=[]):
+        seen.extend(rows)
+        if len(seen) >= 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        bench(ckpt, data, str(out), max_new_tokens=4, bootstrap=5, energy=False, progress=False,
+              on_batch=interrupt_after_two)
+    # kill -9 runs no `finally`: drop what the interrupted process wrote at its end (its end record).
+    lines = (out / "sessions.jsonl").read_text().splitlines(keepends=True)
+    (out / "sessions.jsonl").write_text("".join(lines[:-1]))
+    r = run_cli(ckpt, "--data", data, "--out", out, "--max-new-tokens", "4", "--bootstrap", "5", "--no-energy")
+    assert r.exit_code == 0, r.output
+    rows = res.read_jsonl(out / "samples.jsonl")
+    assert len(rows) == 5 and len({r["batch"] for r in rows}) == 5  # batch size 1: five distinct batches
+    assert [r["session"] for r in rows] == [0, 0, 1, 1, 1]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["run"] == {**s["run"], "sessions": 2, "killed_sessions": 1, "completed_sessions": 1, "resumed": True}
+    eff = s["efficiency"]
+    assert eff["throughput_images_per_s"] == pytest.approx(5 / sum(r["latency_s"] for r in rows))
+    sessions = res.read_sessions(out)
+    assert [x["killed"] for x in sessions] == [True, False] and sessions[1]["n_generated"] == 3
+
+
+def test_failed_bench_leaves_nothing_and_the_fixed_rerun_proceeds(tmp_path, ckpt, stub_scores):
+    model_dir = tmp_path / "tiny-llava"
+    shutil.copytree(ckpt, model_dir, ignore=shutil.ignore_patterns("tokenizer*", "processor_config.json"))
+    data = make_dataset(tmp_path / "data", n=2)
+    out = tmp_path / "res"
+    r = run_cli(model_dir, "--data", data, "--out", out, *FAST)
+    assert r.exit_code == 1 and "has no processor" in r.output, r.output
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["data", "tiny-llava"]
+    shutil.rmtree(model_dir)
+    shutil.copytree(ckpt, model_dir)  # the checkpoint fixed
+    r = run_cli(model_dir, "--data", data, "--out", out, *FAST)
+    assert r.exit_code == 0, r.output
+    assert len(ids_in(out)) == 2
+
+
+def test_results_dir_without_rows_is_not_a_different_run(tmp_path, ckpt, stub_scores):
+    """A dir an earlier failed run left (config.yaml, empty samples.jsonl) holds nothing to mix."""
+    data = make_dataset(tmp_path / "data", n=2)
+    out = tmp_path / "res"
+    out.mkdir()
+    (out / "config.yaml").write_text(yaml.safe_dump({"checkpoint_sha256": "0" * 64, "dataset_sha256": "x",
+                                                     "generation": {"max_new_tokens": 99}}))
+    (out / "samples.jsonl").write_text("")
+    r = run_cli(ckpt, "--data", data, "--out", out, *FAST)
+    assert r.exit_code == 0, r.output
+    assert len(ids_in(out)) == 2
+    assert yaml.safe_load((out / "config.yaml").read_text())["generation"]["max_new_tokens"] == 6
+
+
+def test_full_disk_mid_bench_is_one_error_and_resumable(tmp_path, ckpt, stub_scores, monkeypatch):
+    import errno
+
+    data = make_dataset(tmp_path / "data", n=3)
+    out = tmp_path / "res"
+    real_append = res.SamplesWriter.append
+
+    def append_then_fill(self, rows):
+        if self.rows:  # the second batch finds the disk full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_append(self, rows)
+
+    monkeypatch.setattr(res.SamplesWriter, "append", append_then_fill)
+    r = run_cli(ckpt, "--data", data, "--out", out, *FAST)
+    assert r.exit_code == 1 and r.output.count("Error:") == 1 and "No space left on device; free space" in r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit)  # no traceback
+    assert ids_in(out) == ["s0"]
+    monkeypatch.setattr(res.SamplesWriter, "append", real_append)
+    r = run_cli(ckpt, "--data", data, "--out", out, *FAST)
+    assert r.exit_code == 0 and sorted(ids_in(out)) == ["s0", "s1", "s2"]

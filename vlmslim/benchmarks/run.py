@@ -1,9 +1,10 @@
 """`bench`: one controlled, resumable run of a checkpoint on a dataset — quality and efficiency from the
 same generations.
 
-Flow: validate config → load data (task check, --limit subset) → hash the weights → open/resume the
-results dir (refusing a different checkpoint, dataset or protocol) → generate the missing samples,
-appending each batch's rows → score every row → summary.json/.csv. Results-dir format: `results.py`.
+Flow: validate config → load data (task check, --limit subset) → hash the checkpoint (weights, config,
+processor files) → lock the results dir → open/resume it (refusing a different checkpoint, dataset or
+protocol) → load the model → generate the missing samples, appending each batch's rows → score every
+row → summary.json/.csv → unlock. Results-dir format: `results.py`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import dataclasses
 import functools
 import gc
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -35,7 +37,7 @@ from vlmslim.quantization import as_spec, load_quantized
 from vlmslim.tokens import TokenSpec, check_supported
 from vlmslim.errors import BenchmarkError, DataError, VlmslimError
 from vlmslim.families import get_family
-from vlmslim.io import sha256_file, write_json
+from vlmslim.io import output_lock, sha256_file, write_errors, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -147,53 +149,80 @@ def run_bench(config: BenchConfig, *, progress: bool = True,
     out = Path(cfg.out)
     source = resolve_source(cfg.model)
     weights = res.weights_dir(source)
-    logger.info("hashing the weights files in %s (results are keyed by them)", weights)
-    checkpoint_sha, weight_files = res.weights_sha256(weights)
+    logger.info("hashing the weights, config and processor files in %s (results are keyed by them)", weights)
+    checkpoint_sha, files = res.checkpoint_sha256(weights)
     record = {
         "config": dataclasses.asdict(cfg),
         "generation": {k: getattr(cfg, k) for k in res.PROTOCOL_KEYS},
         "checkpoint_sha256": checkpoint_sha,
-        "weights_files": weight_files,
+        "checkpoint_files": files,
+        "weights_files": res.weight_files(files),
         "dataset_sha256": sha256_file(Path(cfg.data) / res.SAMPLES),
     }
-    old = res.read_config(out) if out.exists() else None
-    if old is not None:
-        res.check_resumable(out, old, record)
-    elif out.exists() and any(out.iterdir()):
-        raise BenchmarkError(f"{out} exists and is not a results dir (no {res.CONFIG}); pass another --out")
-    baseline = _read_baseline(cfg, task, record["dataset_sha256"]) if cfg.baseline else None
-    out.mkdir(parents=True, exist_ok=True)
-    writer = res.SamplesWriter(out)  # takes the results dir's lock before anything is written
-    try:
-        res.write_config(out, record)
-        sessions = res.read_jsonl(out / res.SESSIONS)
-        done = {r["id"] for r in writer.rows}
+    # One writer per results dir for the whole run (config, rows, sessions, scoring); a full disk is one error line.
+    with output_lock(out), write_errors(out):
+        rows, sessions = _open_results(out, record)
+        baseline = _read_baseline(cfg, task, record["dataset_sha256"]) if cfg.baseline else None
+        done = {r["id"] for r in rows}
         todo = [s for s in dataset.samples if s.id not in done]
         logger.info("%s: %d samples selected, %d already in %s, %d to generate",
                     cfg.name or model_label(cfg.model), len(dataset.samples), len(done), out, len(todo))
         if todo or not any(s.get("census") for s in sessions):
-            model, processor = _load(source, cfg)
-            if processor is None:
-                raise BenchmarkError(f"{source} has no processor (tokenizer + image processor); bench needs one")
-            session = {"session": len(sessions), "started": now(), "model_source": source}
-            try:
-                _generate(model, processor, dataset, todo, task, cfg, writer, session, progress, on_batch)
-            except torch.cuda.OutOfMemoryError as e:
-                raise BenchmarkError(f"out of GPU memory at batch size {cfg.batch_size} ({len(writer.rows)} rows "
-                                     f"kept in {out}); a smaller --batch-size is a new protocol: "
-                                     "use a new --out") from e
-            finally:
-                session["ended"] = now()
-                res.append_jsonl(out / res.SESSIONS, session)
-                sessions.append(session)
-            del model, processor
+            rows, sessions = _run_session(cfg, source, out, record, dataset, todo, task, sessions, progress, on_batch)
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-        rows = list(writer.rows)
+        return score_and_summarise(cfg, task, dataset, out, rows, sessions, record, baseline, weights,
+                                   record["weights_files"])
+
+
+def _open_results(out: Path, record: dict) -> tuple[list[dict], list[dict]]:
+    """(rows, sessions) already in `out`, refusing a dir of another run. A dir without rows (what a
+    failed run of an older version left: config.yaml + empty samples.jsonl) holds nothing to mix."""
+    if out.exists() and not out.is_dir():
+        raise BenchmarkError(f"--out {out} is a file, not a results dir; pass another --out")
+    if out.is_dir():
+        res.clean_stale_tmp(out)
+    rows = res.read_jsonl(out / res.SAMPLES)
+    old = res.read_config(out)
+    if old is not None and rows:
+        res.check_resumable(out, old, record)
+    elif old is None and out.is_dir() and any(out.iterdir()):
+        raise BenchmarkError(f"{out} exists and is not a results dir (no {res.CONFIG}); pass another --out")
+    return rows, res.read_sessions(out)
+
+
+def _run_session(cfg, source, out, record, dataset, todo, task, sessions, progress, on_batch):
+    """Load the model, then write config + a session start record + rows; returns (rows, sessions).
+
+    Nothing is written before the model has loaded, and a results dir this run created is removed if it
+    fails before its first row: a bad checkpoint leaves nothing that would block the fixed re-run.
+    """
+    model, processor = _load(source, cfg)
+    if processor is None:
+        raise BenchmarkError(f"{source} has no processor (tokenizer + image processor); bench needs one")
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    writer = res.SamplesWriter(out)
+    ok = False
+    try:
+        res.write_config(out, record)
+        session = res.start_session(out, sessions, writer.rows, started=now(), model_source=source)
+        try:
+            _generate(model, processor, dataset, todo, task, cfg, writer, session, progress, on_batch)
+        except torch.cuda.OutOfMemoryError as e:
+            raise BenchmarkError(f"out of GPU memory at batch size {cfg.batch_size} ({len(writer.rows)} rows "
+                                 f"kept in {out}); a smaller --batch-size is a new protocol: "
+                                 "use a new --out") from e
+        finally:
+            session["ended"] = now()
+            res.end_session(out, session)
+        ok = True
     finally:
         writer.close()
-    return score_and_summarise(cfg, task, dataset, out, rows, sessions, record, baseline, weights, weight_files)
+        if created and not ok and not writer.rows:
+            shutil.rmtree(out, ignore_errors=True)
+    return list(writer.rows), res.read_sessions(out)
 
 
 def _generate(model, processor, dataset, todo, task, cfg, writer, session, progress, on_batch) -> None:

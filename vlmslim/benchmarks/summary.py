@@ -219,8 +219,10 @@ def score_and_summarise(cfg, task, dataset, out, rows, sessions, record, baselin
             "bootstrap": cfg.bootstrap, "warmup_batches": cfg.warmup,
             "bertscore_model": cfg.bertscore_model if task.uses_bertscore else None,
         },
-        "run": {"sessions": len(sessions), "resumed": len(sessions) > 1,
-                "completed_sessions": sum(bool(s.get("completed")) for s in sessions), "finished": now()},
+        # Resumed = rows of more than one session (a killed session's rows count: it has a start record).
+        "run": {"sessions": len(sessions), "resumed": len({r.get("session") for r in rows if r["id"] in selected}) > 1,
+                "completed_sessions": sum(bool(s.get("completed")) for s in sessions),
+                "killed_sessions": sum(bool(s.get("killed")) for s in sessions), "finished": now()},
         "paired_vs_baseline": _paired(task, cfg, out, predictions, references, baseline, bertscore) if baseline else None,
     }
     res.write_summary(out, summary, csv_row(summary))
