@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-REDUCED = ("kill-prune-KILL", "kill-bench-KILL", "race-prune-paused")
+REDUCED = ("kill-prune-KILL", "kill-quantize-TERM", "race-prune-paused")  # no bench: no Java scoring
 
 
 @pytest.mark.slow
@@ -23,5 +23,6 @@ def test_reduced_fault_sweep_is_clean(tmp_path):
     table = [line for line in r.stdout.splitlines() if line.startswith("| ") and line.endswith("| yes |")]
     assert len(table) == 3, r.stdout
     # The kill left a partial dir (or a stale lock) that the re-run removed: the scenario was really hit.
-    assert "kill -KILL mid-prune | exit -9, " in r.stdout and "re-run exit 0: complete, nothing left" in r.stdout
+    assert "kill -KILL mid-prune | exit -9, " in r.stdout and "kill -TERM mid-quantize | exit -15, " in r.stdout
+    assert r.stdout.count("re-run exit 0: complete, nothing left") == 2
     assert "PID " in r.stdout  # the paused prune's holder named in the second one's error
