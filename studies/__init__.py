@@ -1,0 +1,1 @@
+"""Scripts that produce the measured tables in docs/ (run as modules: `python -m studies.<name>`)."""

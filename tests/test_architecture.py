@@ -35,6 +35,26 @@ def test_random_weights_bench_on_cpu(tmp_path):
     assert s["efficiency"]["params"] == sum(p.numel() for p in model.parameters()) - 2 * 3 * 64 * 128
 
 
+def test_random_weights_bench_with_fewer_image_tokens(tmp_path):
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(tiny_llava()[0].config.to_dict()))  # 32 px / 8 px patches: 16 image tokens
+    outs = {}
+    for k in (None, 4):
+        out = tmp_path / f"arch-{k}"
+        args = ["bench", str(config), "--random-weights", "--out", str(out), "--device", "cpu", "--dtype", "float32",
+                "--max-new-tokens", "4"] + ([] if k is None else ["--image-tokens", str(k), "--token-method", "pool"])
+        res = CliRunner().invoke(cli, args)
+        assert res.exit_code == 0, res.output
+        outs[k] = json.loads((out / "summary.json").read_text())
+    assert outs[None]["model"]["token_reduction"] is None
+    assert outs[4]["model"]["token_reduction"] == {"image_tokens": 4, "method": "pool", "seed": 0}
+    # 16 text tokens + 16 image tokens, then 12 fewer image tokens
+    assert outs[None]["engines"][0]["prompt_tokens"] - outs[4]["engines"][0]["prompt_tokens"] == 12
+    res = CliRunner().invoke(cli, ["bench", str(config), "--random-weights", "--out", str(tmp_path / "bad"),
+                                   "--device", "cpu", "--image-tokens", "5"])
+    assert res.exit_code == 2 and "perfect square" in res.output and not (tmp_path / "bad").exists()
+
+
 def test_random_weights_errors(tmp_path):
     res = CliRunner().invoke(cli, ["bench", "no-such-shape", "--random-weights", "--out", str(tmp_path / "o"),
                                    "--device", "cpu"])

@@ -29,6 +29,12 @@ def test_spelled_out_choices_equal_the_registries():
     assert cli_module.QUANT_TARGETS == tuple(sorted(TARGETS)) and cli_module.DEFAULT_TARGET == DEFAULT_TARGET
     assert cli_module.COMPUTE_DTYPES == tuple(sorted(COMPUTE_DTYPES))
     assert cli_module.DEMO_VARIANTS == tuple(v.name for v in VARIANTS)
+    from vlmslim.tokens import REDUCERS
+
+    assert cli_module.TOKEN_METHODS == tuple(sorted(REDUCERS))
+    from vlmslim.quantization.recipes import RECIPES
+
+    assert cli_module.QUANT_RECIPES == tuple(sorted(RECIPES))
 
 
 def test_cli_import_is_light():

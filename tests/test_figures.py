@@ -89,16 +89,39 @@ def _rects(anchors, sizes, placements):
 
 
 def test_place_labels_free_label_goes_right_without_leader():
-    [p] = place_labels([(100, 100)], [(40, 10)], radii=(5, 10))
-    assert (p.dx, p.dy, p.leader, p.overlap) == (5, -5, False, 0)
+    # starts at the marker's edge (radius 4) + the first distance (5), vertically centred
+    [p] = place_labels([(100, 100)], [(40, 10)], marker_radii=[4], radii=(5, 10))
+    assert (p.dx, p.dy, p.leader, p.overlap) == (9, -5, False, 0)
+
+
+def test_place_labels_never_nearer_another_point_without_leader():
+    # B sits 20 px right of A on one row: A's label cannot go right (B's marker), and B's label, placed
+    # second, must not land where it reads as A's.
+    from vlmslim.figures.labels import _distance
+
+    anchors, sizes = [(100, 100), (120, 100)], [(30, 10), (30, 10)]
+    placements = place_labels(anchors, sizes, marker_radii=[4, 4], bounds=(0, 0, 300, 200))
+    for i, (a, s, p) in enumerate(zip(anchors, sizes, placements)):
+        rect = (a[0] + p.dx, a[1] + p.dy, a[0] + p.dx + s[0], a[1] + p.dy + s[1])
+        own, other = _distance(rect, a), _distance(rect, anchors[1 - i])
+        assert p.overlap == 0 and (own < other or p.leader), (i, p, own, other)
+
+
+def test_segment_hits():
+    from vlmslim.figures.labels import segment_hits
+
+    box = (10, 10, 20, 20)
+    assert segment_hits((0, 15), (30, 15), box)  # straight through
+    assert not segment_hits((0, 0), (30, 5), box)  # passes below
+    assert not segment_hits((0, 15), (9, 15), box)  # stops short
+    assert segment_hits((15, 15), (40, 40), box)  # starts inside
 
 
 def test_place_labels_cluster_has_no_overlaps_and_stays_inside():
     anchors = [(200 + 6 * i, 150 + 4 * (i % 3)) for i in range(6)]  # six points within 30 px
     sizes = [(50, 11)] * 6
     bounds = (0, 0, 400, 300)
-    placements = place_labels(anchors, sizes, obstacles=[(a[0] - 4, a[1] - 4, a[0] + 4, a[1] + 4) for a in anchors],
-                              bounds=bounds)
+    placements = place_labels(anchors, sizes, marker_radii=[4] * 6, bounds=bounds, gap=3)
     rects = _rects(anchors, sizes, placements)
     assert all(p.overlap == 0 for p in placements)
     for i, a in enumerate(rects):
@@ -128,20 +151,34 @@ EXPECTED_FRONT = {
 N_IDS = 10
 
 
-def _summary(name, data_dir, task="caption", n_samples=500, **overrides):
+PROMPT = "Provide a one-sentence caption for the provided image."
+
+
+def _protocol(task="caption", **changes):
+    """summary.json's `protocol` block, keys and shapes as `vlmslim bench` writes it (a tiny bench run)."""
+    return {"task": task, "prompt": PROMPT, "prompt_example": f"USER: <image> {PROMPT} ASSISTANT:",
+            "max_new_tokens": 64, "batch_size": 1, "greedy": True,
+            "generate_kwargs": {"do_sample": False, "num_beams": 1, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0},
+            "dtype": "as saved", "resolved_dtype": "float16", "device": "cpu", "quant": None, "ocr_tokens": False,
+            "seed": 0, "bootstrap": 1000, "warmup_batches": 1, "bertscore_model": None, **changes}
+
+
+def _summary(name, data_dir, task="caption", n_samples=500, protocol=None, **overrides):
     precision, pruning, cider, half, latency, vram, size = RUNS[name]
     summary = {
         "model": {"name": name, "path": f"ckpt/{name}", "family": "llava", "precision": precision,
                   "pruning": pruning, "is_baseline": name == "base"},
         "task": task,
-        "dataset": {"path": str(data_dir), "name": "tiny-coco", "sha256": "f" * 64},
+        "dataset": {"path": str(data_dir), "name": "tiny-coco", "sha256": "f" * 64, "limit": None, "seed": 0},
         "n_samples": n_samples,
         "metrics": {"cider": cider, "bleu4": round(cider * 0.27, 4), "meteor": round(0.25 + cider / 40, 4),
                     "mean_len_words": 9.5},
         "ci": {"cider": [cider - half, cider + half], "bleu4": [cider * 0.26, cider * 0.28]},
         "efficiency": {"latency_s_p50": latency, "latency_s_p90": latency * 1.3, "peak_vram_mb": vram,
-                       "model_size_mb": size, "energy_wh_per_sample": None, "params": 7_000_000_000},
-        "environment": {"device": "cpu", "git_revision": "abc"},
+                       "model_size_mb": size, "energy_wh_per_sample": None, "params": 7_000_000_000,
+                       "energy": {"note": "energy not measured"}, "batch_size": (protocol or {}).get("batch_size", 1)},
+        "environment": {"device": "cpu (Intel(R) Xeon(R) Processor)", "git_revision": "abc"},
+        "protocol": _protocol(task, **(protocol or {})),
         "checkpoint_sha256": name * 4,
         "data_dir": str(data_dir),
         "an_extra_key_from_a_newer_bench": {"ignored": True},
@@ -163,11 +200,12 @@ def _samples(name):
     return rows
 
 
-def write_run(root: Path, name: str, data_dir: Path, **overrides) -> Path:
+def write_run(root: Path, name: str, data_dir: Path, engine: str = "eager", **overrides) -> Path:
     run_dir = root / name
     run_dir.mkdir(parents=True)
     (run_dir / "summary.json").write_text(json.dumps(_summary(name, data_dir, **overrides)))
-    (run_dir / "config.yaml").write_text(f"model: {name}\n")
+    # The bench records the engine in config.yaml's `generation` block (not in summary.json's protocol).
+    (run_dir / "config.yaml").write_text(f"config:\n  model: {name}\n  engine: {engine}\ngeneration:\n  engine: {engine}\n")
     lines = [json.dumps(r) for r in _samples(name)]
     if name == "fp4":
         lines.append('{"id": "s0')  # a truncated last line, as a killed benchmark leaves it
@@ -353,7 +391,7 @@ def test_metric_missing_everywhere_and_somewhere(results, tmp_path):
     data = json.loads((out / "frontier.json").read_text())
     assert [p["run"] for p in data["axes"]["latency"]["points"]] == ["base", "glu30"]
     assert data["axes"]["latency"]["excluded"] == {"nf4": "no meteor"}
-    assert "WARNING vlmslim.figures.report: meteor is missing from nf4" in res.stderr  # the CLI logs to stderr
+    assert "WARNING vlmslim.figures.make: meteor is missing from nf4" in res.stderr  # the CLI logs to stderr
 
 
 def test_existing_out_refused_unless_overwrite(results, tmp_path):
@@ -409,3 +447,293 @@ def test_single_run_without_cis_or_scores(results, tmp_path):
     assert res.exit_code == 0, res.output
     assert (out / "combined.png").is_file() and (out / "spotcheck.html").is_file()
     assert [p["run"] for p in json.loads((out / "frontier.json").read_text())["axes"]["size"]["frontier"]] == ["base"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# `vlmslim figures results/*`: files next to the results dirs (issue 12, item 13).
+
+
+def test_files_among_results_dirs_are_skipped_dirs_still_checked(results, tmp_path):
+    # A multi-model bench writes failures.json next to the results dirs, even when nothing failed.
+    (tmp_path / "failures.json").write_text("[]\n")
+    out = tmp_path / "o"
+    res = _invoke(results[0], results[4], tmp_path / "failures.json", "--out", out, "--cost", "latency", "--spotcheck", "0")
+    assert res.exit_code == 0, res.output
+    data = json.loads((out / "frontier.json").read_text())
+    assert [p["run"] for p in data["axes"]["latency"]["points"]] == ["base", "glu30"]
+    assert data["config"]["results_dirs"] == [str(results[0]), str(results[4])]
+    # Only files: nothing to plot is still an error, naming what was passed.
+    res = _invoke(tmp_path / "failures.json", "--out", tmp_path / "o2")
+    assert res.exit_code == 1 and res.output.startswith("Error: no results dir among the 1 path(s) given")
+    # A directory that is not a results dir is still refused, whatever sits next to it.
+    (tmp_path / "notes").mkdir()
+    res = _invoke(results[0], tmp_path / "notes", tmp_path / "failures.json", "--out", tmp_path / "o3")
+    assert res.exit_code == 1 and "notes is not a results dir (no summary.json)" in res.output
+    assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Runs measured under different protocols (issue 12, item 12): README step 4 followed literally benched
+# the base at --batch-size 8 and the rest at 1, and the latency frontier showed a false 4.7x speedup.
+
+_OTHERS = ("glu30", "nf4")  # benched with the default protocol; "base" gets the change
+
+
+@pytest.mark.parametrize(
+    "key, change, values",
+    [
+        ("batch_size", dict(protocol={"batch_size": 8}), "8: base vs 1: glu30, nf4"),
+        ("max_new_tokens", dict(protocol={"max_new_tokens": 32}), "32: base vs 64: glu30, nf4"),
+        ("device", dict(environment={"device": "cuda:0 (NVIDIA H200)"}),
+         "cuda (NVIDIA H200): base vs cpu (Intel(R) Xeon(R) Processor): glu30, nf4"),
+        ("dtype", dict(protocol={"dtype": "bfloat16"}), "bfloat16: base vs as saved: glu30, nf4"),
+        ("engine", dict(protocol={"engine": "compiled"}), "compiled: base vs eager: glu30, nf4"),
+        ("engine", dict(engine="compiled"), "compiled: base vs eager: glu30, nf4"),  # from config.yaml
+        ("prompt", dict(protocol={"prompt": "Describe the image."}),
+         "'Describe the image.': base vs 'Provide a one-sentence caption for the provided image.': glu30, nf4"),
+        ("ocr_tokens", dict(protocol={"ocr_tokens": True}), "True: base vs False: glu30, nf4"),
+        ("limit", dict(dataset={"path": "d", "name": "tiny-coco", "sha256": "f" * 64, "limit": 100, "seed": 0}),
+         "100 (seed 0): base vs all: glu30, nf4"),
+        ("dataset", dict(dataset={"path": "d", "name": "tiny-coco", "sha256": "e" * 64, "limit": None, "seed": 0}),
+         "eeeeeeeeeeee: base vs ffffffffffff: glu30, nf4"),
+        ("task", dict(task="vqa"), "vqa: base vs caption: glu30, nf4"),
+    ],
+)
+def test_protocol_difference_is_refused_naming_key_and_runs(results, tmp_path, key, change, values):
+    data_dir = Path(load_run(results[0]).data_dir)
+    base = write_run(tmp_path / "r", "base", data_dir, **change)
+    others = [results[list(RUNS).index(n)] for n in _OTHERS]
+    out = tmp_path / "out"
+    res = _invoke(base, *others, "--out", out)
+    assert res.exit_code == 1
+    assert len(res.output.strip().splitlines()) == 1, res.output
+    assert res.output.startswith(f"Error: runs differ in {key} ({values})"), res.output
+    assert "--allow-mixed" in res.output
+    assert not out.exists() and not list(tmp_path.glob("out*"))
+
+
+def test_same_gpu_model_on_another_index_is_the_same_device(results, tmp_path):
+    data_dir = Path(load_run(results[0]).data_dir)
+    runs = [write_run(tmp_path / "r", n, data_dir, environment={"device": f"cuda:{i} (NVIDIA H200)"})
+            for i, n in enumerate(("base", "glu30"))]
+    res = _invoke(*runs, "--out", tmp_path / "o", "--cost", "size", "--spotcheck", "0")
+    assert res.exit_code == 0, res.output
+
+
+def _frontier_fig(runs, axis="latency", metric="cider"):
+    """The frontier figure `make_figures` would save, kept in memory to inspect its texts."""
+    from vlmslim.figures.analysis import compute_frontier
+    from vlmslim.figures.plots import frontier_figure
+
+    baseline = choose_baseline(runs)
+    af = compute_frontier(runs, metric, axis, baseline)
+    return af, frontier_figure(af, metric, "ctx")
+
+
+def _label_texts(fig) -> dict[str, str]:
+    """{run name: label text} of the point labels (gid 'label:<run>')."""
+    return {t.get_gid()[len("label:"):]: t.get_text() for t in fig.axes[0].texts if (t.get_gid() or "").startswith("label:")}
+
+
+def test_latency_axis_says_per_request_and_batch(results):
+    from vlmslim.figures.runs import check_compatible
+
+    runs = load_runs(results[:3])
+    check_compatible(runs, allow_mixed=False)
+    _, fig = _frontier_fig(runs)
+    assert fig.axes[0].get_xlabel() == "Latency p50 per request, batch 1 (s)  ← better"
+    assert _label_texts(fig) == {"base": "base (baseline)", "int8": "int8", "nf4": "nf4"}
+
+
+def test_allow_mixed_labels_the_difference(results, tmp_path):
+    from vlmslim.figures.runs import check_compatible
+
+    data_dir = Path(load_run(results[0]).data_dir)
+    base = write_run(tmp_path / "r", "base", data_dir, protocol={"batch_size": 8})
+    runs = load_runs([base, *(results[list(RUNS).index(n)] for n in _OTHERS)])
+    with pytest.raises(FiguresError, match=re.escape("runs differ in batch_size (8: base vs 1: glu30, nf4)")):
+        check_compatible(runs, allow_mixed=False)
+    assert list(check_compatible(runs, allow_mixed=True)) == ["batch_size"]
+    _, fig = _frontier_fig(runs)
+    assert fig.axes[0].get_xlabel() == "Latency p50 per request, batch 1/8 (mixed) (s)  ← better"
+    assert _label_texts(fig) == {"base": "base [batch 8] (baseline)", "glu30": "glu30 [batch 1]", "nf4": "nf4 [batch 1]"}
+
+    out = tmp_path / "o"
+    res = _invoke(base, *(results[list(RUNS).index(n)] for n in _OTHERS), "--out", out, "--allow-mixed", "--spotcheck", "0",
+                  "--cost", "latency")
+    assert res.exit_code == 0, res.output
+    summary = (out / "summary.md").read_text()
+    assert "mixed protocol: batch_size" in summary and "| **base [batch 8] (baseline)** |" in summary
+    assert "| **glu30 [batch 1]** |" in summary
+    assert "WARNING vlmslim.figures.runs: plotting runs that differ in batch_size" in res.stderr
+
+
+# ---------------------------------------------------------------------------------------------------
+# Energy, label placement and metric names (issue 12, item 16).
+
+_CPU_ENERGY = {"basis": "cpu+ram (estimated)", "gpu_wh": None, "cpu_method": "estimated (cpu_load)"}
+
+
+def _with_energy(name, data_dir, wh, basis=_CPU_ENERGY):
+    efficiency = _summary(name, data_dir)["efficiency"] | {"energy_wh_per_sample": wh, "energy": basis}
+    return {"efficiency": efficiency}
+
+
+def test_energy_axis_in_mwh_and_labelled_as_cpu_estimate(results, tmp_path):
+    data_dir = Path(load_run(results[0]).data_dir)
+    wh = {"base": 5.58e-05, "glu30": 5.29e-05, "nf4": 7.56e-05}  # the demo's CPU numbers
+    dirs = [write_run(tmp_path / "r", n, data_dir, **_with_energy(n, data_dir, v)) for n, v in wh.items()]
+    runs = load_runs(dirs)
+    assert [r.energy_basis for r in runs] == ["CPU estimate"] * 3
+    af, fig = _frontier_fig(runs, axis="energy")
+    assert fig.axes[0].get_xlabel() == "Energy per sample, batch 1 (mWh, CPU estimate)  ← better"
+    ticks = [t.get_text() for t in fig.axes[0].get_xticklabels() if t.get_text()]
+    assert ticks and not any("e" in t for t in ticks), ticks  # 0.055, not 5.5e-05
+    assert all(0.04 <= float(t) <= 0.09 for t in ticks), ticks
+    assert [p.cost for p in af.points] == pytest.approx([0.0558, 0.0529, 0.0756])
+
+    out = tmp_path / "o"
+    assert _invoke(*dirs, "--out", out, "--cost", "energy", "--spotcheck", "0").exit_code == 0
+    axis = json.loads((out / "frontier.json").read_text())["axes"]["energy"]
+    assert (axis["unit"], axis["title"], axis["scale"]) == ("mWh", "Energy per sample, batch 1 (mWh, CPU estimate)", 1000)
+    assert axis["frontier"][0] == {"run": "glu30", "quality": 0.98, "cost": pytest.approx(0.0529), "results_dir": str(dirs[1])}
+    text = (out / "summary.md").read_text()
+    assert "Energy per sample, batch 1 (mWh, CPU estimate)" in text and "| 0.0558 |" in text
+
+
+def test_gpu_energy_is_labelled_measured(results, tmp_path):
+    data_dir = Path(load_run(results[0]).data_dir)
+    gpu = {"basis": "gpu (measured)", "gpu_wh": 1.0}
+    dirs = [write_run(tmp_path / "r", n, data_dir, **_with_energy(n, data_dir, v, gpu)) for n, v in (("base", 0.041), ("nf4", 0.05))]
+    _, fig = _frontier_fig(load_runs(dirs), axis="energy")
+    assert fig.axes[0].get_xlabel() == "Energy per sample, batch 1 (mWh, GPU measured)  ← better"
+
+
+# The demo's numbers (docs/demo/summary.md, CPU, n=100): six runs within 0.15 s at CIDEr 7.0, three near 0.
+# name: precision, pruning, cider, ci, latency s, size MB
+DEMO = {
+    "base": ("32-bit", [], 7.003, (6.943, 7.054), 0.216, 15.632),
+    "glu30": ("32-bit", [{"kind": "glu", "ratio": 0.3}], 7.003, (6.943, 7.054), 0.200, 12.487),
+    "glu50": ("32-bit", [{"kind": "glu", "ratio": 0.5}], 6.986, (6.908, 7.039), 0.168, 10.914),
+    "glu70": ("32-bit", [{"kind": "glu", "ratio": 0.7}], 6.942, (6.835, 7.020), 0.156, 9.341),
+    "glu80": ("32-bit", [{"kind": "glu", "ratio": 0.8}], 3.816, (3.415, 4.153), 0.182, 7.768),
+    "heads25": ("32-bit", [{"kind": "heads", "ratio": 0.25}], 0.0961, (0.0364, 0.168), 0.329, 14.846),
+    "heads50": ("32-bit", [{"kind": "heads", "ratio": 0.5}], 2.84e-08, (1.48e-08, 4.47e-08), 0.300, 14.060),
+    "glu30-heads25": ("32-bit", [{"kind": "glu", "ratio": 0.3}, {"kind": "heads", "ratio": 0.25}], 0.169,
+                      (0.0622, 0.282), 0.299, 11.700),
+    "drop1": ("32-bit", [{"kind": "layers", "n": 1}], 4.397, (3.970, 4.742), 0.191, 12.485),
+    "int8": ("int8", [], 7.003, (6.943, 7.054), 0.526, 6.236),
+    "nf4": ("nf4", [], 7.003, (6.943, 7.054), 0.307, 4.821),
+    "glu30-nf4": ("nf4", [{"kind": "glu", "ratio": 0.3}], 7.003, (6.943, 7.054), 0.265, 4.378),
+}
+
+
+@pytest.fixture(scope="module")
+def demo_runs(results, tmp_path_factory):
+    from vlmslim.figures.runs import Run
+
+    base = load_run(results[0])
+    runs = []
+    for name, (precision, pruning, cider, ci, latency, size) in DEMO.items():
+        runs.append(Run(dir=Path(name), name=name, precision=precision, pruning=pruning, is_baseline=name == "base",
+                        task="caption", n_samples=100, metrics={"cider": cider}, ci={"cider": ci},
+                        efficiency={"latency_s_p50": latency, "model_size_mb": size}, summary=base.summary))
+    return runs
+
+
+def _marker_px(fig, point) -> float:
+    """Marker radius in pixels: sqrt(s)/2 points for scatter size s (58; the star 260)."""
+    return (260 if point.is_baseline else 58) ** 0.5 / 2 * fig.dpi / 72
+
+
+def _assert_labels_clear(fig, ax, points, gap_px=5.0):
+    """Every point labelled once; label boxes (text extents from the renderer) do not overlap each other
+    and keep `gap_px` apart (so two names never read as one), cover no marker, stay inside the axes; a
+    label not clearly (4 px) nearer its own marker's edge than any other's has a visible leader line
+    (at least 5 px between box and marker) to its own."""
+    from matplotlib.text import Text
+
+    fig.canvas.draw()  # annotations take their final offset positions only when drawn
+    renderer = fig.canvas.get_renderer()
+    labels = {t.get_gid()[len("label:"):]: t for t in ax.texts if (t.get_gid() or "").startswith("label:")}
+    assert set(labels) == {p.name for p in points}
+    boxes = {name: Text.get_window_extent(t, renderer) for name, t in labels.items()}
+    names = sorted(boxes)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            A, B = boxes[a].padded(gap_px / 2), boxes[b].padded(gap_px / 2)
+            assert not A.overlaps(B), f"labels {a!r} and {b!r} collide: {boxes[a]} {boxes[b]}"
+    axes_box = ax.get_window_extent(renderer)
+    centers = {p.name: ax.transData.transform((p.cost, p.quality)) for p in points}
+    for p in points:
+        x, y = centers[p.name]
+        r = _marker_px(fig, p)
+        for name, box in boxes.items():
+            # strict overlap: a box may touch a marker's bounding square, not cover it
+            covered = box.x0 < x + r and box.x1 > x - r and box.y0 < y + r and box.y1 > y - r
+            assert not covered, f"label {name!r} covers the marker of {p.name!r}"
+    for name, box in boxes.items():
+        assert axes_box.x0 <= box.x0 and box.x1 <= axes_box.x1 and axes_box.y0 <= box.y0 and box.y1 <= axes_box.y1, name
+        radius = {p.name: _marker_px(fig, p) for p in points}
+        gap = {n: ((min(max(c[0], box.x0), box.x1) - c[0]) ** 2 + (min(max(c[1], box.y0), box.y1) - c[1]) ** 2) ** 0.5
+               - radius[n] for n, c in centers.items()}
+        rival = min((n for n in gap if n != name), key=gap.get, default=None)
+        if rival is not None and gap[rival] < gap[name] + 4:
+            assert labels[name].arrow_patch is not None, f"label {name!r} reads as {rival!r}'s: no leader line"
+            assert gap[name] >= 5, f"label {name!r}'s leader line is hidden ({gap[name]:.1f} px)"
+
+
+@pytest.mark.parametrize("axis", ["latency", "size"])
+def test_demo_frontier_labels_do_not_collide(demo_runs, axis):
+    af, fig = _frontier_fig(demo_runs, axis=axis)
+    _assert_labels_clear(fig, fig.axes[0], af.points)
+
+
+def test_example_figure_labels_do_not_collide(tmp_path):
+    spec = importlib.util.spec_from_file_location("make_example_figures", REPO / "docs/examples/make_example_figures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    runs = load_runs(module.write_results(tmp_path, n_rows=2))
+    for axis in ("latency", "vram", "size", "energy"):
+        af, fig = _frontier_fig(runs, axis=axis)
+        _assert_labels_clear(fig, fig.axes[0], af.points)
+
+
+def test_combined_panels_labels_do_not_collide(demo_runs):
+    from vlmslim.figures.analysis import compute_frontier
+    from vlmslim.figures.combined import combined_figure
+
+    baseline = choose_baseline(demo_runs)
+    frontiers = [compute_frontier(demo_runs, "cider", a, baseline) for a in ("latency", "size")]
+    fig = combined_figure(frontiers, demo_runs, ["cider"], baseline, "cider", "ctx")
+    for ax, af in zip(fig.axes, frontiers):
+        _assert_labels_clear(fig, ax, af.points)
+
+
+def test_metric_display_names_and_one_rouge_l(results, tmp_path):
+    """rouge_l (pycocoevalcap) and rougeL_f (rouge-score) are both ROUGE-L: figures show one, by name."""
+    from vlmslim.figures.combined import combined_figure
+    from vlmslim.figures.style import METRIC_LABELS
+
+    data_dir = Path(load_run(results[0]).data_dir)
+    dirs = []
+    for i, name in enumerate(("base", "glu30", "nf4")):
+        metrics = _summary(name, data_dir)["metrics"] | {"rouge_l": 0.5 - 0.01 * i, "rougeL_f": 0.49 - 0.01 * i,
+                                                         "rouge1": 0.52, "caption_len_mean": 9.1}
+        dirs.append(write_run(tmp_path / "r", name, data_dir, metrics=metrics))
+    runs = load_runs(dirs)
+    baseline = choose_baseline(runs)
+    from vlmslim.figures.analysis import compute_frontier, figure_metrics
+
+    metrics = figure_metrics(runs)
+    assert metrics == ["cider", "bleu4", "meteor", "rouge_l", "rouge1"]
+    fig = combined_figure([compute_frontier(runs, "cider", "latency", baseline)], runs, metrics, baseline, "cider", "ctx")
+    columns = [t.get_text() for t in fig.axes[1].get_xticklabels()]
+    assert columns == ["CIDEr-D", "BLEU-4", "METEOR", "ROUGE-L", "ROUGE-1"]
+    assert set(columns) <= set(METRIC_LABELS.values()) and len(set(columns)) == len(columns)
+
+    out = tmp_path / "o"
+    assert _invoke(*dirs, "--out", out, "--cost", "latency", "--spotcheck", "0").exit_code == 0
+    assert not (out / "bars_rougeL_f.png").exists() and (out / "bars_rouge_l.png").is_file()
+    header = next(line for line in (out / "summary.md").read_text().splitlines() if line.startswith("| Run"))
+    assert "rougeL_f" not in header and "ROUGE-L (rouge-score)" in header  # the table keeps every number

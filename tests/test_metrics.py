@@ -12,6 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 import pytest
+import torch
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.meteor.meteor import Meteor
@@ -255,6 +256,45 @@ def test_bertscore_local_minilm():
         BertScoreConfig(model=str(MINILM), num_layers=None)
 
 
+def test_bertscore_empty_prediction_scores_zero_without_crashing():
+    """Generated answers can be empty: bert_score 0.3.x crashes on them under transformers 5 (its empty-string
+    path calls a removed tokenizer method); they score raw P = R = F = 0, bert_score's own value for an
+    empty candidate, and a sample whose references are all empty likewise."""
+    cfg = BertScoreConfig(model=str(MINILM), num_layers=6)
+    preds = {"empty": "", "blank": "  \n ", "ok": "a dog runs on the grass", "no-refs": "a cat", "mixed": "a dog"}
+    refs = {"empty": ["a cat"], "blank": ["a cat", "a dog"], "ok": ["a dog runs on the grass", ""],
+            "no-refs": ["", "  "], "mixed": ["", "a dog"]}
+    res = score_bertscore(preds, refs, cfg, n_bootstrap=50)
+    for k in ("empty", "blank", "no-refs"):
+        assert res.per_sample[k] == {"bertscore_precision": 0.0, "bertscore_recall": 0.0, "bertscore_f1": 0.0}, k
+    assert res.per_sample["ok"]["bertscore_f1"] == pytest.approx(1.0, abs=1e-5)  # the empty reference is ignored
+    assert res.per_sample["mixed"]["bertscore_f1"] == pytest.approx(1.0, abs=1e-5)
+    assert res.metrics["bertscore_f1"] == pytest.approx(2 / 5, abs=1e-5)
+    assert res.notes["bertscore_empty"] == {"predictions": 2, "references": 4, "all_references_empty": 1}
+    all_empty = score_bertscore({"a": "", "b": " "}, {"a": ["x"], "b": ["y"]}, cfg, n_bootstrap=10)
+    assert all_empty.metrics["bertscore_f1"] == 0.0 and all_empty.ci["bertscore_f1"] == (0.0, 0.0)
+
+
+def test_bertscore_empty_rescaled_like_bert_score():
+    """With baseline rescaling an empty candidate gets bert_score's rescaled zero, (0 − b) / (1 − b)."""
+    from vlmslim.benchmarks.metrics.bertscore import score_pairs
+
+    class Scorer:  # stands in for a BERTScorer with a rescale baseline (P, R, F) = (0.8, 0.75, 0.9)
+        baseline_vals = torch.tensor([0.8, 0.75, 0.9], dtype=torch.float64)
+        calls = []
+
+        def score(self, cands, refs):
+            self.calls.append((cands, refs))
+            return tuple(torch.full((len(cands),), v) for v in (0.5, 0.6, 0.7))
+
+    scorer = Scorer()
+    got = score_pairs(scorer, ["", "a dog", " "], [["a cat"], ["a dog", " "], ["x"]], rescaled=True)
+    assert scorer.calls == [(["a dog"], [["a dog"]])]  # only non-empty texts reach bert_score
+    np.testing.assert_allclose(got[0], [-4.0, -3.0, -9.0])
+    np.testing.assert_allclose(got[1], [0.5, 0.6, 0.7])
+    np.testing.assert_allclose(got[2], got[0])
+
+
 def test_bertscore_absent_not_zero(caplog):
     cfg = BertScoreConfig(model="vlmslim-test/no-such-model", num_layers=3, rescale_with_baseline=False)
     with caplog.at_level(logging.WARNING, logger="vlmslim"):
@@ -277,6 +317,42 @@ def test_open_vqa_merges_text_metrics_and_bertscore(monkeypatch, tmp_path):
     assert res.per_sample["q2"]["bertscore_f1"] > 0
     off = score_open_vqa(preds, refs, bertscore=None, n_bootstrap=0, allow_fallback=True)
     assert "bertscore_f1" not in off.metrics and off.notes["bertscore"] == "disabled"
+
+
+def test_caption_task_scores_bertscore_multi_reference_with_ci_and_paired(monkeypatch, tmp_path, minilm):
+    """The caption benchmark is CIDEr, METEOR, ROUGE and BERTScore: per caption the max over its references
+    (bert_score's rule for a list of references), a bootstrap CI, and a paired difference vs a baseline."""
+    monkeypatch.setenv("PATH", str(tmp_path))  # Java-less fallback keeps this fast; BERTScore needs no Java
+    from vlmslim.benchmarks.tasks import TASKS, bertscore_config
+    from vlmslim.benchmarks.tasks import paired_differences as task_paired
+
+    task, cfg = TASKS["caption"], bertscore_config(minilm)
+    ids = sorted(PREDS)[:8]
+    preds, refs = {k: PREDS[k] for k in ids}, {k: REFS[k] for k in ids}
+    res = task.score(preds, refs, n_bootstrap=100, seed=SEED, bertscore=cfg, allow_fallback=True)
+    assert {"cider", "bertscore_precision", "bertscore_recall", "bertscore_f1"} <= set(res.metrics)
+    lo, hi = res.ci["bertscore_f1"]
+    assert lo < res.metrics["bertscore_f1"] < hi
+    # multi-reference = max over the references, each scored alone
+    one_by_one = [score_bertscore(preds, {k: [v[j]] for k, v in refs.items()}, cfg, n_bootstrap=0) for j in range(5)]
+    for k in ids:
+        best = max(r.per_sample[k]["bertscore_f1"] for r in one_by_one)
+        assert res.per_sample[k]["bertscore_f1"] == pytest.approx(best, abs=1e-6), k
+    assert res.metrics["bertscore_f1"] == pytest.approx(np.mean([res.per_sample[k]["bertscore_f1"] for k in ids]))
+    assert res.notes["bertscore"].startswith("BERTScore") and "rescaled=False" in res.notes["bertscore"]
+
+    shuffled = {k: preds[ids[(i + 3) % len(ids)]] for i, k in enumerate(ids)}  # captions of other images
+    diffs = task_paired(task, preds, shuffled, refs, n_bootstrap=200, seed=SEED, bertscore=cfg, allow_fallback=True)
+    theirs = task.score(shuffled, refs, n_bootstrap=0, seed=SEED, bertscore=cfg, allow_fallback=True)
+    d, lo, hi = diffs["bertscore_f1"]
+    assert d == pytest.approx(res.metrics["bertscore_f1"] - theirs.metrics["bertscore_f1"], abs=1e-9)
+    assert 0 < lo < d < hi
+    assert "cider" in diffs
+
+    off = task.score(preds, refs, n_bootstrap=0, seed=SEED, bertscore=None, allow_fallback=True)
+    assert "bertscore_f1" not in off.metrics and off.notes["bertscore"] == "disabled"
+    assert "bertscore_f1" not in task_paired(task, preds, shuffled, refs, n_bootstrap=10, seed=SEED, bertscore=None,
+                                             allow_fallback=True)
 
 
 def test_error_while_meteor_runs_stops_the_jvm(monkeypatch):

@@ -13,7 +13,7 @@ from torch import nn
 
 from vlmslim.families import COMPONENTS, get_family
 
-QUANT_KINDS = ("int8", "nf4", "fp4", "4bit")  # `linear_kind` of bitsandbytes layers ("4bit": type unknown)
+QUANT_KINDS = ("int8", "nf4", "fp4", "4bit", "int4wo")  # quantized `linear_kind`s ("4bit": bnb, type unknown)
 _FLOAT_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}
 
 
@@ -25,6 +25,8 @@ def linear_kind(module: nn.Module) -> str | None:
         return getattr(state, "quant_type", None) or getattr(module.weight, "quant_type", "4bit")
     if cls == "Linear8bitLt":
         return "int8"
+    if cls == "Int4WeightOnlyLinear":
+        return "int4wo"  # vlmslim.int4: weights are buffers (codes, scales, zeros), not parameters
     if isinstance(module, nn.Linear):
         return _FLOAT_NAMES.get(module.weight.dtype, str(module.weight.dtype).removeprefix("torch."))
     return None
@@ -72,6 +74,8 @@ def census(model: nn.Module) -> dict:
         if kind is not None:
             lin = comps[family.component_of(name)]["linear"]
             lin[kind] = lin.get(kind, 0) + 1
+        if kind == "int4wo":  # its (out, in) weight lives in buffers: count the parameters it stands for
+            comps[family.component_of(name)]["params"] += module.out_features * module.in_features
     tied = [list(pair) for pair in tied_parameters(model)]
     if comps["other"]["params"] == 0 and not comps["other"]["linear"]:
         del comps["other"]

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors import SafetensorError
 from torch import nn
 
 from vlmslim.census import census
@@ -50,7 +48,7 @@ def write_checkpoint(model, processor, directory: str | os.PathLike, manifest: d
     family = get_family(model)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    save_weights(model, directory)
+    model.save_pretrained(directory)
     if processor is not None:
         processor.save_pretrained(directory)
     manifest = dict(manifest)
@@ -63,22 +61,6 @@ def write_checkpoint(model, processor, directory: str | os.PathLike, manifest: d
     write_json(directory / MANIFEST, manifest)
     (directory / "README.md").write_text(model_card(manifest))
     return directory
-
-
-def save_weights(model, directory: Path) -> None:
-    """`save_pretrained`, with safetensors' I/O failures raised as the OSError they are.
-
-    safetensors' Rust writer reports a full or read-only disk as text ("SafetensorError: Error while
-    serializing: I/O error: No space left on device (os error 28)"); an OSError with that errno lets the
-    CLI print one line like any other failed write."""
-    try:
-        model.save_pretrained(directory)
-    except SafetensorError as e:
-        code = re.search(r"\(os error (\d+)\)", str(e))
-        if code is None:
-            raise
-        errno_ = int(code.group(1))
-        raise OSError(errno_, os.strerror(errno_), str(directory)) from e
 
 
 @torch.no_grad()

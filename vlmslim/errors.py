@@ -39,3 +39,11 @@ class FiguresError(VlmslimError):
 
 class JavaMissingError(BenchmarkError):
     """`java` is not on PATH: the PTB tokenizer and METEOR 1.5 (pycocoevalcap jars) cannot run."""
+
+
+class OutputBusyError(VlmslimError):
+    """Another process is writing the same output (it holds the output's lock)."""
+
+
+class OutputWriteError(VlmslimError):
+    """The output location cannot be written (read-only file system, no permission, disk full)."""

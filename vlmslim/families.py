@@ -79,6 +79,8 @@ class Family:
     # The compiled decode engine needs 1-D positions; mrope (Qwen2.5-VL: 3-D position ids offset by rope
     # deltas) is not wired into the static step, and BLIP-2's OPT decoder is not a `*Model` with `.layers`.
     compiled_decode: bool = True
+    # `--image-tokens K` (vlmslim.tokens): one square grid of image tokens per image, cut after the projector.
+    token_reduction: bool = False
 
     @property
     def has_glu(self) -> bool:
@@ -143,6 +145,7 @@ FAMILIES: dict[str, Family] = {
             language="model.language_model",
             vision_layers="model.vision_tower.encoder.layers",
             image_tokens=_llava_tokens,
+            token_reduction=True,
         ),
         Family(
             model_type="idefics3",

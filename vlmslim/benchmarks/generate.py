@@ -30,6 +30,7 @@ from vlmslim.benchmarks.engine import CompiledDecoder
 from vlmslim.errors import BenchmarkError
 from vlmslim.families import first_param_device, get_family
 from vlmslim.inputs import processor_inputs
+from vlmslim.tokens import TokenSpec, reduce_placeholders, reducing
 
 logger = logging.getLogger(__name__)
 
@@ -95,9 +96,15 @@ def decode_new_tokens(tokenizer, sequences: torch.Tensor, input_len: int, eos_id
     return texts, counts
 
 
-def build_inputs(model, processor, images, instructions: list[str]) -> dict[str, torch.Tensor]:
-    """Processor inputs (chat template of the model's family, left padding) on the model's input device."""
+def build_inputs(model, processor, images, instructions: list[str], tokens: TokenSpec | None = None
+                 ) -> dict[str, torch.Tensor]:
+    """Processor inputs (chat template of the model's family, left padding) on the model's input device;
+    with `tokens`, K image placeholders per image (the model must run inside `vlmslim.tokens.reducing`)."""
     inputs = processor_inputs(model, processor, images, instructions)
+    if tokens is not None:
+        tokenizer = getattr(processor, "tokenizer", processor)
+        inputs = reduce_placeholders(inputs, model.config.image_token_id, get_family(model).image_tokens(model.config),
+                                     tokens.k, tokenizer.pad_token_id or 0)
     device = first_param_device(model)  # with device_map="auto" the embeddings' device
     dtype = model.dtype
     # (B, C, H, W) pixels in the model's compute dtype; ids and masks stay integer.
@@ -106,17 +113,18 @@ def build_inputs(model, processor, images, instructions: list[str]) -> dict[str,
 
 @torch.inference_mode()
 def generate_batch(model, processor, images, instructions: list[str], max_new_tokens: int,
-                   sync: Callable[[], None] | None = None) -> BatchOutput:
+                   sync: Callable[[], None] | None = None, tokens: TokenSpec | None = None) -> BatchOutput:
     sync = sync or device_sync(model)
     tokenizer = getattr(processor, "tokenizer", processor)
     sync()
     t0 = time.perf_counter()
-    inputs = build_inputs(model, processor, images, instructions)
+    inputs = build_inputs(model, processor, images, instructions, tokens)
     sync()
     t_pre = time.perf_counter()
     timer = FirstTokenTimer(sync)
-    out = model.generate(**inputs, **GREEDY, max_new_tokens=max_new_tokens,
-                         logits_processor=LogitsProcessorList([timer]), pad_token_id=tokenizer.pad_token_id)
+    with reducing(model, tokens):
+        out = model.generate(**inputs, **GREEDY, max_new_tokens=max_new_tokens,
+                             logits_processor=LogitsProcessorList([timer]), pad_token_id=tokenizer.pad_token_id)
     sync()
     t_end = time.perf_counter()
     sequences = out if isinstance(out, torch.Tensor) else out.sequences
@@ -146,7 +154,8 @@ def prompt_text(model, processor, instruction: str) -> str:
 
 @torch.inference_mode()
 def generate_batch_compiled(model, processor, images, instructions: list[str], max_new_tokens: int,
-                            sync: Callable[[], None] | None = None, decoders: dict | None = None) -> BatchOutput:
+                            sync: Callable[[], None] | None = None, decoders: dict | None = None,
+                            tokens: TokenSpec | None = None) -> BatchOutput:
     """As `generate_batch`, through `engine.CompiledDecoder` (static cache + CUDA-graph decode step).
 
     One decoder per batch size is kept in `decoders` (its graph is recorded on first use, which the
@@ -157,7 +166,7 @@ def generate_batch_compiled(model, processor, images, instructions: list[str], m
     decoders = {} if decoders is None else decoders
     sync()
     t0 = time.perf_counter()
-    inputs = build_inputs(model, processor, images, instructions)
+    inputs = build_inputs(model, processor, images, instructions, tokens)
     sync()
     t_pre = time.perf_counter()
     b, length = inputs["input_ids"].shape
@@ -166,8 +175,9 @@ def generate_batch_compiled(model, processor, images, instructions: list[str], m
     if dec is None or dec.max_cache_len < need:
         dec = decoders[b] = CompiledDecoder(model, b, need)
     eos = sorted(eos_token_ids(model, tokenizer))
-    result = dec.decode(inputs, max_new_tokens, eos_token_id=eos[0] if eos else None,
-                        pad_token_id=tokenizer.pad_token_id or 0)
+    with reducing(model, tokens):  # the prefill runs the vision tower + projector
+        result = dec.decode(inputs, max_new_tokens, eos_token_id=eos[0] if eos else None,
+                            pad_token_id=tokenizer.pad_token_id or 0)
     sync()
     # decode_new_tokens expects prompt + answer rows; the decoder returns only the answer.
     texts, counts = decode_new_tokens(tokenizer, result.tokens, 0, set(eos))

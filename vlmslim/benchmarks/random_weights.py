@@ -21,8 +21,14 @@ from vlmslim.benchmarks.engine import ENGINES, CompiledDecoder
 from vlmslim.benchmarks.generate import FirstTokenTimer
 from vlmslim.census import census
 from vlmslim.inputs import synthetic_inputs
-from vlmslim.io import atomic_dir, write_json
+from vlmslim.benchmarks.efficiency import measure_bandwidth_gb_s
+from vlmslim.benchmarks.summary import environment, precision
+from vlmslim.families import get_family
+from vlmslim.io import atomic_dir, check_output_dir, write_json
 from vlmslim.loading import build_random_model
+from vlmslim.pruning import PruneConfig, prune
+from vlmslim.quantization import quantize_model
+from vlmslim.tokens import TokenSpec, check_supported, reduce_placeholders, reducing
 
 logger = logging.getLogger(__name__)
 
@@ -40,16 +46,24 @@ class ArchBenchConfig:
     device: str = "cuda"
     prune: dict = field(default_factory=dict)  # PruneConfig fields (weight criteria only)
     quant: str | None = None
+    image_tokens: int | None = None  # vlmslim.tokens: K image tokens per image into the language model
+    token_method: str = "pool"
     repeats: int = 3
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.image_tokens is not None:
+            self.token_spec  # validates K and the method
         for name in ("batch_size", "prompt_tokens", "max_new_tokens", "repeats"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1 (--{name.replace('_', '-')})")
         bad = [e for e in self.engines if e not in ENGINES]
         if bad:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)} (--engine), got {bad}")
+
+    @property
+    def token_spec(self) -> TokenSpec | None:
+        return None if self.image_tokens is None else TokenSpec(self.image_tokens, self.token_method, self.seed)
 
 
 def arch_configs(models: list[str], out: str, *, engine: str | None = None, glu: float = 0.0, heads: float = 0.0,
@@ -65,12 +79,8 @@ def arch_configs(models: list[str], out: str, *, engine: str | None = None, glu:
 def build(cfg: ArchBenchConfig):
     model = build_random_model(cfg.config, dtype=cfg.dtype, device=cfg.device, seed=cfg.seed)
     if cfg.prune:
-        from vlmslim.pruning import PruneConfig, prune
-
         prune(model, None, PruneConfig(**{"importance": "l2", **cfg.prune}))
     if cfg.quant:
-        from vlmslim.quantization import quantize_model
-
         quantize_model(model, cfg.quant, device=cfg.device)
     gc.collect()  # cut-away / replaced weights sit in reference cycles until collected
     if torch.device(cfg.device).type == "cuda":
@@ -108,12 +118,20 @@ def kv_bytes_per_step(model, family, batch: int, length: int) -> int:
 
 def measure(model, cfg: ArchBenchConfig, bandwidth_gb_s: float | None = None) -> list[dict]:
     """One row per engine: prefill s, decode ms/token, images/s, peak memory, roofline, token agreement."""
-    from vlmslim.families import get_family
-
     family = get_family(model)
     device = next(model.parameters()).device
     inputs = {k: v.to(device) for k, v in synthetic_inputs(model, cfg.batch_size, cfg.prompt_tokens, cfg.seed).items()}
     inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+    spec = cfg.token_spec
+    if spec is not None:
+        check_supported(model)
+        inputs = reduce_placeholders(inputs, model.config.image_token_id, family.image_tokens(model.config), spec.k)
+    with reducing(model, spec):
+        return _measure(model, family, inputs, cfg, bandwidth_gb_s)
+
+
+def _measure(model, family, inputs, cfg: ArchBenchConfig, bandwidth_gb_s: float | None) -> list[dict]:
+    device = next(model.parameters()).device
     length, n = inputs["input_ids"].shape[1], cfg.max_new_tokens
     c = census(model)
     decode_bytes = sum(c["components"][k]["bytes"] for k in ("language", "lm_head") if k in c["components"])
@@ -161,10 +179,6 @@ def measure(model, cfg: ArchBenchConfig, bandwidth_gb_s: float | None = None) ->
 
 def bench_architecture(cfg: ArchBenchConfig) -> dict:
     """Build, measure, and write `cfg.out` (config + summary.json with efficiency only)."""
-    from vlmslim.benchmarks.efficiency import measure_bandwidth_gb_s
-    from vlmslim.benchmarks.report import environment, precision
-    from vlmslim.io import check_output_dir
-
     check_output_dir(cfg.out, overwrite=False)
     device = torch.device(cfg.device)
     bandwidth = measure_bandwidth_gb_s(device) if device.type == "cuda" else None
@@ -177,7 +191,8 @@ def bench_architecture(cfg: ArchBenchConfig) -> dict:
                   "precision": precision(census(model)),
                   "pruning": [{"kind": "prune", "method": "+".join(k for k in ("glu", "heads") if cfg.prune.get(k)),
                                "params": cfg.prune}] if cfg.prune else [],
-                  "is_baseline": not cfg.prune and not cfg.quant, "random_weights": True},
+                  "is_baseline": not cfg.prune and not cfg.quant and cfg.image_tokens is None, "random_weights": True,
+                  "token_reduction": cfg.token_spec.to_dict() if cfg.token_spec else None},
         "task": "architecture-only", "n_samples": cfg.batch_size,
         "metrics": {}, "ci": {},
         "metric_notes": {"quality": "not measured: random weights (architecture-only run)"},

@@ -2,21 +2,26 @@
 
 ```
 OUT/
-  config.yaml      resolved BenchConfig + protocol + checkpoint/dataset hashes (rewritten per session)
+  config.yaml      resolved BenchConfig + protocol + checkpoint/dataset hashes (rewritten per session,
+                   written only once the model has loaded: a run that fails before leaves no results dir)
   samples.jsonl    one row per processed sample, appended + flushed per batch; after scoring it is
                    rewritten once, atomically, with each row's `scores` filled in
-  sessions.jsonl   one row per bench invocation: device, peak memory, energy, bandwidth, census
-  summary.json     the report (keys in run.py); summary.csv = the same, flattened into one row
+  sessions.jsonl   two records per bench invocation: `event: start` when it begins generating, `event: end`
+                   (device, peak memory, energy, bandwidth, census) when it stops; no end = killed
+  summary.json     the report (keys in summary.py); summary.csv = one tidy row of it (summary.csv_row)
+  scores_cache.json  the last scores (and --baseline differences), keyed by a hash of predictions,
+                   references and scoring settings: re-running a finished bench does not re-score
 ```
 
-A process killed mid-write leaves at most a torn last line in samples.jsonl; `open_samples` drops it
-(truncating the file so later appends start on a fresh line).
+One writer per results dir: `bench` holds the dir's lock (`vlmslim.io.output_lock`) for the whole run,
+config write and scoring included. A process killed mid-write leaves at most a torn last line in
+samples.jsonl; `SamplesWriter` drops it (truncating the file so later appends start on a fresh line).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
-import fcntl
 import hashlib
 import io
 import json
@@ -27,7 +32,7 @@ from pathlib import Path
 import yaml
 
 from vlmslim.errors import BenchmarkError
-from vlmslim.io import sha256_file
+from vlmslim.io import clean_stale_files, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -37,21 +42,34 @@ SESSIONS = "sessions.jsonl"
 SUMMARY = "summary.json"
 SUMMARY_CSV = "summary.csv"
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf")
+# Besides the weights, what decides a checkpoint's outputs: config.json (architecture, norms, rope),
+# generation_config.json, the processor/tokenizer files and chat template. vlmslim.json (timestamps)
+# and README.md (the model card) do not.
+CONFIG_PATTERNS = ("*.json", "*.jinja", "*.model", "vocab*.txt", "merges*.txt")
+NOT_IDENTITY = ("vlmslim.json",)
 
 
 # ---------------------------------------------------------------- hashing
 
 
-def weights_sha256(model_dir: str | os.PathLike) -> tuple[str, list[str]]:
-    """sha256 over (file name, file sha256) of every weights file: the identity results are keyed by."""
+def checkpoint_sha256(model_dir: str | os.PathLike) -> tuple[str, dict[str, str]]:
+    """(sha256 over (name, sha256) of every weights, config and processor file, {name: its sha256}):
+    the identity results are keyed by. Same weights under another config.json is another model."""
     root = Path(model_dir)
-    files = sorted({p for pat in WEIGHT_PATTERNS for p in root.glob(pat) if p.is_file()})
-    if not files:
+    weights = sorted({p for pat in WEIGHT_PATTERNS for p in root.glob(pat) if p.is_file()})
+    if not weights:
         raise BenchmarkError(f"no weights files ({', '.join(WEIGHT_PATTERNS)}) in {root}; cannot key results by them")
+    others = {p for pat in CONFIG_PATTERNS for p in root.glob(pat) if p.is_file() and p.name not in NOT_IDENTITY}
+    files = {p.name: sha256_file(p) for p in sorted({*weights, *others})}
     h = hashlib.sha256()
-    for f in files:
-        h.update(f"{f.name}\0{sha256_file(f)}\n".encode())
-    return h.hexdigest(), [f.name for f in files]
+    for name, digest in files.items():
+        h.update(f"{name}\0{digest}\n".encode())
+    return h.hexdigest(), files
+
+
+def weight_files(files: dict[str, str]) -> list[str]:
+    """The weights among `checkpoint_sha256`'s files (for bytes on disk)."""
+    return [n for n in files if any(Path(n).match(pat) for pat in WEIGHT_PATTERNS)]
 
 
 def weights_dir(source: str) -> Path:
@@ -62,7 +80,7 @@ def weights_dir(source: str) -> Path:
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
-        return Path(snapshot_download(source, allow_patterns=[*WEIGHT_PATTERNS, "*.json"]))
+        return Path(snapshot_download(source, allow_patterns=[*WEIGHT_PATTERNS, *CONFIG_PATTERNS]))
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as e:
         raise BenchmarkError(f"cannot resolve the weights of {source!r} to hash them: {e}") from e
 
@@ -99,18 +117,12 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
 
 
 class SamplesWriter:
-    """Append-only writer of samples.jsonl: repairs a torn tail, locks the file, flushes per batch."""
+    """Append-only writer of samples.jsonl: repairs a torn tail, flushes per batch. The caller holds the
+    results dir's lock (`vlmslim.io.output_lock`) for as long as it writes."""
 
     def __init__(self, out: Path):
         self.path = out / SAMPLES
         self.fh = open(self.path, "a+b")
-        try:
-            # One writer per results dir; the OS drops the lock if the process dies, so a kill never blocks resume.
-            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as e:
-            self.fh.close()
-            raise BenchmarkError(f"another `vlmslim bench` is writing to {out}; "
-                                 "wait for it or use another --out") from e
         rows, torn = _parse_lines(self.path)
         if torn == -1:
             self.fh.write(b"\n")
@@ -137,8 +149,12 @@ def append_jsonl(path: Path, row: dict) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:  # a failed write (disk full) leaves no temp file; after the replace there is none
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
 
 
 def rewrite_samples(out: Path, rows: list[dict]) -> None:
@@ -146,11 +162,48 @@ def rewrite_samples(out: Path, rows: list[dict]) -> None:
     atomic_write_text(out / SAMPLES, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
+def clean_stale_tmp(out: Path) -> None:
+    """Remove `.<file>.tmp-PID` files a killed rewrite left in `out` (call under the dir's lock)."""
+    clean_stale_files(out, ".*.tmp-*")
+
+
+# ---------------------------------------------------------------- sessions
+
+
+def read_sessions(out: Path) -> list[dict]:
+    """One record per session, ordered by id: its start record updated by its end record. A session
+    with a start and no end was killed (`killed: True`); its rows are in samples.jsonl all the same."""
+    merged: dict[int, dict] = {}
+    for rec in read_jsonl(out / SESSIONS):
+        event = rec.get("event")
+        if event == "start":
+            merged[rec["session"]] = {**rec, "killed": True, "completed": False}
+        elif event == "end":
+            merged.setdefault(rec["session"], {}).update(rec, killed=False)
+        else:  # written before start records existed: one record per session, at its end
+            merged[rec["session"]] = {**rec, "killed": False}
+    return [merged[k] for k in sorted(merged)]
+
+
+def start_session(out: Path, sessions: list[dict], rows: list[dict], **fields) -> dict:
+    """Record a new session before it writes any row; its id is new to both sessions.jsonl and the rows
+    (a killed session of an older format left rows but no record), so batch ids never repeat."""
+    used = {s["session"] for s in sessions} | {r.get("session") for r in rows if isinstance(r.get("session"), int)}
+    session = {"session": max(used, default=-1) + 1, "event": "start", "pid": os.getpid(), **fields}
+    append_jsonl(out / SESSIONS, session)
+    return dict(session)
+
+
+def end_session(out: Path, session: dict) -> None:
+    append_jsonl(out / SESSIONS, {**session, "event": "end"})
+
+
 # ---------------------------------------------------------------- config + compatibility
 
 # What makes two sessions' rows comparable: same weights, data and generation protocol. Scoring settings
 # (bootstrap, BERTScore model, baseline) and --limit are recomputed per run and may change freely.
-PROTOCOL_KEYS = ("task", "prompt", "max_new_tokens", "batch_size", "dtype", "device", "quant", "ocr_tokens", "engine")
+PROTOCOL_KEYS = ("task", "prompt", "max_new_tokens", "batch_size", "dtype", "device", "quant", "ocr_tokens", "engine",
+                 "image_tokens", "token_method")
 
 
 def read_config(out: Path) -> dict | None:
@@ -166,7 +219,10 @@ def check_resumable(out: Path, old: dict, new: dict) -> None:
     """Refuse to mix rows from another checkpoint, dataset or generation protocol into `out`."""
     changes = []
     if old.get("checkpoint_sha256") != new["checkpoint_sha256"]:
-        changes.append(f"checkpoint weights (sha256 {str(old.get('checkpoint_sha256'))[:12]}… -> "
+        old_files, new_files = old.get("checkpoint_files") or {}, new["checkpoint_files"]
+        differ = sorted(n for n in {*old_files, *new_files} if old_files.get(n) != new_files.get(n))
+        what = ", ".join(differ) if old_files else "keyed by weights only before; re-run into a new --out"
+        changes.append(f"checkpoint files ({what}; sha256 {str(old.get('checkpoint_sha256'))[:12]}… -> "
                        f"{new['checkpoint_sha256'][:12]}…)")
     if old.get("dataset_sha256") != new["dataset_sha256"]:
         changes.append("dataset (samples.jsonl sha256 differs)")
@@ -180,27 +236,13 @@ def check_resumable(out: Path, old: dict, new: dict) -> None:
 # ---------------------------------------------------------------- summary
 
 
-def flatten(d: dict, prefix: str = "") -> dict:
-    """{"a": {"b": 1}} -> {"a.b": 1}; lists become JSON strings (one CSV cell)."""
-    flat = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            flat.update(flatten(v, key + "."))
-        elif isinstance(v, (list, tuple)):
-            flat[key] = json.dumps(v, default=str)
-        else:
-            flat[key] = v
-    return flat
-
-
-def write_summary(out: Path, summary: dict) -> None:
+def write_summary(out: Path, summary: dict, row: dict) -> None:
+    """summary.json, and summary.csv: a header and `row` (scalar cells)."""
     atomic_write_text(out / SUMMARY, json.dumps(summary, indent=2, default=str) + "\n")
-    flat = flatten(summary)
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(flat))
+    writer = csv.DictWriter(buf, fieldnames=list(row))
     writer.writeheader()
-    writer.writerow(flat)
+    writer.writerow(row)
     atomic_write_text(out / SUMMARY_CSV, buf.getvalue())
 
 

@@ -1,9 +1,10 @@
 """`bench`: one controlled, resumable run of a checkpoint on a dataset — quality and efficiency from the
 same generations.
 
-Flow: validate config → load data (task check, --limit subset) → hash the weights → open/resume the
-results dir (refusing a different checkpoint, dataset or protocol) → generate the missing samples,
-appending each batch's rows → score every row → summary.json/.csv. Results-dir format: `results.py`.
+Flow: validate config → load data (task check, --limit subset) → hash the checkpoint (weights, config,
+processor files) → lock the results dir → open/resume it (refusing a different checkpoint, dataset or
+protocol) → load the model → generate the missing samples, appending each batch's rows → score every
+row → summary.json/.csv → unlock. Results-dir format: `results.py`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import dataclasses
 import functools
 import gc
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -26,15 +28,16 @@ from vlmslim.benchmarks.efficiency import reset_peak_memory
 from vlmslim.benchmarks.engine import ENGINES
 from vlmslim.benchmarks.devices import cuda_devices, device_sync
 from vlmslim.benchmarks.generate import generate_batch, generate_batch_compiled, prompt_text
-from vlmslim.benchmarks.report import compact_manifest, environment, model_label, now, score_and_summarise
+from vlmslim.benchmarks.summary import compact_manifest, environment, model_label, now, score_and_summarise
 from vlmslim.benchmarks.tasks import DEFAULT_BERTSCORE_MODEL, get_task
 from vlmslim.census import census as take_census
 from vlmslim.loading import load_model, resolve_source
 from vlmslim.manifest import read_manifest
 from vlmslim.quantization import as_spec, load_quantized
+from vlmslim.tokens import TokenSpec, check_supported
 from vlmslim.errors import BenchmarkError, DataError, VlmslimError
 from vlmslim.families import get_family
-from vlmslim.io import sha256_file, write_json
+from vlmslim.io import output_lock, sha256_file, write_errors, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +58,8 @@ class BenchConfig:
     quant: str | None = None  # a vlmslim.quantization recipe applied at load
     name: str | None = None  # label in tables and figures (default: the model dir's / repo's name)
     engine: str = "eager"  # "compiled": static KV cache + CUDA-graph decode step (benchmarks/engine.py)
+    image_tokens: int | None = None  # vlmslim.tokens: K image tokens per image into the language model
+    token_method: str = "pool"
     baseline: str | None = None  # results dir for paired differences
     bertscore_model: str | None = DEFAULT_BERTSCORE_MODEL  # None: no BERTScore
     energy: bool = True
@@ -74,11 +79,16 @@ class BenchConfig:
                 raise ValueError(f"{name} must be an integer >= {low} (--{name.replace('_', '-')}), got {value!r}")
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)} (--engine), got {self.engine!r}")
+        self.token_spec  # validates --image-tokens / --token-method
         if self.dtype not in (None, "auto", "float16", "bfloat16", "float32", "fp16", "bf16", "fp32"):
             raise ValueError(f"dtype must be float16, bfloat16, float32 or auto (--dtype), got {self.dtype!r}")
         existing = next(p for p in (Path(self.out), *Path(self.out).absolute().parents) if p.exists())
         if not existing.is_dir():  # --out (or, with several MODELs, its parent) is a file
             raise ValueError(f"--out {self.out}: {existing} is a file; a results dir is a directory")
+
+    @property
+    def token_spec(self) -> TokenSpec | None:
+        return None if self.image_tokens is None else TokenSpec(self.image_tokens, self.token_method, self.seed)
 
     def resolved(self, dataset_task: str) -> "BenchConfig":
         task = get_task(self.task or dataset_task)
@@ -142,53 +152,80 @@ def run_bench(config: BenchConfig, *, progress: bool = True,
     out = Path(cfg.out)
     source = resolve_source(cfg.model)
     weights = res.weights_dir(source)
-    logger.info("hashing the weights files in %s (results are keyed by them)", weights)
-    checkpoint_sha, weight_files = res.weights_sha256(weights)
+    logger.info("hashing the weights, config and processor files in %s (results are keyed by them)", weights)
+    checkpoint_sha, files = res.checkpoint_sha256(weights)
     record = {
         "config": dataclasses.asdict(cfg),
         "generation": {k: getattr(cfg, k) for k in res.PROTOCOL_KEYS},
         "checkpoint_sha256": checkpoint_sha,
-        "weights_files": weight_files,
+        "checkpoint_files": files,
+        "weights_files": res.weight_files(files),
         "dataset_sha256": sha256_file(Path(cfg.data) / res.SAMPLES),
     }
-    old = res.read_config(out) if out.exists() else None
-    if old is not None:
-        res.check_resumable(out, old, record)
-    elif out.exists() and any(out.iterdir()):
-        raise BenchmarkError(f"{out} exists and is not a results dir (no {res.CONFIG}); pass another --out")
-    baseline = _read_baseline(cfg, task, record["dataset_sha256"]) if cfg.baseline else None
-    out.mkdir(parents=True, exist_ok=True)
-    writer = res.SamplesWriter(out)  # takes the results dir's lock before anything is written
-    try:
-        res.write_config(out, record)
-        sessions = res.read_jsonl(out / res.SESSIONS)
-        done = {r["id"] for r in writer.rows}
+    # One writer per results dir for the whole run (config, rows, sessions, scoring); a full disk is one error line.
+    with output_lock(out), write_errors(out):
+        rows, sessions = _open_results(out, record)
+        baseline = _read_baseline(cfg, task, record["dataset_sha256"]) if cfg.baseline else None
+        done = {r["id"] for r in rows}
         todo = [s for s in dataset.samples if s.id not in done]
         logger.info("%s: %d samples selected, %d already in %s, %d to generate",
                     cfg.name or model_label(cfg.model), len(dataset.samples), len(done), out, len(todo))
         if todo or not any(s.get("census") for s in sessions):
-            model, processor = _load(source, cfg)
-            if processor is None:
-                raise BenchmarkError(f"{source} has no processor (tokenizer + image processor); bench needs one")
-            session = {"session": len(sessions), "started": now(), "model_source": source}
-            try:
-                _generate(model, processor, dataset, todo, task, cfg, writer, session, progress, on_batch)
-            except torch.cuda.OutOfMemoryError as e:
-                raise BenchmarkError(f"out of GPU memory at batch size {cfg.batch_size} ({len(writer.rows)} rows "
-                                     f"kept in {out}); a smaller --batch-size is a new protocol: "
-                                     "use a new --out") from e
-            finally:
-                session["ended"] = now()
-                res.append_jsonl(out / res.SESSIONS, session)
-                sessions.append(session)
-            del model, processor
+            rows, sessions = _run_session(cfg, source, out, record, dataset, todo, task, sessions, progress, on_batch)
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-        rows = list(writer.rows)
+        return score_and_summarise(cfg, task, dataset, out, rows, sessions, record, baseline, weights,
+                                   record["weights_files"])
+
+
+def _open_results(out: Path, record: dict) -> tuple[list[dict], list[dict]]:
+    """(rows, sessions) already in `out`, refusing a dir of another run. A dir without rows (what a
+    failed run of an older version left: config.yaml + empty samples.jsonl) holds nothing to mix."""
+    if out.exists() and not out.is_dir():
+        raise BenchmarkError(f"--out {out} is a file, not a results dir; pass another --out")
+    if out.is_dir():
+        res.clean_stale_tmp(out)
+    rows = res.read_jsonl(out / res.SAMPLES)
+    old = res.read_config(out)
+    if old is not None and rows:
+        res.check_resumable(out, old, record)
+    elif old is None and out.is_dir() and any(out.iterdir()):
+        raise BenchmarkError(f"{out} exists and is not a results dir (no {res.CONFIG}); pass another --out")
+    return rows, res.read_sessions(out)
+
+
+def _run_session(cfg, source, out, record, dataset, todo, task, sessions, progress, on_batch):
+    """Load the model, then write config + a session start record + rows; returns (rows, sessions).
+
+    Nothing is written before the model has loaded, and a results dir this run created is removed if it
+    fails before its first row: a bad checkpoint leaves nothing that would block the fixed re-run.
+    """
+    model, processor = _load(source, cfg)
+    if processor is None:
+        raise BenchmarkError(f"{source} has no processor (tokenizer + image processor); bench needs one")
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    writer = res.SamplesWriter(out)
+    ok = False
+    try:
+        res.write_config(out, record)
+        session = res.start_session(out, sessions, writer.rows, started=now(), model_source=source)
+        try:
+            _generate(model, processor, dataset, todo, task, cfg, writer, session, progress, on_batch)
+        except torch.cuda.OutOfMemoryError as e:
+            raise BenchmarkError(f"out of GPU memory at batch size {cfg.batch_size} ({len(writer.rows)} rows "
+                                 f"kept in {out}); a smaller --batch-size is a new protocol: "
+                                 "use a new --out") from e
+        finally:
+            session["ended"] = now()
+            res.end_session(out, session)
+        ok = True
     finally:
         writer.close()
-    return score_and_summarise(cfg, task, dataset, out, rows, sessions, record, baseline, weights, weight_files)
+        if created and not ok and not writer.rows:
+            shutil.rmtree(out, ignore_errors=True)
+    return list(writer.rows), res.read_sessions(out)
 
 
 def _generate(model, processor, dataset, todo, task, cfg, writer, session, progress, on_batch) -> None:
@@ -206,9 +243,11 @@ def _generate(model, processor, dataset, todo, task, cfg, writer, session, progr
     )
     meter = EnergyMeter(cfg.country, devices) if cfg.energy and todo else None
     measuring = False
-    gen = generate_batch
+    if cfg.token_spec is not None:
+        check_supported(model)  # before any sample is generated
+    gen = functools.partial(generate_batch, tokens=cfg.token_spec)
     if cfg.engine == "compiled":
-        gen = functools.partial(generate_batch_compiled, decoders={})
+        gen = functools.partial(generate_batch_compiled, decoders={}, tokens=cfg.token_spec)
     bar = tqdm(total=len(todo), disable=not progress, desc=cfg.name or model_label(cfg.model), unit="img")
     try:
         for start in range(0, len(todo), cfg.batch_size):

@@ -54,8 +54,11 @@ def bertscore_config(model: str | None):
 
 
 def _score_caption(predictions, references, *, n_bootstrap, seed, bertscore, allow_fallback=False):
-    return _metrics().score_captions(predictions, references, n_bootstrap=n_bootstrap, seed=seed,
-                                     allow_fallback=allow_fallback)
+    m = _metrics()
+    result = m.score_captions(predictions, references, n_bootstrap=n_bootstrap, seed=seed,
+                              allow_fallback=allow_fallback)
+    # BERTScore of a caption: the max over its references (bert_score's multi-reference rule)
+    return m.with_bertscore(result, predictions, references, bertscore, n_bootstrap=n_bootstrap, seed=seed)
 
 
 def _score_vqa(predictions, references, *, n_bootstrap, seed, bertscore, allow_fallback=False):
@@ -79,7 +82,7 @@ class Task:
     prompt: str  # the pinned instruction (caption) or answer-style suffix (vqa, open-vqa)
     max_new_tokens: int
     headline: str  # the metric a one-line summary shows
-    metric_keys: tuple[str, ...]
+    metric_keys: tuple[str, ...]  # the metrics tables report (summary.csv columns); summary.json has them all
     instruction: Callable  # (sample, prompt, ocr_tokens) -> text after the image
     score: Callable  # (predictions, references, *, n_bootstrap, seed, bertscore) -> ScoreResult
     uses_bertscore: bool = False
@@ -91,13 +94,15 @@ class Task:
 TASKS: dict[str, Task] = {
     t.name: t
     for t in [
-        Task("caption", CAPTION_PROMPT, 64, "cider", CAPTION_METRICS, caption_instruction, _score_caption,
-             paired=_paired_caption),
+        # caption length next to CIDEr: prompt wording moves both (DESIGN.md)
+        Task("caption", CAPTION_PROMPT, 64, "cider",
+             ("cider", "bleu4", "meteor", "rouge_l", "bertscore_f1", "caption_len_mean"), caption_instruction,
+             _score_caption, paired=_paired_caption, uses_bertscore=True),
         # 16 tokens: a "single word or phrase" answer; longer output only inflates latency.
         Task("vqa", VQA_PROMPT, 16, "vqa_accuracy", ("vqa_accuracy",), vqa_instruction, _score_vqa),
         # No suffix: the question is the instruction; answers are paragraphs, hence 256 tokens.
-        Task("open-vqa", OPEN_VQA_PROMPT, 256, "rouge_l", ("rouge_l", "meteor", "bertscore_f1"), open_vqa_instruction,
-             _score_open_vqa, uses_bertscore=True),
+        Task("open-vqa", OPEN_VQA_PROMPT, 256, "rouge_l", ("rouge_l", "rougeL_f", "meteor", "bertscore_f1"),
+             open_vqa_instruction, _score_open_vqa, uses_bertscore=True),
     ]
 }
 
@@ -112,13 +117,16 @@ def paired_differences(task: Task, predictions, baseline_predictions, references
                        allow_fallback: bool = False):
     """{metric: (model − baseline, lo, hi)} on the common ids, paired bootstrap over samples.
 
-    Captions: corpus metrics recomputed on the same resamples for both (CIDEr-D IDF included). VQA and
-    open VQA: paired differences of the per-sample scores' means (for METEOR a per-sample mean, not the
-    corpus aggregate)."""
+    Captions: corpus metrics recomputed on the same resamples for both (CIDEr-D IDF included), BERTScore
+    as a paired difference of per-sample means. VQA and open VQA: paired differences of the per-sample
+    scores' means (for METEOR a per-sample mean, not the corpus aggregate)."""
     m = _metrics()
     if task.paired is not None:
         out = task.paired(predictions, baseline_predictions, references, n_bootstrap=n_bootstrap, seed=seed,
                           allow_fallback=allow_fallback)
+        if task.uses_bertscore and bertscore is not None:  # per-sample BERTScore: paired means
+            out.update(m.paired_bertscore(predictions, baseline_predictions, references, bertscore,
+                                          n_bootstrap=n_bootstrap, seed=seed))
     else:
         kw = dict(n_bootstrap=0, seed=seed, bertscore=bertscore, allow_fallback=allow_fallback)
         ours = task.score(predictions, references, **kw).per_sample

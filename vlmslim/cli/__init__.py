@@ -3,7 +3,7 @@
 Commands parse options and turn expected library errors (`VlmslimError`) into one-line
 `click.ClickException`s; no logic lives here. This module holds the group and the shared error
 handling; the commands live in `data.py` (data), `models.py` (inspect, prune, quantize),
-`bench.py` (bench) and `results.py` (figures, demo), registered on import at the bottom.
+`bench.py` (bench), `figures.py` and `demo.py`, registered on import at the bottom.
 """
 
 from __future__ import annotations
@@ -28,8 +28,11 @@ DEFAULT_CALIBRATION_SAMPLES = 32
 QUANT_TARGETS = ("all", "language", "vision")
 DEFAULT_TARGET = "language"
 COMPUTE_DTYPES = ("bfloat16", "float16", "float32")
+TOKEN_METHODS = ("pool", "random", "visionzip")
+QUANT_RECIPES = ("fp4", "int4wo", "int8", "nf4")
 DEMO_VARIANTS = ("base", "glu30", "glu50", "glu70", "glu80", "heads25", "heads50", "glu30-heads25", "drop1",
-                 "int8", "nf4", "glu30-nf4")
+                 "int8", "nf4", "glu30-nf4", "int4wo", "tokens36", "tokens16", "tokens16-visionzip", "tokens16-random", "tokens4",
+                 "glu30-nf4-tokens16")
 
 
 def _setup_logging(verbosity: int) -> None:
@@ -43,35 +46,30 @@ def _setup_logging(verbosity: int) -> None:
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbosity > 1 else logging.WARNING)
 
 
-# OS errors the user fixes by freeing space or choosing another place: one line instead of a traceback.
-WRITE_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
-                errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
-                errno.EPERM: "operation not permitted"}
-NOTHING_KEPT = "nothing was kept under the final name"  # atomic outputs: the staging dir is removed
+# OS errors the user fixes by freeing space or choosing another place. Atomic outputs and results dirs
+# already raise them as `OutputWriteError` (vlmslim.io.write_errors); this catches the rest (a dataset
+# being staged, any other write) so no command prints a traceback for a full or read-only disk.
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
-def handle_errors(fn=None, *, kept: str = NOTHING_KEPT):
-    """Turn expected library errors into one-line CLI errors (exit 1), keeping tracebacks for bugs.
+def handle_errors(fn):
+    """Turn expected library errors into one-line CLI errors (exit 1), keeping tracebacks for bugs."""
 
-    `kept` says what a failed write leaves behind (`bench` keeps the rows flushed so far)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except VlmslimError as e:
+            raise click.ClickException(str(e)) from e
+        except OSError as e:
+            if e.errno not in WRITE_ERRNOS:
+                raise
+            # A failed write() on an open file carries no file name: name the command's output instead.
+            path = e.filename or kwargs.get("out") or "the output"
+            raise click.ClickException(f"cannot write {path}: {os.strerror(e.errno)}; free space (or choose "
+                                       "another --out) and re-run the same command") from e
 
-    def decorate(fn):
-        @functools.wraps(fn)
-        def wrapper(*args, **kwargs):
-            try:
-                return fn(*args, **kwargs)
-            except VlmslimError as e:
-                raise click.ClickException(str(e)) from e
-            except OSError as e:
-                if e.errno not in WRITE_ERRNOS:
-                    raise
-                # A failed write() on an open file carries no file name: name the command's output instead.
-                path = e.filename or kwargs.get("out") or "output"
-                raise click.ClickException(f"{path}: {WRITE_ERRNOS[e.errno]} ({kept})") from e
-
-        return wrapper
-
-    return decorate(fn) if fn is not None else decorate
+    return wrapper
 
 
 class OneLineErrors(click.Group):
@@ -139,7 +137,8 @@ def main() -> None:
 
 
 # Registers the commands on `cli` (each module imports `cli` and `handle_errors` from here).
-from vlmslim.cli import bench, data, models, results  # noqa: E402,F401
+from vlmslim.cli import bench, data, demo, figures, models  # noqa: E402,F401
+from vlmslim.cli.figures import _COST_CHOICES  # noqa: E402,F401  (tests check it mirrors the registry)
 
 
 def _with_verbosity_everywhere(group: click.Group) -> None:
@@ -150,4 +149,3 @@ def _with_verbosity_everywhere(group: click.Group) -> None:
 
 
 _with_verbosity_everywhere(cli)
-from vlmslim.cli.results import _COST_CHOICES  # noqa: E402,F401  (tests check it mirrors the registry)

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from vlmslim.benchmarks.tasks import DEFAULT_BERTSCORE_MODEL, TASKS
-from vlmslim.cli import cli, handle_errors
+from vlmslim.cli import TOKEN_METHODS, cli, handle_errors
 
 
 # --- bench -------------------------------------------------------------------------------------
@@ -47,13 +47,17 @@ def _echo_summary(out: str, summary: dict) -> None:
               help="MODELs are shipped configs (e.g. llava-1.5-7b) with random weights: speed and memory only.")
 @click.option("--glu", type=float, default=0.0, help="With --random-weights: prune this GLU fraction first.")
 @click.option("--heads", type=float, default=0.0, help="With --random-weights: prune this head fraction first.")
+@click.option("--image-tokens", type=int,
+              help="Feed K image tokens per image to the language model (vlmslim.tokens; llava only).")
+@click.option("--token-method", type=click.Choice(TOKEN_METHODS),
+              help="How --image-tokens reduces them (default pool: K a perfect square).")
 @click.option("--name", help="Label in tables and figures (one MODEL only; default: the dir's or repo's name).")
 @click.option("--engine", type=click.Choice(["eager", "compiled"]),
               help="Default eager: plain generate; compiled: static KV cache + CUDA-graph decode step (GPU).")
 @click.option("--baseline", type=click.Path(exists=True, file_okay=False),
               help="Results dir to compare against (paired CIs).")
 @click.option("--bertscore-model", help=f"Hub id or local dir (default {DEFAULT_BERTSCORE_MODEL}).")
-@click.option("--no-bertscore", is_flag=True, help="Skip BERTScore (open-vqa).")
+@click.option("--no-bertscore", is_flag=True, help="Skip BERTScore (caption, open-vqa).")
 @click.option("--no-energy", is_flag=True, help="Do not run codecarbon's energy tracker.")
 @click.option("--allow-no-java", is_flag=True,
               help="Without Java: score with a simple tokenizer and no METEOR, labelled as such in the summary.")
@@ -61,9 +65,9 @@ def _echo_summary(out: str, summary: dict) -> None:
 @click.option("--warmup", type=int, help="Unrecorded warm-up passes on the first batch (default 1).")
 @click.option("--seed", type=int, help="Subset selection and bootstrap seed (default 0).")
 @click.option("--bootstrap", type=int, help="Bootstrap resamples for 95% CIs (default 1000).")
-@handle_errors(kept="rows written so far stay under --out; re-run to resume")
+@handle_errors
 def bench(models, data, out, task, limit, batch_size, max_new_tokens, prompt, ocr_tokens, device, dtype, quant,
-          random_weights, glu, heads, name, engine, baseline, bertscore_model, no_bertscore, no_energy, allow_no_java,
+          random_weights, glu, heads, image_tokens, token_method, name, engine, baseline, bertscore_model, no_bertscore, no_energy, allow_no_java,
           energy_country, warmup, seed, bootstrap):
     """Quality and efficiency of checkpoints on one dataset, from the same greedy generations.
 
@@ -79,12 +83,13 @@ def bench(models, data, out, task, limit, batch_size, max_new_tokens, prompt, oc
 
     if random_weights:
         return _bench_random(models, out, batch_size=batch_size, max_new_tokens=max_new_tokens, device=device,
-                             dtype=dtype, quant=quant, engine=engine, glu=glu, heads=heads)
+                             dtype=dtype, quant=quant, engine=engine, glu=glu, heads=heads,
+                             image_tokens=image_tokens, token_method=token_method)
     if data is None:
         raise click.UsageError("Missing option '--data' (or pass --random-weights for an architecture-only run)")
     if glu or heads:
         raise click.UsageError("--glu/--heads prune random-weight models only; prune checkpoints with `vlmslim prune`")
-    given = dict(task=task, limit=limit, batch_size=batch_size, max_new_tokens=max_new_tokens, prompt=prompt,
+    given = dict(task=task, limit=limit, image_tokens=image_tokens, token_method=token_method, batch_size=batch_size, max_new_tokens=max_new_tokens, prompt=prompt,
                  device=device, dtype=dtype, quant=quant, name=name, engine=engine, baseline=baseline,
                  bertscore_model=bertscore_model, country=energy_country, warmup=warmup, seed=seed,
                  bootstrap=bootstrap)

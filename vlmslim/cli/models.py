@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from vlmslim.cli import (COMPUTE_DTYPES, DEFAULT_CALIBRATION_SAMPLES, DEFAULT_TARGET, HEAD_CRITERIA, HEAD_MODES,
-                         NEURON_CRITERIA, QUANT_TARGETS, cli, handle_errors)
+                         NEURON_CRITERIA, QUANT_RECIPES, QUANT_TARGETS, cli, handle_errors)
 
 
 # --- inspect -------------------------------------------------------------------------------
@@ -98,7 +98,10 @@ def prune_cmd(model, out, glu, heads, head_mode, drop_layers, trim_vision, impor
 @cli.command()
 @click.argument("model")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output checkpoint directory.")
-@click.option("--bits", required=True, type=click.Choice(["8", "4"]), help="8: LLM.int8; 4: nf4 (default) or fp4.")
+@click.option("--recipe", type=click.Choice(QUANT_RECIPES),
+              help="int8 / nf4 / fp4: bitsandbytes; int4wo: 4-bit weight-only on ATen tinygemm (fast GPU decode).")
+@click.option("--bits", type=click.Choice(["8", "4"]), help="bitsandbytes by width: 8 = int8; 4 = nf4 (default) or fp4.")
+@click.option("--group-size", type=int, default=None, help="int4wo: inputs per scale/zero [default: 128].")
 @click.option("--quant-type", type=click.Choice(["nf4", "fp4"]), default=None, help="4-bit data type [default: nf4].")
 @click.option("--double-quant", is_flag=True, help="4-bit: quantize the per-block scales too (~0.37 bit/weight less).")
 @click.option("--compute-dtype", type=click.Choice(COMPUTE_DTYPES), default=None,
@@ -113,22 +116,38 @@ def prune_cmd(model, out, glu, heads, head_mode, drop_layers, trim_vision, impor
 @click.option("--device", default="cpu", show_default=True, help="Where to quantize and verify (cpu, cuda, cuda:1).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out directory.")
 @handle_errors
-def quantize(model, out, bits, quant_type, double_quant, compute_dtype, int8_threshold, target, keep, also, device,
-             overwrite):
-    """Quantize MODEL's Linear layers with bitsandbytes; save a checkpoint that reloads.
+def quantize(model, out, recipe, bits, group_size, quant_type, double_quant, compute_dtype, int8_threshold, target, keep,
+             also, device, overwrite):
+    """Quantize MODEL's Linear layers (bitsandbytes or int4 weight-only); save a checkpoint that reloads.
 
     \b
     vlmslim quantize ckpt/llava-glu25 --out ckpt/llava-glu25-nf4 --bits 4 --double-quant --target language
+    vlmslim quantize ckpt/llava-glu25 --out ckpt/llava-glu25-int4wo --recipe int4wo --group-size 128
 
     MODEL is a hub id, an HF directory or a vlmslim (pruned) checkpoint. The census after quantization
     must equal the target exactly; the saved checkpoint is reloaded and compared by logits.
     """
-    from vlmslim.quantization import QuantSpec, recipe_from_bits
+    from vlmslim.quantization import QuantSpec, make_recipe, recipe_from_bits
     from vlmslim.quantization import quantize as run_quantize
 
+    if (recipe is None) == (bits is None):
+        raise click.UsageError("pass exactly one of --recipe NAME or --bits 8|4")
     try:
-        recipe = recipe_from_bits(int(bits), quant_type, double_quant, compute_dtype, int8_threshold)
-        spec = QuantSpec(recipe, target, keep, also)
+        if recipe in ("nf4", "fp4") and quant_type not in (None, recipe):
+            raise ValueError(f"--recipe {recipe} with --quant-type {quant_type}: pass one of them")
+        if recipe is not None and recipe != "int4wo":  # a bnb recipe by name: the --bits path with its type
+            bits, quant_type = ("8", quant_type) if recipe == "int8" else ("4", quant_type or recipe)
+        if recipe == "int4wo":
+            for given, flag in ((quant_type, "--quant-type"), (double_quant, "--double-quant"),
+                                (compute_dtype, "--compute-dtype"), (int8_threshold, "--int8-threshold")):
+                if given:
+                    raise ValueError(f"{flag} applies to bitsandbytes recipes, not int4wo")
+            chosen = make_recipe("int4wo", **({} if group_size is None else {"group_size": group_size}))
+        else:
+            if group_size is not None:
+                raise ValueError("--group-size applies to --recipe int4wo only")
+            chosen = recipe_from_bits(int(bits), quant_type, double_quant, compute_dtype, int8_threshold)
+        spec = QuantSpec(chosen, target, keep, also)
     except ValueError as e:  # an option combination the recipe refuses (e.g. --quant-type with --bits 8)
         raise click.ClickException(str(e)) from e
     record = run_quantize(model, out, spec, device=device, overwrite=overwrite)

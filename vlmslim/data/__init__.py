@@ -6,12 +6,12 @@ captions), `make_synthetic` (the offline shapes set). Consumers: `load(DIR) -> L
 """
 
 from vlmslim.data.importer import import_captions
-from vlmslim.data.layout import TASKS, LocalDataset, Sample, load, select_subset
+from vlmslim.data.layout import TASK_NAMES, LocalDataset, Sample, load, select_subset
 from vlmslim.data.sources import SOURCES, SourceSpec
 from vlmslim.data.synthetic import SyntheticConfig, make_synthetic, vocabulary
 
 __all__ = [
-    "SOURCES", "TASKS", "DownloadConfig", "LocalDataset", "Sample", "SourceSpec", "SyntheticConfig",
+    "SOURCES", "TASK_NAMES", "DownloadConfig", "LocalDataset", "Sample", "SourceSpec", "SyntheticConfig",
     "download", "import_captions", "load", "make_synthetic", "select_subset", "vocabulary",
 ]
 

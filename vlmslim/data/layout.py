@@ -28,11 +28,12 @@ from PIL import Image
 
 from vlmslim.errors import DataError
 from vlmslim.io import sha256_file  # noqa: F401  (re-exported: writer/importer use it from here)
+from vlmslim.prompts import INSTRUCTIONS
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-TASKS = ("caption", "vqa", "open-vqa")
+TASK_NAMES = tuple(INSTRUCTIONS)  # "caption", "vqa", "open-vqa": the tasks vlmslim.prompts knows
 IMAGES_DIR = "images"
 SAMPLES_FILE = "samples.jsonl"
 META_FILE = "meta.json"
@@ -96,8 +97,8 @@ class Sample:
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id:
             raise ValueError(f"sample id must be a non-empty string, got {self.id!r}")
-        if self.task not in TASKS:
-            raise ValueError(f"sample {self.id}: task must be one of {TASKS}, got {self.task!r}")
+        if self.task not in TASK_NAMES:
+            raise ValueError(f"sample {self.id}: task must be one of {TASK_NAMES}, got {self.task!r}")
         path = PurePosixPath(self.image)
         if not self.image or path.is_absolute() or ".." in path.parts:
             raise ValueError(f"sample {self.id}: image must be a relative path inside the dataset, got {self.image!r}")

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from vlmslim.data.layout import TASKS
+from vlmslim.data.layout import TASK_NAMES
 
 
 @dataclass(frozen=True)
@@ -50,8 +50,8 @@ class SourceSpec:
     split_pattern: str = "data/{split}-*.parquet"
 
     def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise ValueError(f"{self.name}: task must be one of {TASKS}, got {self.task!r}")
+        if self.task not in TASK_NAMES:
+            raise ValueError(f"{self.name}: task must be one of {TASK_NAMES}, got {self.task!r}")
         if self.layout not in ("parquet", "json+images"):
             raise ValueError(f"{self.name}: layout must be 'parquet' or 'json+images', got {self.layout!r}")
         if self.task != "caption" and not self.question_column:

@@ -4,7 +4,7 @@ Reads `summary.json` / `samples.jsonl` only; never loads a model or imports torc
 """
 
 from vlmslim.figures.frontier import frontier_order, pareto_front
-from vlmslim.figures.report import FiguresConfig, FiguresResult, make_figures
+from vlmslim.figures.make import FiguresConfig, FiguresResult, make_figures
 from vlmslim.figures.runs import Run, choose_baseline, load_run, load_runs
 from vlmslim.figures.style import COST_AXES, CostAxis
 

@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 
 from vlmslim.figures.frontier import frontier_order, pareto_front
 from vlmslim.figures.runs import Run
-from vlmslim.figures.style import COST_AXES, CostAxis, is_quality_metric, metric_label
+from vlmslim.figures.style import COST_AXES, DUPLICATE_METRICS, CostAxis, is_quality_metric, metric_label
 
 logger = logging.getLogger(__name__)
 
@@ -17,6 +17,7 @@ logger = logging.getLogger(__name__)
 @dataclass
 class PlotPoint:
     name: str
+    label: str  # Run.label: what the figure writes next to the point
     quality: float
     cost: float
     ci: Optional[tuple[float, float]]
@@ -34,6 +35,7 @@ class AxisFrontier:
     axis: CostAxis
     points: list[PlotPoint]
     excluded: dict[str, str] = field(default_factory=dict)
+    title: str = ""  # axis_title(): what was measured, e.g. "Latency p50 per request, batch 8 (s)"
 
     @property
     def front(self) -> list[PlotPoint]:
@@ -48,6 +50,7 @@ def compute_frontier(runs: Sequence[Run], metric: str, axis_name: str, baseline:
     points, excluded = [], {}
     for run in runs:
         quality, cost = run.metrics.get(metric), run.cost(axis.key)
+        cost = None if cost is None else cost * axis.scale
         if quality is None:
             excluded[run.name] = f"no {metric}"
         elif cost is None:
@@ -55,7 +58,8 @@ def compute_frontier(runs: Sequence[Run], metric: str, axis_name: str, baseline:
         elif axis.log and cost <= 0:
             excluded[run.name] = f"{axis.key} = {cost} cannot go on a log axis"
         else:
-            points.append(PlotPoint(run.name, quality, cost, run.ci.get(metric), run.precision, run.pruning_method, run is baseline))
+            points.append(PlotPoint(run.name, run.label, quality, cost, run.ci.get(metric), run.precision,
+                                    run.pruning_method, run is baseline))
     if not points:
         if all(run.cost(axis.key) is None for run in runs):  # e.g. energy or VRAM on CPU runs
             logger.warning("skipping the %s axis: %s is missing or null in all %d runs", axis_name, axis.key, len(runs))
@@ -66,7 +70,23 @@ def compute_frontier(runs: Sequence[Run], metric: str, axis_name: str, baseline:
         logger.warning("%s axis leaves out %s", axis_name, _reasons(excluded))
     for point, flag in zip(points, pareto_front([(p.quality, p.cost) for p in points])):
         point.on_front = flag
-    return AxisFrontier(axis_name, axis, points, excluded)
+    plotted = {p.name for p in points}
+    return AxisFrontier(axis_name, axis, points, excluded, axis_title(axis, [r for r in runs if r.name in plotted]))
+
+
+def axis_title(axis: CostAxis, runs: Sequence[Run]) -> str:
+    """What one value on the axis is: 'Latency p50 per request, batch 8 (s)', 'Energy per sample, batch 8
+    (mWh, CPU estimate)'; several batch sizes (only with --allow-mixed) read 'batch 1/8 (mixed)'."""
+    text = f"{axis.label} {axis.per}".rstrip()
+    if axis.batch_dependent:
+        batches = sorted({r.batch_size for r in runs if r.batch_size is not None})
+        if batches:
+            text += ", batch " + "/".join(map(str, batches)) + (" (mixed)" if len(batches) > 1 else "")
+    unit = axis.unit
+    if axis.has_basis:
+        bases = list(dict.fromkeys(r.energy_basis for r in runs if r.energy_basis))
+        unit += "".join(f", {b}" for b in bases[:1]) + (f"/{'/'.join(bases[1:])} (mixed)" if len(bases) > 1 else "")
+    return f"{text} ({unit})"
 
 
 def _reasons(excluded: dict[str, str]) -> str:
@@ -81,6 +101,12 @@ def quality_metrics(runs: Sequence[Run]) -> list[str]:
             if is_quality_metric(key):
                 seen.setdefault(key, None)
     return list(seen)
+
+
+def figure_metrics(runs: Sequence[Run]) -> list[str]:
+    """quality_metrics without the duplicates (DUPLICATE_METRICS) whose twin is present: one ROUGE-L."""
+    metrics = quality_metrics(runs)
+    return [m for m in metrics if DUPLICATE_METRICS.get(m) not in metrics]
 
 
 def relative_change(value: Optional[float], reference: Optional[float]) -> Optional[float]:
@@ -98,7 +124,9 @@ def frontier_json(frontiers: dict[str, AxisFrontier], skipped: dict[str, str], r
         axes[name] = {
             "cost_key": af.axis.key,
             "label": af.axis.label,
+            "title": af.title,
             "unit": af.axis.unit,
+            "scale": af.axis.scale,  # cost = summary.json's value × scale
             "log_scale": af.axis.log,
             "frontier": [
                 {"run": p.name, "quality": p.quality, "cost": p.cost, "results_dir": dirs[p.name]} for p in af.front
@@ -138,6 +166,10 @@ def _fmt(value: Optional[float]) -> str:
     return f"{value:.3g}" if 0 < abs(value) < 0.1 else f"{value:.3f}"
 
 
+def _scaled(value: Optional[float], scale: float) -> Optional[float]:
+    return None if value is None else value * scale
+
+
 def summary_markdown(runs: Sequence[Run], metric: str, baseline: Run, frontiers: dict[str, AxisFrontier], context: str) -> str:
     """A markdown table of every run; names of runs on any frontier in bold, with the axes they lead on."""
     metrics = quality_metrics(runs)
@@ -146,7 +178,7 @@ def summary_markdown(runs: Sequence[Run], metric: str, baseline: Run, frontiers:
     for m in metrics:
         header.append(metric_label(m) + (" (95% CI)" if m == metric else ""))
     header += [f"Δ {metric_label(metric)} vs baseline"]
-    header += [f"{COST_AXES[a].label} ({COST_AXES[a].unit})" for a in COST_AXES]
+    header += [axis_title(COST_AXES[a], runs) for a in COST_AXES]
     header += ["On frontier"]
     lines = [
         f"# Results: {metric_label(metric)}",
@@ -161,7 +193,7 @@ def summary_markdown(runs: Sequence[Run], metric: str, baseline: Run, frontiers:
     ]
     base_value = baseline.metrics.get(metric)
     for run in runs:
-        name = _md(run.name) + (" (baseline)" if run is baseline else "")
+        name = _md(run.label) + (" (baseline)" if run is baseline else "")
         cells = [f"**{name}**" if on_axes[run.name] else name, run.precision, _md(run.pruning_text)]
         for m in metrics:
             cell = _fmt(run.metrics.get(m))
@@ -170,7 +202,7 @@ def summary_markdown(runs: Sequence[Run], metric: str, baseline: Run, frontiers:
             cells.append(cell)
         delta = relative_change(run.metrics.get(metric), base_value)
         cells.append("baseline" if run is baseline else "–" if delta is None else f"{delta:+.1f}%")
-        cells += [_fmt(run.cost(COST_AXES[a].key)) for a in COST_AXES]
+        cells += [_fmt(_scaled(run.cost(COST_AXES[a].key), COST_AXES[a].scale)) for a in COST_AXES]
         cells.append(", ".join(on_axes[run.name]) or "")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

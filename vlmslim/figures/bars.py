@@ -12,7 +12,7 @@ from matplotlib.lines import Line2D
 from vlmslim.figures.analysis import relative_change
 from vlmslim.figures.plots import RC, fmt_value, new_figure, registry_order, wrap_context
 from vlmslim.figures.runs import Run
-from vlmslim.figures.style import PRECISION_COLORS, bar_figsize, metric_label, precision_color, short_label
+from vlmslim.figures.style import PRECISION_COLORS, bar_figsize, metric_label, precision_color
 
 
 def bar_figure(runs: Sequence[Run], metric: str, baseline: Run, context: str) -> Figure:
@@ -39,12 +39,14 @@ def bar_figure(runs: Sequence[Run], metric: str, baseline: Run, context: str) ->
         for y, run, value, hi in zip(ys, rows, values, his):
             delta = relative_change(value, base_value)
             note = fmt_value(value) + ("" if run is baseline or delta is None else f"  ({delta:+.1f}%)")
+            # A white halo above the dashed baseline line (zorder 4), which would otherwise cross the digits.
             ax.text(max(value, hi) + 0.015 * xmax, y, note, va="center", fontsize=8.5,
-                    fontweight="bold" if run is baseline else "normal")
+                    fontweight="bold" if run is baseline else "normal", zorder=5,
+                    bbox=dict(boxstyle="square,pad=0.15", fc="white", ec="none", alpha=0.9))
         if base_value is not None:
             ax.axvline(base_value, color="0.25", ls="--", lw=0.9, zorder=4)
         ax.set_xlim(0, xmax * 1.28)
-        ax.set_yticks(ys, [short_label(r.name) + (" (baseline)" if r is baseline else "") for r in rows])
+        ax.set_yticks(ys, [r.label + (" (baseline)" if r is baseline else "") for r in rows])
         for tick, run in zip(ax.get_yticklabels(), rows):
             if run is baseline:
                 tick.set_fontweight("bold")

@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from vlmslim.figures.analysis import AxisFrontier, relative_change
 from vlmslim.figures.plots import RC, bold_sections, draw_frontier, finish_frontier, legend_handles, new_figure
 from vlmslim.figures.runs import Run
-from vlmslim.figures.style import combined_figsize, combined_grid, metric_label, short_label
+from vlmslim.figures.style import combined_figsize, combined_grid, metric_label
 
 
 def draw_change_heatmap(ax, runs: Sequence[Run], metrics: Sequence[str], baseline: Run, metric: str) -> None:
@@ -32,8 +32,8 @@ def draw_change_heatmap(ax, runs: Sequence[Run], metrics: Sequence[str], baselin
             text, color = ("–", "0.4") if np.isnan(value) else (f"{value:+.1f}", "white" if abs(value) > 0.6 * limit else "black")
             ax.text(j, i, text, ha="center", va="center", fontsize=7.5, color=color)
     ax.set_xticks(range(len(metrics)), [metric_label(m) for m in metrics], rotation=30, ha="right", fontsize=8)
-    ax.set_yticks(range(len(rows)), [short_label(r.name) for r in rows], fontsize=8)
-    ax.set_title(f"Change vs baseline {short_label(baseline.name)} (%)", fontsize=10)
+    ax.set_yticks(range(len(rows)), [r.label for r in rows], fontsize=8)
+    ax.set_title(f"Change vs baseline {baseline.label} (%)", fontsize=10)
     ax.tick_params(length=0)
     for spine in ax.spines.values():
         spine.set_visible(False)

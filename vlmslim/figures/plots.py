@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 import matplotlib
+import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -19,7 +20,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from vlmslim.figures.analysis import AxisFrontier, PlotPoint
-from vlmslim.figures.labels import marker_rect, place_labels
+from vlmslim.figures.labels import place_labels
 from vlmslim.figures.style import (
     DPI,
     FRONTIER_FIGSIZE,
@@ -28,7 +29,6 @@ from vlmslim.figures.style import (
     metric_label,
     precision_color,
     pruning_marker,
-    short_label,
 )
 
 logger = logging.getLogger(__name__)
@@ -72,7 +72,18 @@ def wrap_context(context: str, max_chars: int) -> str:
 
 
 def _axis_label(af: AxisFrontier) -> str:
-    return f"{af.axis.label} ({af.axis.unit}{', log scale' if af.axis.log else ''})  ← better"
+    """'Size on disk (MB, log scale)  ← better' from the title 'Size on disk (MB)'."""
+    title = af.title[:-1] + ", log scale)" if af.axis.log and af.title.endswith(")") else af.title
+    return f"{title}  ← better"
+
+
+def _plain(value: float, _pos=None) -> str:
+    """Tick text without scientific notation: '15,000', '0.6', '0.055' (4 significant digits)."""
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if value == 0:
+        return "0"
+    return np.format_float_positional(value, precision=4, unique=True, fractional=False, trim="-")
 
 
 def _thousands(value: float, _pos=None) -> str:
@@ -104,7 +115,7 @@ def draw_frontier(ax, af: AxisFrontier, metric: str) -> None:
         ax.xaxis.set_major_formatter(FuncFormatter(_thousands))
         ax.xaxis.set_minor_formatter(NullFormatter())
     else:
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:,.0f}" if abs(v) >= 1000 else f"{v:g}"))
+        ax.xaxis.set_major_formatter(FuncFormatter(_plain))
     ax.margins(x=0.14, y=0.16)
     costs = {p.cost for p in af.points}
     if len(costs) == 1:  # one distinct cost: autoscale would span a decade (log) or ±cost (linear)
@@ -145,8 +156,9 @@ def _segment_rects(ax, polyline: Sequence[tuple[float, float]], half_width: floa
 
 
 def label_points(ax, points: Sequence[PlotPoint], fontsize: float, polyline: Sequence[tuple[float, float]] = ()) -> None:
-    """Annotate each point with its run name where it collides with nothing (see labels.py); the
-    frontier `polyline` is an obstacle too, so labels do not sit on the line."""
+    """Annotate each point with its run label where it collides with nothing (see labels.py): label
+    sizes come from the renderer, markers are hard obstacles, CI bars and the frontier / baseline lines
+    soft ones; a label moved away from its point, or nearer another point, gets a leader line."""
     fig = ax.figure
     renderer = fig.canvas.get_renderer()
     # Baseline first, then frontier points, then the rest: the important labels get the best spots.
@@ -155,15 +167,15 @@ def label_points(ax, points: Sequence[PlotPoint], fontsize: float, polyline: Seq
     texts, sizes = [], []
     for i in order:
         p = points[i]
-        text = short_label(p.name) + (" (baseline)" if p.is_baseline else "")
+        text = p.label + (" (baseline)" if p.is_baseline else "")
         probe = ax.text(0, 0, text, fontsize=fontsize, fontweight="bold" if p.on_front else "normal")
         bb = probe.get_window_extent(renderer)
         probe.remove()
         texts.append(text)
         sizes.append((bb.width, bb.height))
     px = fig.dpi / 72  # the placer works in pixels; distances below are in points
-    # Marker radii: sqrt(s)/2 points for scatter size s (58 → 3.8 pt, the star's 260 → 8 pt).
-    obstacles = [marker_rect(x, y, (8.5 if p.is_baseline else 4.5) * px) for p, (x, y) in zip(points, anchors)]
+    radii_pt = [_marker_radius_pt(points[i]) for i in order]
+    obstacles = []
     for p, (x, _y) in zip(points, anchors):
         if p.ci is not None:  # CI bars are thin vertical rectangles labels should not cover
             lo, hi = (ax.transData.transform((p.cost, v))[1] for v in p.ci)
@@ -174,20 +186,55 @@ def label_points(ax, points: Sequence[PlotPoint], fontsize: float, polyline: Seq
         obstacles += _segment_rects(ax, [(ax.get_xlim()[0], base.quality), (ax.get_xlim()[1], base.quality)], 1.5)
     bbox = ax.get_window_extent(renderer)
     placements = place_labels(
-        [anchors[i] for i in order], sizes, obstacles=obstacles, bounds=(bbox.x0, bbox.y0, bbox.x1, bbox.y1),
-        radii=[r * px for r in (5, 9, 14, 21, 30)], leader_px=12 * px,
-        clearances=[(4.5 if points[i].is_baseline else 0.0) * px for i in order],
+        [anchors[i] for i in order], sizes, marker_radii=[r * px for r in radii_pt], obstacles=obstacles,
+        bounds=(bbox.x0, bbox.y0, bbox.x1, bbox.y1), radii=[r * px for r in (2, 5, 9, 14, 21, 30, 42, 58)],
+        gap=LABEL_GAP_PT * px, leader_px=12 * px,
     )
     to_points = 72.0 / fig.dpi
-    for i, text, place in zip(order, texts, placements):
+    for i, text, place, radius in zip(order, texts, placements, radii_pt):
         p = points[i]
-        arrow = dict(arrowstyle="-", color="0.45", lw=0.6, shrinkA=0, shrinkB=5) if place.leader else None
+        # The leader ends at the marker's edge, so it points at the marker without covering it.
+        arrow = dict(arrowstyle="-", color="0.45", lw=0.6, shrinkA=0, shrinkB=radius) if place.leader else None
         ax.annotate(text, (p.cost, p.quality), xytext=(place.dx * to_points, place.dy * to_points),
                     textcoords="offset points", ha="left", va="bottom", fontsize=fontsize,
                     fontweight="bold" if p.on_front else "normal", color="black" if p.on_front else "0.35",
-                    arrowprops=arrow, zorder=6,
+                    arrowprops=arrow, zorder=6, gid=f"label:{p.name}",  # tests find labels by gid
                     # A faint halo keeps text readable where it still crosses a grid or CI line.
                     bbox=dict(boxstyle="square,pad=0.05", fc="white", ec="none", alpha=0.75))
+
+
+def annotate_points(ax, xy: Sequence[tuple[float, float]], texts: Sequence[str], fontsize: float = 7.0) -> None:
+    """Label data points without collisions (same placer as the frontiers; leader lines where moved).
+    For figures outside the frontier code, e.g. the GPU study's speed-vs-size panels."""
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    anchors = [tuple(ax.transData.transform(p)) for p in xy]
+    sizes = []
+    for text in texts:
+        probe = ax.text(0, 0, text, fontsize=fontsize)
+        bb = probe.get_window_extent(renderer)
+        probe.remove()
+        sizes.append((bb.width, bb.height))
+    px = fig.dpi / 72
+    bbox = ax.get_window_extent(renderer)
+    placements = place_labels(anchors, sizes, marker_radii=[4.5 * px] * len(xy),
+                              bounds=(bbox.x0, bbox.y0, bbox.x1, bbox.y1),
+                              radii=[r * px for r in (2, 5, 9, 14, 21, 30, 42, 58)], gap=LABEL_GAP_PT * px,
+                              leader_px=12 * px)
+    to_points = 72.0 / fig.dpi
+    for p, text, place in zip(xy, texts, placements):
+        arrow = dict(arrowstyle="-", color="0.45", lw=0.6, shrinkA=0, shrinkB=4.5) if place.leader else None
+        ax.annotate(text, p, xytext=(place.dx * to_points, place.dy * to_points), textcoords="offset points",
+                    ha="left", va="bottom", fontsize=fontsize, arrowprops=arrow, zorder=6,
+                    bbox=dict(boxstyle="square,pad=0.05", fc="white", ec="none", alpha=0.75))
+
+
+LABEL_GAP_PT = 2.5  # between two labels: more than a space, so two names never read as one
+
+
+def _marker_radius_pt(p: PlotPoint) -> float:
+    """Marker radius + a little air: sqrt(s)/2 points for scatter size s (58 → 3.8 pt, the star's 260 → 8 pt)."""
+    return 8.5 if p.is_baseline else 4.5
 
 
 def registry_order(values: set, registry: dict) -> list:

@@ -9,11 +9,16 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
+
+import yaml
 
 from vlmslim.errors import FiguresError
+from vlmslim.figures.style import ENERGY_BASIS, short_label
 
 logger = logging.getLogger(__name__)
 
@@ -40,11 +45,45 @@ class Run:
     environment: dict[str, Any] = field(default_factory=dict)
     data_dir: Optional[Path] = None
     summary: dict[str, Any] = field(default_factory=dict)  # the whole summary.json, extra keys included
+    generation: dict[str, Any] = field(default_factory=dict)  # config.yaml's `generation` block (engine)
+    tag: str = ""  # protocol values that differ from other runs' (--allow-mixed), e.g. "batch 8"
+
+    @property
+    def label(self) -> str:
+        """The name shown on figures: shortened, with the differing protocol values when mixed."""
+        return short_label(self.name) + (f" [{self.tag}]" if self.tag else "")
+
+    @property
+    def protocol(self) -> dict[str, Any]:
+        return self.summary.get("protocol") or {}
+
+    @property
+    def batch_size(self) -> Optional[int]:
+        value = self.protocol.get("batch_size", (self.summary.get("efficiency") or {}).get("batch_size"))
+        return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    @property
+    def engine(self) -> Optional[str]:
+        # summary.json's protocol does not record the engine (yet); config.yaml's generation block does.
+        return self.protocol.get("engine") or self.generation.get("engine")
+
+    @property
+    def energy_basis(self) -> Optional[str]:
+        """'CPU estimate' / 'GPU measured' (ENERGY_BASIS), the raw basis if unknown, None if not recorded."""
+        energy = (self.summary.get("efficiency") or {}).get("energy")
+        basis = energy.get("basis") if isinstance(energy, dict) else None
+        return ENERGY_BASIS.get(basis, basis) if basis else None
+
+    @property
+    def token_reduction(self) -> Optional[dict]:
+        """{"image_tokens", "method", "seed"} when the run fed fewer image tokens (vlmslim.tokens), else None."""
+        return (self.summary.get("model") or {}).get("token_reduction")
 
     @property
     def pruning_method(self) -> str:
-        """'none', a single method ('glu', 'heads', 'layers', …) or 'combined' for several."""
-        kinds = sorted({m for step in self.pruning for m in _step_methods(step)})
+        """'none', a single method ('glu', 'heads', 'layers', 'tokens', …) or 'combined' for several."""
+        kinds = sorted({m for step in self.pruning for m in _step_methods(step)} |
+                       ({"tokens"} if self.token_reduction else set()))
         if not kinds:
             return "none"
         return kinds[0] if len(kinds) == 1 else "combined"
@@ -69,6 +108,9 @@ class Run:
             text = " + ".join(texts)
             importance = params.get("importance") if "glu" in _step_methods(step) else None
             parts.append(text + (f" ({importance})" if importance else ""))
+        if self.token_reduction:
+            t = self.token_reduction
+            parts.append(f"{t['image_tokens']} image tokens ({t['method']})")
         return " + ".join(parts) or "none"
 
     @property
@@ -140,6 +182,7 @@ def load_run(path: str | Path) -> Run:
     if not isinstance(pruning, list):
         raise FiguresError(f"{path / 'summary.json'}: model.pruning must be a list of steps")
     data_dir = summary.get("data_dir")
+    generation = _read_generation(path)
     return Run(
         dir=path,
         name=str(model["name"]),
@@ -155,14 +198,49 @@ def load_run(path: str | Path) -> Run:
         environment=summary.get("environment") or {},
         data_dir=Path(data_dir) if data_dir else None,
         summary=summary,
+        generation=generation,
     )
 
 
+def _read_generation(path: Path) -> dict:
+    """config.yaml's `generation` block (the bench's protocol, engine included), {} when absent/unreadable."""
+    config_path = path / "config.yaml"
+    if not config_path.is_file():
+        return {}
+    try:
+        config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        logger.warning("%s is unreadable (%s); its engine counts as not recorded", config_path, e)
+        return {}
+    generation = config.get("generation") if isinstance(config, dict) else None
+    return generation if isinstance(generation, dict) else {}
+
+
+def results_dirs(paths: Sequence[str | Path]) -> list[Path]:
+    """The results dirs among `paths`: a shell glob such as `results/*` also matches files a bench writes
+    next to them (failures.json), which are skipped; a `summary.json` path stands for its dir. A
+    directory stays in, so a dir that is not a results dir is still refused by `load_run`."""
+    dirs = []
+    for path in map(Path, paths):
+        if path.is_file() and path.name == "summary.json":
+            dirs.append(path.parent)
+        elif path.is_file():
+            logger.debug("skipping %s: a file, not a results dir", path)
+        else:
+            dirs.append(path)
+    if paths and not dirs:
+        raise FiguresError(f"no results dir among the {len(paths)} path(s) given (only files: "
+                           f"{', '.join(str(p) for p in paths[:3])}{', …' if len(paths) > 3 else ''}); "
+                           "pass dirs written by `vlmslim bench --out DIR`")
+    return dirs
+
+
 def load_runs(paths: Sequence[str | Path]) -> list[Run]:
-    """Load every dir; duplicate model names get the dir name appended so labels stay unique."""
+    """Load every results dir among `paths` (files skipped, see `results_dirs`); duplicate model names get
+    the dir name appended so labels stay unique."""
     if not paths:
         raise FiguresError("no results dirs given")
-    runs = [load_run(p) for p in paths]
+    runs = [load_run(p) for p in results_dirs(paths)]
     seen: dict[str, int] = {}
     for run in runs:
         seen[run.name] = seen.get(run.name, 0) + 1
@@ -173,31 +251,93 @@ def load_runs(paths: Sequence[str | Path]) -> list[Run]:
     return runs
 
 
+NOT_RECORDED = "not recorded"
+
+
+def _device(run: Run) -> Any:
+    """The hardware, e.g. 'cuda (NVIDIA H200)' or 'cpu (Intel Xeon …)': the device index is dropped
+    (cuda:0 and cuda:1 of one model are the same device), the GPU or CPU model is kept."""
+    device = run.environment.get("device") or run.protocol.get("device")
+    return re.sub(r"\b(cuda|xpu|mps):\d+", r"\1", str(device)) if device else None
+
+
+def _limit(run: Run) -> Any:
+    """--limit draws a seeded subset: the same limit under another seed is another subset."""
+    if "limit" not in run.dataset:
+        return None
+    limit = run.dataset["limit"]
+    return "all" if limit is None else f"{limit} (seed {run.dataset.get('seed')})"
+
+
+def _device_tag(value: str) -> str:
+    inside = re.search(r"\((.*)\)", value)
+    return inside.group(1) if inside and not value.startswith("cpu") else value.split(" (")[0]
+
+
+@dataclass(frozen=True)
+class ProtocolKey:
+    get: Callable[[Run], Any]  # None = not recorded
+    tag: Callable[[str], str]  # short text for figure labels when runs differ (--allow-mixed)
+
+
+def _protocol(key: str) -> Callable[[Run], Any]:
+    return lambda run: run.protocol.get(key)
+
+
+# What must be equal for two runs' numbers to be comparable: each key moves cost, quality or both
+# (batch size: per-request latency and peak memory; engine: compiled decode is ~5x faster; prompt and
+# max new tokens: CIDEr and caption length; limit/dataset/n_samples: which samples were scored).
+PROTOCOL_KEYS: dict[str, ProtocolKey] = {
+    "task": ProtocolKey(lambda r: r.task, str),
+    "dataset": ProtocolKey(lambda r: str(r.dataset_sha256)[:12] if r.dataset_sha256 else None, lambda v: f"data {v[:6]}"),
+    "limit": ProtocolKey(_limit, lambda v: f"limit {v}"),
+    "n_samples": ProtocolKey(lambda r: r.n_samples, lambda v: f"n={v}"),
+    "prompt": ProtocolKey(lambda r: repr(r.protocol["prompt"]) if "prompt" in r.protocol else None,
+                          lambda v: "prompt " + textwrap.shorten(v, 22, placeholder="…'")),
+    "max_new_tokens": ProtocolKey(_protocol("max_new_tokens"), lambda v: f"max {v} tokens"),
+    "batch_size": ProtocolKey(lambda r: r.batch_size, lambda v: f"batch {v}"),
+    "device": ProtocolKey(_device, _device_tag),
+    "dtype": ProtocolKey(_protocol("dtype"), lambda v: f"dtype {v}"),
+    "engine": ProtocolKey(lambda r: r.engine, str),
+    "ocr_tokens": ProtocolKey(_protocol("ocr_tokens"), lambda v: "OCR tokens" if v == "True" else "no OCR tokens"),
+}
+
+
+def protocol_value(run: Run, key: str) -> str:
+    value = PROTOCOL_KEYS[key].get(run)
+    return NOT_RECORDED if value is None else str(value)
+
+
 def mixed_fields(runs: Sequence[Run]) -> dict[str, dict[str, list[str]]]:
-    """{field: {value: [run names]}} for each of task / dataset sha256 / n_samples that differs."""
-    getters = {"task": lambda r: r.task, "dataset sha256": lambda r: str(r.dataset_sha256)[:12], "n_samples": lambda r: str(r.n_samples)}
+    """{key: {value: [run names]}} for each PROTOCOL_KEYS key whose value differs between runs."""
     out = {}
-    for label, get in getters.items():
+    for key in PROTOCOL_KEYS:
         groups: dict[str, list[str]] = {}
         for run in runs:
-            groups.setdefault(get(run), []).append(run.name)
+            groups.setdefault(protocol_value(run, key), []).append(run.name)
         if len(groups) > 1:
-            out[label] = groups
+            out[key] = groups
     return out
 
 
-def check_compatible(runs: Sequence[Run], *, allow_mixed: bool) -> None:
-    """Refuse runs on different tasks / data / sample counts: their numbers are not comparable."""
+def check_compatible(runs: Sequence[Run], *, allow_mixed: bool) -> dict[str, dict[str, list[str]]]:
+    """Refuse runs whose task, data or protocol differ (PROTOCOL_KEYS): their costs and scores are not
+    comparable. With `allow_mixed`, warn and tag each run with its differing values (`Run.tag`), so every
+    figure label shows them. Returns the differences (empty when none)."""
     diffs = mixed_fields(runs)
     if not diffs:
-        return
+        return diffs
     text = "; ".join(
-        f"{label} (" + " vs ".join(f"{value}: {', '.join(names)}" for value, names in groups.items()) + ")"
-        for label, groups in diffs.items()
+        f"{key} (" + " vs ".join(f"{value}: {', '.join(names)}" for value, names in groups.items()) + ")"
+        for key, groups in diffs.items()
     )
     if not allow_mixed:
-        raise FiguresError(f"runs differ in {text}; pass --allow-mixed to plot them together anyway")
+        raise FiguresError(f"runs differ in {text}; their numbers are not comparable: re-run them with one "
+                           "setting, or pass --allow-mixed to plot them together (differences labelled)")
     logger.warning("plotting runs that differ in %s (--allow-mixed)", text)
+    for run in runs:
+        run.tag = ", ".join(PROTOCOL_KEYS[key].tag(protocol_value(run, key)) for key in diffs)
+    return diffs
 
 
 def choose_baseline(runs: Sequence[Run], requested: Optional[str] = None) -> Run:

@@ -15,14 +15,24 @@ class CostAxis:
     label: str
     unit: str
     log: bool  # log-scale x axis (sizes span 16-bit .. 4-bit, a 4x+ range)
+    per: str = ""  # what one value is for: "per request" (a sample's latency is its batch's)
+    batch_dependent: bool = False  # the value changes with --batch-size: the axis label names it
+    scale: float = 1.0  # plotted value = summary value × scale (Wh → mWh: no 6e-05 tick labels)
+    has_basis: bool = False  # measured or estimated is recorded (Run.energy_basis): the label says which
 
 
 COST_AXES: dict[str, CostAxis] = {
-    "latency": CostAxis("latency_s_p50", "Latency p50", "s", False),
-    "vram": CostAxis("peak_vram_mb", "Peak VRAM", "MB", False),
+    "latency": CostAxis("latency_s_p50", "Latency p50", "s", False, per="per request", batch_dependent=True),
+    "vram": CostAxis("peak_vram_mb", "Peak VRAM", "MB", False, batch_dependent=True),
+    "ttft": CostAxis("ttft_s_p50", "Time to first token p50", "s", False, per="per request", batch_dependent=True),
     "size": CostAxis("model_size_mb", "Size on disk", "MB", True),
-    "energy": CostAxis("energy_wh_per_sample", "Energy", "Wh/sample", False),
+    # On CPU codecarbon estimates CPU + RAM power (the RAM share dominates); on GPU it reads NVML.
+    "energy": CostAxis("energy_wh_per_sample", "Energy", "mWh", False, per="per sample", batch_dependent=True,
+                       scale=1000.0, has_basis=True),
 }
+
+# summary.json's efficiency.energy.basis → what figures say about it.
+ENERGY_BASIS: dict[str, str] = {"cpu+ram (estimated)": "CPU estimate", "gpu (measured)": "GPU measured"}
 
 # Human labels; a metric not listed here is shown under its key.
 METRIC_LABELS: dict[str, str] = {
@@ -35,11 +45,16 @@ METRIC_LABELS: dict[str, str] = {
     "rouge_l": "ROUGE-L",
     "rouge1": "ROUGE-1",
     "rouge2": "ROUGE-2",
+    "rougeL_f": "ROUGE-L (rouge-score)",
     "bertscore_f1": "BERTScore F1",
     "bertscore_precision": "BERTScore P",
     "bertscore_recall": "BERTScore R",
     "vqa_accuracy": "VQA accuracy",
 }
+
+# A second implementation of another metric's score (rouge-score's ROUGE-L F next to pycocoevalcap's
+# ROUGE-L): bars and the heatmap show it only when its twin is absent; tables keep both.
+DUPLICATE_METRICS: dict[str, str] = {"rougeL_f": "rouge_l"}
 
 # The metric plotted when `--metric` is not given.
 TASK_DEFAULT_METRIC: dict[str, str] = {"caption": "cider", "vqa": "vqa_accuracy", "open-vqa": "rouge_l"}
@@ -60,6 +75,7 @@ PRUNING_MARKERS: dict[str, str] = {
     "glu": "s",
     "heads": "^",
     "layers": "D",
+    "tokens": "v",  # fewer image tokens into the language model (vlmslim.tokens)
     "combined": "P",
 }
 UNKNOWN_MARKER = "X"

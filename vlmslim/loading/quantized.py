@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from vlmslim.errors import ModelLoadError
+from vlmslim.int4 import Int4WeightOnlyLinear
 from vlmslim.loading.skeleton import empty_model
 
 logger = logging.getLogger(__name__)
@@ -48,8 +49,21 @@ for _name, _prefix in _BNB_NOISE.items():  # on the emitting loggers, before bit
         logging.getLogger(_name).addFilter(_DropBnbKernelNotice(_prefix))
 
 
+INT4_QUANT_METHOD = "vlmslim-int4wo"  # config.json marker of vlmslim.int4 checkpoints (stock loading refuses it)
+
+
+def _quant_method(config) -> str | None:
+    qc = getattr(config, "quantization_config", None)
+    method = qc.get("quant_method") if isinstance(qc, dict) else getattr(qc, "quant_method", None)
+    return getattr(method, "value", method)
+
+
 def load_saved_quantized(src: str, cls, config, manifest: dict | None, dtype=None, device: str = "cpu"):
     """A saved bnb checkpoint on `device`; float parts in `dtype` (None: as saved)."""
+    if _quant_method(config) == INT4_QUANT_METHOD:
+        if manifest is None:
+            raise ModelLoadError(f"{src} is an int4wo checkpoint without its vlmslim.json; it cannot be rebuilt")
+        return rebuild_quantized(src, cls, config, manifest, dtype, device)
     if manifest is None or manifest.get("stock_loadable", True):
         # device_map pins the model where asked: without it transformers puts bnb models on cuda:0 if present.
         device_map = "auto" if device == "auto" else {"": device}
@@ -61,11 +75,15 @@ def load_saved_quantized(src: str, cls, config, manifest: dict | None, dtype=Non
 
 
 def empty_bnb_linear(params: dict, linear: nn.Linear) -> nn.Module:
-    """The empty (meta) bitsandbytes module that replaces `linear` under a recipe's `params()` record
-    ({"name": "int8", "int8_threshold": 6.0} or {"name": "nf4"|"fp4", "double_quant", "compute_dtype"})."""
+    """The empty (meta) quantized module that replaces `linear` under a recipe's `params()` record
+    ({"name": "int8", "int8_threshold": 6.0}, {"name": "nf4"|"fp4", "double_quant", "compute_dtype"}, or
+    {"name": "int4wo", "group_size"}: vlmslim's own, not bitsandbytes)."""
+    bias = linear.bias is not None
+    if params["name"] == "int4wo":
+        return Int4WeightOnlyLinear(linear.in_features, linear.out_features, bias, int(params["group_size"]),
+                                    device="meta", bias_dtype=linear.weight.dtype)
     import bitsandbytes as bnb  # imported late: it logs at import and is only needed for quantized models
 
-    bias = linear.bias is not None
     if params["name"] == "int8":
         return bnb.nn.Linear8bitLt(linear.in_features, linear.out_features, bias=bias, has_fp16_weights=False,
                                    threshold=float(params.get("int8_threshold", 6.0)), device="meta")
@@ -94,8 +112,11 @@ def rebuild_quantized(src: str, cls, config, manifest: dict, dtype=None, device:
     from transformers import BitsAndBytesConfig
 
     saved = config.quantization_config  # what config.json holds: the skip list that rebuilds these modules
-    model.config.quantization_config = (BitsAndBytesConfig.from_dict(saved) if isinstance(saved, dict)
-                                        else copy.deepcopy(saved))
+    if _quant_method(config) == INT4_QUANT_METHOD:
+        model.config.quantization_config = copy.deepcopy(saved)
+    else:
+        model.config.quantization_config = (BitsAndBytesConfig.from_dict(saved) if isinstance(saved, dict)
+                                            else copy.deepcopy(saved))
     if dtype is not None:
         for p in model.parameters():  # float parts only: bnb weights keep their packed dtypes
             if p.is_floating_point():
@@ -151,7 +172,7 @@ def load_bnb_state(model: nn.Module, state: dict[str, torch.Tensor], device: str
                                               SCB=scb)
     _missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     model.tie_weights()
-    still_meta = [n for n, p in model.named_parameters() if p.is_meta]
+    still_meta = [n for n, p in [*model.named_parameters(), *model.named_buffers()] if p.is_meta]
     if unexpected or still_meta:
         raise ModelLoadError(f"checkpoint does not match its manifest (unexpected: {unexpected[:3]}, "
                              f"not loaded: {still_meta[:3]})")

@@ -17,12 +17,12 @@ from tqdm.auto import tqdm
 
 from vlmslim.census import QUANT_KINDS, linear_layers
 from vlmslim.errors import QuantizationError
-from vlmslim.quantization.recipes import FourBitRecipe, Int8Recipe, Recipe, make_recipe
+from vlmslim.quantization.recipes import FourBitRecipe, Int4WeightOnlyRecipe, Int8Recipe, Recipe, make_recipe
 from vlmslim.quantization.targets import DEFAULT_TARGET, TARGETS, Target, check_shapes, resolve_target
 
 logger = logging.getLogger(__name__)
 
-_BNB_CLASSES = ("Linear4bit", "Linear8bitLt")
+_BNB_CLASSES = ("Linear4bit", "Linear8bitLt", "Int4WeightOnlyLinear")
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class QuantSpec:
     also: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self):
-        if not isinstance(self.recipe, (Int8Recipe, FourBitRecipe)):
+        if not isinstance(self.recipe, (Int8Recipe, FourBitRecipe, Int4WeightOnlyRecipe)):
             raise ValueError(f"recipe must be a vlmslim.quantization recipe, got {self.recipe!r}")
         if self.target not in TARGETS:
             raise ValueError(f"target (--target) must be one of {sorted(TARGETS)}, got {self.target!r}")
@@ -95,8 +95,7 @@ def quantize_model(model: nn.Module, quant="nf4", device=None) -> Quantized:
     refuse_quantized(model)
     recipe = spec.recipe.resolved(model.dtype)
     target = resolve_target(model, spec.target, spec.keep, spec.also)
-    if isinstance(recipe, FourBitRecipe):
-        check_shapes(model, target, recipe)
+    check_shapes(model, target, recipe)  # a no-op for recipes that take any shape (int8)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     if device.type == "meta":
         raise QuantizationError("cannot quantize on the meta device; load real weights first")
@@ -107,6 +106,7 @@ def quantize_model(model: nn.Module, quant="nf4", device=None) -> Quantized:
     if any(p.device.type != device.type for p in model.parameters()):
         model.to(device)  # the float remainder (embeddings, norms, skipped layers)
     check_census(model, target, recipe)
-    # Stock from_pretrained rebuilds the same modules from this (save_pretrained writes it to config.json).
-    model.config.quantization_config = recipe.bnb_config(target.skip_modules)
+    # bnb: stock from_pretrained rebuilds the same modules from this (save_pretrained writes it to config.json);
+    # int4wo: a marker that makes stock loading refuse (vlmslim.load_model rebuilds it from the manifest).
+    model.config.quantization_config = recipe.quantization_config(target.skip_modules)
     return Quantized(recipe, target)

@@ -17,7 +17,9 @@ from typing import ClassVar, Union
 import torch
 from torch import nn
 
-from vlmslim.loading.quantized import empty_bnb_linear
+from vlmslim.int4 import GROUP_SIZES, Int4WeightOnlyLinear
+from vlmslim.int4 import KIND as INT4_KIND
+from vlmslim.loading.quantized import INT4_QUANT_METHOD, empty_bnb_linear
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +61,7 @@ class Int8Recipe:
 
     int8_threshold: float = 6.0
     bits: ClassVar[int] = 8
+    shape_rule: ClassVar[str] = "any shape"
 
     def __post_init__(self):
         t = self.int8_threshold
@@ -95,6 +98,9 @@ class Int8Recipe:
             module.bias = nn.Parameter(linear.bias.data, requires_grad=False)
         return module.to(device)
 
+    def quantization_config(self, skip_modules):
+        return self.bnb_config(skip_modules)
+
     def bnb_config(self, skip_modules):
         from transformers import BitsAndBytesConfig
 
@@ -115,6 +121,8 @@ class FourBitRecipe:
     double_quant: bool = False
     compute_dtype: str | None = None
     bits: ClassVar[int] = 4
+    shape_rule: ClassVar[str] = ("out_features % 32 == 0 and in_features % 64 == 0 (bitsandbytes' 4-bit CPU kernel; "
+                                 "GPUs fall back to slow paths)")
 
     def __post_init__(self):
         if self.quant_type not in ("nf4", "fp4"):
@@ -166,6 +174,9 @@ class FourBitRecipe:
             module.bias = nn.Parameter(linear.bias.data, requires_grad=False)
         return module.to(device)  # Params4bit quantizes on its first move to a real device
 
+    def quantization_config(self, skip_modules):
+        return self.bnb_config(skip_modules)
+
     def bnb_config(self, skip_modules):
         from transformers import BitsAndBytesConfig
 
@@ -192,14 +203,62 @@ class FourBitRecipe:
         return {"weight": -(-n // 2), "scales": scales + 4 * 16, "metadata": meta_len}
 
 
-Recipe = Union[Int8Recipe, FourBitRecipe]
+@dataclass(frozen=True)
+class Int4WeightOnlyRecipe:
+    """Int4 weight-only on ATen's tinygemm kernels (`vlmslim.int4`): 4-bit codes with a bf16 scale and zero
+    per `group_size` inputs; activations in bf16. Not bitsandbytes: saved checkpoints reload through
+    `vlmslim.load_model` only (their config's quantization_config makes stock `from_pretrained` refuse)."""
+
+    group_size: int = 128
+    bits: ClassVar[int] = 4
+    shape_rule: ClassVar[str] = "in_features % group_size == 0 and out_features % 8 == 0 (tinygemm)"
+
+    def __post_init__(self):
+        if self.group_size not in GROUP_SIZES:
+            raise ValueError(f"group_size (--group-size) must be one of {GROUP_SIZES}, got {self.group_size!r}")
+
+    @property
+    def name(self) -> str:
+        return "int4wo"
+
+    @property
+    def kind(self) -> str:
+        return INT4_KIND
+
+    def params(self) -> dict:
+        return {"name": self.name, "bits": 4, "group_size": self.group_size, "backend": "aten-tinygemm"}
+
+    def resolved(self, model_dtype: torch.dtype) -> "Int4WeightOnlyRecipe":
+        return self
+
+    def shape_error(self, out_features: int, in_features: int) -> str | None:
+        return f"{out_features}x{in_features}" if in_features % self.group_size or out_features % 8 else None
+
+    def empty_module(self, linear: nn.Linear) -> nn.Module:
+        return empty_bnb_linear(self.params(), linear)
+
+    def quantize_linear(self, linear: nn.Linear, device) -> nn.Module:
+        return Int4WeightOnlyLinear.from_linear(linear.to(device), self.group_size)
+
+    def quantization_config(self, skip_modules) -> dict:
+        # An unknown quant_method: stock from_pretrained refuses the dir instead of loading garbage weights.
+        return {"quant_method": INT4_QUANT_METHOD, "group_size": self.group_size,
+                "modules_to_not_convert": list(skip_modules)}
+
+    def linear_bytes(self, out_features: int, in_features: int, weight_dtype: torch.dtype) -> dict[str, int]:
+        groups = in_features // self.group_size
+        return {"weight": out_features * in_features // 2, "scales": 2 * 2 * out_features * groups, "metadata": 0}
+
+
+Recipe = Union[Int8Recipe, FourBitRecipe, Int4WeightOnlyRecipe]
 
 RECIPES = {
     "int8": Int8Recipe,
     "nf4": lambda **kw: FourBitRecipe(quant_type="nf4", **kw),
     "fp4": lambda **kw: FourBitRecipe(quant_type="fp4", **kw),
+    "int4wo": Int4WeightOnlyRecipe,
 }
-_RECIPE_CLASS = {"int8": Int8Recipe, "nf4": FourBitRecipe, "fp4": FourBitRecipe}
+_RECIPE_CLASS = {"int8": Int8Recipe, "nf4": FourBitRecipe, "fp4": FourBitRecipe, "int4wo": Int4WeightOnlyRecipe}
 
 
 def make_recipe(name: str, **options) -> Recipe:
@@ -240,7 +299,7 @@ def recipe_from_bits(bits: int, quant_type: str | None = None, double_quant: boo
 
 def recipe_from_params(params: dict) -> Recipe:
     """Inverse of `recipe.params()` (reads a manifest's record)."""
-    p = {k: v for k, v in params.items() if k not in ("name", "bits", "blocksize", "quant_type")}
+    p = {k: v for k, v in params.items() if k not in ("name", "bits", "blocksize", "quant_type", "backend")}
     return make_recipe(params["name"], **p)
 
 

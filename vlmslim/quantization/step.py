@@ -21,7 +21,6 @@ from vlmslim.io import check_output_dir
 from vlmslim.loading import empty_model, is_random, load_config, load_model, resolve_source
 from vlmslim.manifest import new_manifest, read_manifest
 from vlmslim.quantization.quantize import QuantSpec, as_spec, quantize_model, refuse_quantized
-from vlmslim.quantization.recipes import FourBitRecipe
 from vlmslim.quantization.sizes import expected_bytes, param_inventory, safetensors_bytes, sqnr_db
 from vlmslim.quantization.targets import check_shapes, resolve_target
 
@@ -89,8 +88,7 @@ def _precheck(config, spec: QuantSpec) -> None:
     fails in a second, not after loading 14 GB. (Pruned non-stock shapes are checked after loading.)"""
     skeleton = empty_model(config)
     target = resolve_target(skeleton, spec.target, spec.keep, spec.also)
-    if isinstance(spec.recipe, FourBitRecipe):
-        check_shapes(skeleton, target, spec.recipe)
+    check_shapes(skeleton, target, spec.recipe)
 
 
 def _check_precisions(got: dict, layers: dict) -> None:

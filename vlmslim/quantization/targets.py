@@ -164,7 +164,6 @@ def check_shapes(model: nn.Module, target: Target, recipe) -> None:
     if bad:
         shown = ", ".join(bad[:6]) + (f" and {len(bad) - 6} more" if len(bad) > 6 else "")
         raise QuantizationError(
-            f"{recipe.name} needs out_features % 32 == 0 and in_features % 64 == 0 for every quantized Linear "
-            f"(bitsandbytes' 4-bit CPU kernel; GPUs fall back to slow paths); {len(bad)} layer(s) do not: {shown}. "
-            "Prune with --round-to 64, leave them out with --keep, or use --bits 8"
+            f"{recipe.name} needs {recipe.shape_rule} for every quantized Linear; {len(bad)} layer(s) do not: "
+            f"{shown}. Prune with --round-to 64 (or 128), leave them out with --keep, or use --bits 8"
         )

@@ -32,6 +32,11 @@ class ScoreResult:
     # the corpus value of every resample, (n_bootstrap,) per metric: for plots or other interval types
     bootstrap: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
+    def to_json(self) -> dict:
+        """metrics, ci (lists), per_sample, notes: what summary.json and the score cache keep (no resamples)."""
+        return {"metrics": self.metrics, "ci": {k: list(v) for k, v in self.ci.items()},
+                "per_sample": self.per_sample, "notes": self.notes}
+
     def merge(self, other: ScoreResult) -> ScoreResult:
         """Union of two results over the same samples (e.g. captions + BERTScore)."""
         per_sample = {k: dict(v) for k, v in self.per_sample.items()}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from vlmslim.benchmarks.metrics.bertscore import BertScoreConfig, score_bertscore
+from vlmslim.benchmarks.metrics.bertscore import BertScoreConfig, with_bertscore
 from vlmslim.benchmarks.metrics.bootstrap import ScoreResult
 from vlmslim.benchmarks.metrics.captions import score_captions
 
@@ -31,7 +31,4 @@ def score_open_vqa(
     refs = {k: [v] if isinstance(v, str) else list(v) for k, v in references.items()}
     result = score_captions(predictions, refs, n_bootstrap=n_bootstrap, seed=seed,
                             metrics=OPEN_VQA_TEXT_METRICS, allow_fallback=allow_fallback)
-    if bertscore is None:
-        result.notes["bertscore"] = "disabled"
-        return result
-    return result.merge(score_bertscore(predictions, refs, bertscore, n_bootstrap=n_bootstrap, seed=seed))
+    return with_bertscore(result, predictions, refs, bertscore, n_bootstrap=n_bootstrap, seed=seed)

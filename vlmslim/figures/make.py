@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 from vlmslim.errors import FiguresError, OutputExistsError
 from vlmslim.io import atomic_dir
-from vlmslim.figures.analysis import compute_frontier, frontier_json, quality_metrics, summary_markdown
+from vlmslim.figures.analysis import compute_frontier, figure_metrics, frontier_json, quality_metrics, summary_markdown
 from vlmslim.figures.bars import bar_figure
 from vlmslim.figures.combined import combined_figure
 from vlmslim.figures.plots import frontier_figure, save_figure
@@ -72,14 +72,16 @@ def resolve_metric(runs: Sequence[Run], baseline: Run, requested: Optional[str])
     return metric
 
 
-def context_line(runs: Sequence[Run], baseline: Run, note: Optional[str] = None) -> str:
-    """'caption · coco-val2017 · n=500 · NVIDIA H100 · baseline: llava-1.5-7b' (mixed values joined by '/')."""
+def context_line(runs: Sequence[Run], baseline: Run, note: Optional[str] = None, mixed: Sequence[str] = ()) -> str:
+    """'caption · coco-val2017 · n=500 · NVIDIA H100 · baseline: llava-1.5-7b' (mixed values joined by '/',
+    the differing protocol keys named: 'mixed protocol: batch_size')."""
 
     def values(get):
         return "/".join(dict.fromkeys(str(get(r)) for r in runs))
 
     parts = [values(lambda r: r.task), values(lambda r: r.dataset_name), f"n={values(lambda r: r.n_samples)}",
              values(lambda r: r.device), f"baseline: {baseline.name}"]
+    parts += [f"mixed protocol: {', '.join(mixed)}"] if mixed else []
     return " · ".join(parts + ([note] if note else []))
 
 
@@ -104,12 +106,12 @@ def make_figures(run_dirs: Sequence[str | Path], out: str | Path, config: Option
     config = config or FiguresConfig()
     out = Path(out)
     runs = load_runs(run_dirs)
-    check_compatible(runs, allow_mixed=config.allow_mixed)
+    mixed = check_compatible(runs, allow_mixed=config.allow_mixed)
     baseline = choose_baseline(runs, config.baseline)
     metric = resolve_metric(runs, baseline, config.metric)
     _check_out(out, runs, config.overwrite)
     logger.info("figures for %d runs, baseline %s, metric %s, config %s", len(runs), baseline.name, metric, asdict(config))
-    context = context_line(runs, baseline, config.note)
+    context = context_line(runs, baseline, config.note, list(mixed))
 
     files: list[Path] = []
     with atomic_dir(out, config.overwrite) as partial:  # never leaves a half-written output behind
@@ -121,7 +123,7 @@ def make_figures(run_dirs: Sequence[str | Path], out: str | Path, config: Option
                 continue
             frontiers[axis_name] = af
             files += save_figure(frontier_figure(af, metric, context), partial, f"frontier_{axis_name}")
-        metrics = quality_metrics(runs)
+        metrics = figure_metrics(runs)
         for m in metrics:
             files += save_figure(bar_figure(runs, m, baseline, context), partial, f"bars_{_stem(m)}")
         combined = combined_figure(list(frontiers.values()), runs, metrics, baseline, metric, context)

@@ -1,0 +1,85 @@
+"""int4 weight-only on ATen tinygemm (vlmslim.int4): the kernel computes the dequantised product, the
+checkpoint reloads exactly through load_model, stock from_pretrained refuses it, bytes are analytic."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from vlmslim.census import census, linear_layers
+from vlmslim.cli import cli
+from vlmslim.checkpoint import reference_logits
+from vlmslim.errors import QuantizationError
+from vlmslim.int4 import Int4WeightOnlyLinear, pack, quantize_weight, unpack
+from vlmslim.loading import load_model
+from vlmslim.quantization import QuantSpec, make_recipe, quantize, quantize_model
+from vlmslim.testing import tiny_model
+
+
+def test_codes_round_trip_and_kernel_equals_dequantised_product():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(256, 96)
+    codes, scale, zero = quantize_weight(lin.weight, 64)
+    assert codes.max() <= 15 and torch.equal(unpack(pack(codes)), codes)
+    # min-max per group: within half a step of the original, plus the bf16 rounding of the stored
+    # scale and zero (< 2^-8 relative: at most ~0.1 step more)
+    m = Int4WeightOnlyLinear.from_linear(lin, 64)
+    step = scale.repeat_interleave(64, dim=1)
+    err = (m.dequantized() - lin.weight.detach()).abs()
+    assert (err <= 0.6 * step).all() and (err <= step / 2 + 1e-6).float().mean() > 0.9
+    x = torch.randn(5, 7, 256)
+    ref = x @ m.dequantized().t() + lin.bias.detach()
+    y = m(x)
+    assert y.shape == (5, 7, 96) and y.dtype == x.dtype
+    assert ((y - ref).norm() / ref.norm()).item() < 1e-2  # bf16 activations
+    big = torch.randn(40, 256)  # more rows than GEMV_MAX_ROWS: the dequantised-GEMM path (prefill)
+    ref_big = big @ m.dequantized().t() + lin.bias.detach()
+    assert ((m(big) - ref_big).norm() / ref_big.norm()).item() < 1e-2
+    assert sorted(m.state_dict()) == ["bias", "scales", "weight", "zeros"]
+    assert m.weight.dtype == torch.uint8 and m.weight.shape == (96, 128)  # two codes per byte
+
+
+def test_demo_int4wo_reloads_exactly_and_stock_loading_refuses(tmp_path):
+    out = tmp_path / "q"
+    record = quantize("demo", out, QuantSpec(make_recipe("int4wo", group_size=64), "language"))
+    assert record["reload_max_abs_diff"] == 0.0
+    assert record["measured_bytes"]["payload"] == record["expected_bytes"]["total"]
+    assert record["sqnr_db"] > 20
+    model, proc = load_model(out)
+    c = census(model)["components"]
+    assert c["language"]["linear"] == {"int4wo": 28} and c["vision"]["linear"].get("int4wo") is None
+    fp, _ = load_model("demo")
+    assert c["language"]["params"] == census(fp)["components"]["language"]["params"]  # the weights it stands for
+    assert json.loads((out / "config.json").read_text())["quantization_config"]["quant_method"] == "vlmslim-int4wo"
+    from transformers import LlavaForConditionalGeneration
+
+    with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):  # never silently random weights
+        LlavaForConditionalGeneration.from_pretrained(out)
+    with pytest.raises(QuantizationError, match="already quantized"):
+        quantize_model(model, "int4wo")
+    assert torch.isfinite(reference_logits(model, proc)).all()
+
+
+def test_cli_recipe_option_and_refusals(tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(cli, ["quantize", "demo", "--out", str(tmp_path / "a"), "--recipe", "int4wo", "--bits", "4"])
+    assert res.exit_code == 2 and "exactly one of --recipe" in res.output
+    res = runner.invoke(cli, ["quantize", "demo", "--out", str(tmp_path / "b"), "--recipe", "nf4", "--group-size", "64"])
+    assert res.exit_code == 1 and "--group-size applies to --recipe int4wo only" in res.output
+    res = runner.invoke(cli, ["quantize", "demo", "--out", str(tmp_path / "c"), "--recipe", "int4wo",
+                              "--double-quant"])
+    assert res.exit_code == 1 and "not int4wo" in res.output
+    res = runner.invoke(cli, ["quantize", "demo", "--out", str(tmp_path / "d"), "--recipe", "int4wo",
+                              "--group-size", "100"])
+    assert res.exit_code == 1 and "group_size (--group-size) must be one of" in res.output
+    assert not any(tmp_path.iterdir())
+
+
+def test_odd_widths_are_named_with_the_fix():
+    model, _ = tiny_model("llava")  # hidden 64: in_features 64 is not a multiple of group size 128
+    with pytest.raises(QuantizationError, match="--round-to"):
+        quantize_model(model, QuantSpec(make_recipe("int4wo", group_size=128)))
+    assert not any(k == "int4wo" for k in linear_layers(model).values())

@@ -1,0 +1,116 @@
+"""Int4 weight-only Linear on ATen's tinygemm kernels (`torch._weight_int4pack_mm`, CUDA and CPU).
+
+Measured on one H200 (docs/lowbit_kernels.md): at batch 1 these kernels halve every LLaVA-7B GEMV, and
+they ship with torch itself, so no torchao version has to match the installed torch.
+
+Storage (what `save_pretrained` writes; device independent), per Linear of shape (N, K), group size G:
+    weight  (N, K/2) uint8   two 4-bit codes per byte, even k in the low nibble (named `weight` so that a
+                             stock `from_pretrained` of the dir fails on the shape instead of loading noise)
+    scales  (N, K/G) bf16    w = q * scale + zero  (asymmetric, per group of G inputs)
+    zeros   (N, K/G) bf16
+The device's packed layout is derived from these whenever the module moves (`_apply`) and is not saved.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+GROUP_SIZES = (32, 64, 128, 256)
+# tinygemm is a GEMV kernel: measured on an H200 it makes a 592-token LLaVA prefill 4.6x slower than fp16
+# (docs/performance.md). Above this many rows the weights are dequantised on the fly for a bf16 GEMM.
+GEMV_MAX_ROWS = 16
+KIND = "int4wo"  # the census kind
+
+
+def quantize_weight(w: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(N, K) float -> (codes (N, K) uint8 in 0..15, scales (N, K/G), zeros (N, K/G)), min-max per group."""
+    n, k = w.shape
+    g = w.detach().float().view(n, k // group, group)
+    lo, hi = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
+    scale = ((hi - lo) / 15).clamp(min=1e-8)
+    codes = ((g - lo) / scale).round().clamp(0, 15).to(torch.uint8).view(n, k)
+    return codes, scale.squeeze(-1), lo.squeeze(-1)
+
+
+def pack(codes: torch.Tensor) -> torch.Tensor:
+    return (codes[:, 0::2] | (codes[:, 1::2] << 4)).contiguous()  # (N, K/2)
+
+
+def unpack(packed: torch.Tensor) -> torch.Tensor:
+    return torch.stack([packed & 0xF, packed >> 4], dim=-1).flatten(-2)  # (N, K) codes
+
+
+class Int4WeightOnlyLinear(nn.Module):
+    """y = x @ dequant(W)^T + b with W in 4 bits; activations run in bf16 through tinygemm."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, group_size: int = 128,
+                 device=None, dtype=torch.bfloat16, bias_dtype=torch.float32):
+        super().__init__()
+        if in_features % group_size:
+            raise ValueError(f"in_features {in_features} is not a multiple of the group size {group_size}")
+        self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
+        groups = in_features // group_size
+        self.register_buffer("weight", torch.zeros(out_features, in_features // 2, dtype=torch.uint8, device=device))
+        self.register_buffer("scales", torch.zeros(out_features, groups, dtype=dtype, device=device))
+        self.register_buffer("zeros", torch.zeros(out_features, groups, dtype=dtype, device=device))
+        self.bias = (nn.Parameter(torch.zeros(out_features, dtype=bias_dtype, device=device), requires_grad=False)
+                     if bias else None)
+        self._packed: torch.Tensor | None = None  # the kernel's layout on the current device (not saved)
+        self._scales_zeros: torch.Tensor | None = None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, group_size: int = 128) -> "Int4WeightOnlyLinear":
+        m = cls(linear.in_features, linear.out_features, linear.bias is not None, group_size,
+                device=linear.weight.device,
+                bias_dtype=linear.bias.dtype if linear.bias is not None else linear.weight.dtype)
+        codes, scale, zero = quantize_weight(linear.weight, group_size)
+        m.weight.copy_(pack(codes))
+        m.scales.copy_(scale)
+        m.zeros.copy_(zero)
+        if linear.bias is not None:
+            m.bias.data.copy_(linear.bias.data)
+        m.prepare()
+        return m
+
+    def dequantized(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """(N, K) weights in `dtype` as the kernels see them."""
+        n, k, g = self.out_features, self.in_features, self.group_size
+        codes = unpack(self.weight).to(dtype).view(n, k // g, g)
+        return (codes * self.scales.to(dtype)[..., None] + self.zeros.to(dtype)[..., None]).view(n, k)
+
+    @torch.no_grad()
+    def prepare(self) -> None:
+        """Derive the device's packed weight and (K/G, N, 2) scales-and-zeros from the stored tensors."""
+        if self.weight.is_meta:
+            return
+        codes = unpack(self.weight)  # (N, K) uint8
+        # tinygemm: w = (q - 8) * scale + zero', so zero' = zero + 8 * scale
+        sz = torch.stack([self.scales.float(), self.zeros.float() + 8 * self.scales.float()], dim=-1)
+        self._scales_zeros = sz.transpose(0, 1).contiguous().to(torch.bfloat16)  # (K/G, N, 2)
+        if self.weight.device.type == "cuda":
+            tiny = (codes[:, 0::2] << 4 | codes[:, 1::2]).contiguous()  # CUDA packing: even k high
+            self._packed = torch._convert_weight_to_int4pack(tiny, 8)
+        else:
+            self._packed = torch._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1)
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        self.prepare()  # moved or cast: re-derive the kernel layout on the new device
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1]).to(torch.bfloat16)  # (M, K)
+        if x2.shape[0] > GEMV_MAX_ROWS:  # prefill: compute-bound, a GEMM on dequantised bf16 weights
+            y = torch.nn.functional.linear(x2, self.dequantized(torch.bfloat16))
+        elif x2.device.type == "cuda":
+            y = torch._weight_int4pack_mm(x2, self._packed, self.group_size, self._scales_zeros)
+        else:
+            y = torch._weight_int4pack_mm_for_cpu(x2, self._packed, self.group_size, self._scales_zeros)
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}"
