@@ -322,7 +322,7 @@ def test_summary_csv_row_from_pruned_checkpoint_has_numeric_ratios():
     assert row["vision_params"] == 10 and row["lm_head_params"] == 1
 
 
-def test_interrupted_run_resumes_without_loss_or_duplicates(tmp_path, ckpt):
+def test_interrupted_run_resumes_without_loss_or_duplicates(tmp_path, ckpt, stub_scores):
     data = make_dataset(tmp_path / "data", n=5)
     out = tmp_path / "res"
     seen = []
@@ -464,7 +464,7 @@ def test_config_validates_itself():
         BenchConfig(model="m", data="d", out="o", task="retrieval")
 
 
-def test_several_models_one_failure_recorded_others_go_on(tmp_path, ckpt):
+def test_several_models_one_failure_recorded_others_go_on(tmp_path, ckpt, stub_scores):
     data = make_dataset(tmp_path / "data", n=2)
     out = tmp_path / "sweep"
     r = run_cli(ckpt, tmp_path / "no" / "such-model", "--data", data, "--out", out, *FAST)
@@ -474,7 +474,7 @@ def test_several_models_one_failure_recorded_others_go_on(tmp_path, ckpt):
     assert failure["model"].endswith("such-model") and "does not exist" in failure["message"]
 
 
-def test_vqa_task_pins_its_protocol(tmp_path, ckpt):
+def test_vqa_task_pins_its_protocol(tmp_path, ckpt, stub_scores):
     data = make_dataset(tmp_path / "data", n=2, task="vqa")
     r = run_cli(ckpt, "--data", data, "--out", tmp_path / "ocr", "--ocr-tokens", "--no-energy")
     assert r.exit_code == 1 and "no sample" in r.output and "ocr_tokens" in r.output

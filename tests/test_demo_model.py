@@ -1,5 +1,6 @@
 import random
 
+import pytest
 import torch
 
 from vlmslim.loading import load_model
@@ -26,6 +27,7 @@ def test_shipped_model_captions_heldout_scenes():
     assert not any(p.startswith("USER") or "Provide" in p for p in preds)  # only generated tokens decoded
 
 
+@pytest.mark.slow  # two short trainings of the demo architecture
 def test_training_is_deterministic_and_learns():
     cfg = TrainConfig(steps=6, batch_size=4, train_scenes=16, eval_scenes=2, warmup=1, lr=3e-3)
     arch = DemoArchitecture(vision_hidden=64, vision_intermediate=128, vision_layers=2, vision_heads=2,

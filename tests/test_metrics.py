@@ -105,6 +105,7 @@ def ours():
     return score_captions(PREDS, REFS, n_bootstrap=N_BOOT, seed=SEED)
 
 
+@pytest.mark.slow  # pycocoevalcap (Java METEOR + PTB) on the full reference set
 def test_full_set_equals_pycocoevalcap(reference, ours):
     for key in COCO_KEYS:
         assert ours.metrics[key] == pytest.approx(reference["scores"][key], rel=1e-9, abs=1e-12), key
@@ -167,6 +168,7 @@ def test_paired_identical_is_exactly_zero():
         assert (d.diff, d.lo, d.hi) == (0.0, 0.0, 0.0), key
 
 
+@pytest.mark.slow  # bootstraps the pycocoevalcap reference set
 def test_paired_difference_of_worse_system(reference):
     keys = sorted(PREDS)
     perm = [(i + 7) % len(keys) for i in range(len(keys))]
@@ -319,6 +321,7 @@ def test_open_vqa_merges_text_metrics_and_bertscore(monkeypatch, tmp_path):
     assert "bertscore_f1" not in off.metrics and off.notes["bertscore"] == "disabled"
 
 
+@pytest.mark.slow  # Java caption metrics + MiniLM BERTScore with bootstrap
 def test_caption_task_scores_bertscore_multi_reference_with_ci_and_paired(monkeypatch, tmp_path, minilm):
     """The caption benchmark is CIDEr, METEOR, ROUGE and BERTScore: per caption the max over its references
     (bert_score's rule for a list of references), a bootstrap CI, and a paired difference vs a baseline."""

@@ -198,6 +198,7 @@ def test_pruning_changes_the_model_and_groups_differ_from_query(llava):
     assert s1["kept"]["attention"][0]["kv_heads"] != s2["kept"]["attention"][0]["kv_heads"]
 
 
+@pytest.mark.slow  # Qwen2.5-VL and BLIP-2 tiny models, prune + save + reload each
 def test_qwen_and_opt_heads_with_biases_rebuild(tmp_path):
     for name, cfg in [("qwen2_5_vl", PruneConfig(glu=0.5, heads=0.5)), ("blip-2", PruneConfig(heads=0.5))]:
         model, proc = tiny_model(name)

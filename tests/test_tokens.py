@@ -99,6 +99,7 @@ def test_refusals():
             pass
 
 
+@pytest.mark.slow  # two real benches + figures (~15 s)
 def test_bench_records_the_token_budget_and_refuses_mixing_it(tmp_path):
     from click.testing import CliRunner
 
