@@ -363,3 +363,18 @@ def test_cli_recovers_and_reports(setup, tmp_path, monkeypatch):
     assert step["params"]["lr"] == 1e-3 and step["params"]["max_new_tokens"] == 4
     r = run("recover", setup / "student", "--teacher", setup / "teacher", "--data", setup / "train", "--out", out)
     assert r.exit_code == 1 and "already exists" in r.output
+
+
+@pytest.mark.slow
+def test_gpu_study_runs_on_a_tiny_config_on_cpu(tmp_path):
+    """studies/recovery_gpu.py (the lead's H200 run) on its tiny config: both methods step and report."""
+    from studies.recovery_gpu import main as gpu_study
+
+    out = tmp_path / "gpu.json"
+    r = CliRunner().invoke(gpu_study, ["--smoke", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    record = json.loads(out.read_text())
+    assert [x["method"] for x in record["results"]] == ["kd", "lora-kd"]
+    kd, lora = record["results"]
+    assert kd["tokens_per_s"] > 0 and len(kd["step_s"]) == 2 and all(torch.isfinite(torch.tensor(kd["losses"])))
+    assert lora["trainable_params"] < kd["trainable_params"] < kd["student_params"] < record["teacher_params"]

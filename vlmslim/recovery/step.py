@@ -93,6 +93,17 @@ def _same_tokenizer(s_proc, t_proc) -> None:
         raise RecoveryError("the student's and the teacher's tokenizers differ: token-level KD needs one tokenizer")
 
 
+def teacher_answers(t_model, t_proc, teacher: str, dataset: LocalDataset, data_record: dict,
+                    config: RecoverConfig) -> tuple[list, str]:
+    """(the teacher's answer to every sample, the teacher's weights hash), from the cache when it has them."""
+    teacher_sha = weights_sha256(teacher)
+    key = cache_key(data_record["content_sha256"], teacher_sha, config.max_new_tokens, get_family(t_model).model_type)
+    targets = teacher_targets(t_model, t_proc, dataset, key, cache_dir=Path(config.cache_dir or default_cache_dir()),
+                              batch_size=config.batch_size, max_new_tokens=config.max_new_tokens,
+                              progress=config.progress)
+    return targets, teacher_sha
+
+
 def recover_checkpoint(student: str | os.PathLike, teacher: str | os.PathLike, data: str | os.PathLike,
                        out: str | os.PathLike, config: RecoverConfig, overwrite: bool = False) -> tuple[Path, dict]:
     """Distil `student` toward `teacher` on `data` and save the result to `out`; returns (out, manifest)."""
@@ -104,27 +115,18 @@ def recover_checkpoint(student: str | os.PathLike, teacher: str | os.PathLike, d
     t_model, t_proc = load_model(teacher, dtype=config.dtype, device=config.device)
     s_model, s_proc = load_model(student, dtype=config.dtype, device=config.device)
     _same_tokenizer(s_proc, t_proc)
-    s_manifest, t_manifest = read_manifest(student), read_manifest(teacher)
-    teacher_sha = weights_sha256(teacher)
-    key = cache_key(data_record["content_sha256"], teacher_sha, config.max_new_tokens, get_family(t_model).model_type)
-    targets = teacher_targets(t_model, t_proc, dataset, key, cache_dir=Path(config.cache_dir or default_cache_dir()),
-                              batch_size=config.batch_size, max_new_tokens=config.max_new_tokens,
-                              progress=config.progress)
+    s_manifest = read_manifest(student)
+    targets, teacher_sha = teacher_answers(t_model, t_proc, teacher, dataset, data_record, config)
     encoder = Encoder(s_model, s_proc, dataset, [t.answer_ids for t in targets], config.max_length)
-    pairs = None
-    if config.hidden_weight > 0:
-        pairs = aligned_layers(s_manifest, t_manifest, len(get_family(s_model).decoder_layers(s_model)),
-                               len(get_family(t_model).decoder_layers(t_model)))
-        logger.info("hidden-state loss on (student, teacher) layers %s", pairs)
+    pairs = _hidden_pairs(s_model, t_model, s_manifest, read_manifest(teacher)) if config.hidden_weight > 0 else None
     probe = [encoder.batch(list(range(i, min(i + config.batch_size, PROBE, len(dataset)))))
              for i in range(0, min(PROBE, len(dataset)), config.batch_size)]
     before = evaluate(s_model, t_model, probe, config.kd_temperature)
     fingerprint = {"config": config.fingerprint(), "student": weights_sha256(student), "teacher": teacher_sha,
                    "data": data_record["content_sha256"]}
-    state = resume_dir(out)
     result = train(s_model, t_model, lambda step: encoder.batch(step_indices(len(dataset), config.batch_size,
                                                                              config.seed, step)),
-                   config, hidden_pairs=pairs, state_dir=state, fingerprint=fingerprint)
+                   config, hidden_pairs=pairs, state_dir=resume_dir(out), fingerprint=fingerprint)
     model, merge_diff = finish(result.model, config.method, s_proc)
     after = evaluate(model, t_model, probe, config.kd_temperature)
     logger.info("probe (%d samples): KD %.4g -> %.4g, teacher agreement %.3f -> %.3f", min(PROBE, len(dataset)),
@@ -134,21 +136,34 @@ def recover_checkpoint(student: str | os.PathLike, teacher: str | os.PathLike, d
     record["probe"] = {"n_samples": min(PROBE, len(dataset)), "before": before, "after": after}
     manifest = new_manifest(student, model.config, prior=s_manifest, seed=config.seed)
     manifest["steps"].append(record)
+    short = [Path(n).name or n for n in names]
+    title = f"{short[0]} <- teacher {short[1]}: {config.method}, {config.steps} steps of {config.batch_size}"
+    saved = _save(model, s_proc, out, manifest, result.history, title, config, overwrite)
+    shutil.rmtree(resume_dir(out), ignore_errors=True)
+    logger.info("recovered %s -> %s", student, out)
+    return Path(out), saved
+
+
+def _hidden_pairs(s_model, t_model, s_manifest, t_manifest) -> list[tuple[int, int]]:
+    pairs = aligned_layers(s_manifest, t_manifest, len(get_family(s_model).decoder_layers(s_model)),
+                           len(get_family(t_model).decoder_layers(t_model)))
+    logger.info("hidden-state loss on (student, teacher) layers %s", pairs)
+    return pairs
+
+
+def _save(model, processor, out, manifest: dict, history: list[dict], title: str, config: RecoverConfig,
+          overwrite: bool) -> dict:
+    """`save_verified` with the loss log and its plot written into the staging dir (so they appear with it)."""
     dtype = next(model.parameters()).dtype
     atol = 1e-5 if dtype == torch.float32 else 1e-2  # a plain save of plain weights: any bug shows as O(1)
-    title = f"{names[0]} <- teacher {names[1]}: {config.method}, {config.steps} steps of {config.batch_size}"
 
     def add_logs(staging: Path, reloaded: nn.Module, logits: torch.Tensor, saved: dict) -> dict:
-        write_loss_log(staging, result.history)
-        plot_losses(staging, result.history, title)
+        write_loss_log(staging, history)
+        plot_losses(staging, history, title)
         return {}
 
-    saved = save_verified(model, s_proc, out, manifest, atol=atol, device=config.device, overwrite=overwrite,
-                          check=add_logs, card=recovery_card)
-    shutil.rmtree(state, ignore_errors=True)
-    logger.info("recovered %s -> %s: loss %.4g -> %.4g", student, out, record["initial_losses"]["loss"],
-                record["final_losses"]["loss"])
-    return Path(out), saved
+    return save_verified(model, processor, out, manifest, atol=atol, device=config.device, overwrite=overwrite,
+                         check=add_logs, card=recovery_card)
 
 
 def finish(model: nn.Module, method: str, processor=None) -> tuple[nn.Module, float | None]:
