@@ -171,7 +171,7 @@ def test_teacher_targets_are_cached(recovered, setup, tmp_path):
     assert len(cache) == 1
     rows = [json.loads(line) for line in cache[0].read_text().splitlines()[1:]]
     assert len(rows) == 16 and all(1 <= len(r["answer_ids"]) <= 6 for r in rows)
-    # a second run finds the cache: no generation (generate would fail on this broken teacher)
+    # a second run finds the cache: generating again would raise
     import vlmslim.recovery.targets as targets
 
     def no_generation(*a, **k):
