@@ -142,7 +142,7 @@ def test_kd_lowers_the_loss_and_raises_teacher_agreement(recovered, setup):
     assert after["kd"] < 0.6 * before["kd"], step["probe"]
     assert after["agreement"] > before["agreement"] + 0.15, step["probe"]
     assert step["kind"] == "recover" and step["method"] == "kd" and step["params"]["steps"] == 20
-    assert step["teacher"]["weights_sha256"] == _weights_hash(setup / "teacher")
+    assert step["teacher"]["model_sha256"] == _model_hash(setup / "teacher")
     assert step["hidden_layers"] == [[0, 0], [1, 1]] and set(step["final_losses"]) >= {"kd", "ce", "hidden"}
     rows = [json.loads(line) for line in (out / "loss.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 21))
@@ -156,11 +156,11 @@ def test_kd_lowers_the_loss_and_raises_teacher_agreement(recovered, setup):
     assert not resume_dir(out).exists()
 
 
-def _weights_hash(path):
+def _model_hash(path):
     import hashlib
 
     h = hashlib.sha256()
-    for f in sorted(path.glob("*.safetensors")):
+    for f in sorted(p for p in path.iterdir() if p.name not in ("README.md", "vlmslim.json")):
         h.update(f"{f.name}\0{sha256_file(f)}\n".encode())
     return h.hexdigest()
 

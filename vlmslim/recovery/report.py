@@ -69,7 +69,7 @@ def recovery_card(manifest: dict) -> str:
     b, a = probe["before"], probe["after"]
     return "\n".join([
         "", "## Recovery", "",
-        f"Distilled from teacher `{s['teacher']['source']}` (weights sha256 {s['teacher']['weights_sha256'][:12]}…) "
+        f"Distilled from teacher `{s['teacher']['source']}` (model files sha256 {s['teacher']['model_sha256'][:12]}…) "
         f"with `{s['method']}` for {p['steps']} steps of {p['batch_size']} (lr {p['lr']:g}, T {p['kd_temperature']:g}"
         + (f", LoRA rank {p['lora_rank']}" if s["method"] == "lora-kd" else "") + ").",
         f"Recovery data: {d['n_samples']} samples of `{d['dir']}` (content sha256 {d['content_sha256'][:12]}…); "

@@ -33,7 +33,7 @@ from vlmslim.recovery.config import RecoverConfig
 from vlmslim.recovery.losses import aligned_layers
 from vlmslim.recovery.methods import METHODS
 from vlmslim.recovery.report import plot_losses, recovery_card, write_loss_log
-from vlmslim.recovery.targets import cache_key, default_cache_dir, teacher_targets, weights_sha256
+from vlmslim.recovery.targets import cache_key, default_cache_dir, teacher_targets, model_sha256
 from vlmslim.recovery.train import TrainResult, evaluate, train
 
 logger = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def _same_tokenizer(s_proc, t_proc) -> None:
 def teacher_answers(t_model, t_proc, teacher: str, dataset: LocalDataset, data_record: dict,
                     config: RecoverConfig) -> tuple[list, str]:
     """(the teacher's answer to every sample, the teacher's weights hash), from the cache when it has them."""
-    teacher_sha = weights_sha256(teacher)
+    teacher_sha = model_sha256(teacher)
     key = cache_key(data_record["content_sha256"], teacher_sha, config.max_new_tokens, get_family(t_model).model_type)
     targets = teacher_targets(t_model, t_proc, dataset, key, cache_dir=Path(config.cache_dir or default_cache_dir()),
                               batch_size=config.batch_size, max_new_tokens=config.max_new_tokens,
@@ -122,7 +122,7 @@ def recover_checkpoint(student: str | os.PathLike, teacher: str | os.PathLike, d
     probe = [encoder.batch(list(range(i, min(i + config.batch_size, PROBE, len(dataset)))))
              for i in range(0, min(PROBE, len(dataset)), config.batch_size)]
     before = evaluate(s_model, t_model, probe, config.kd_temperature)
-    fingerprint = {"config": config.fingerprint(), "student": weights_sha256(student), "teacher": teacher_sha,
+    fingerprint = {"config": config.fingerprint(), "student": model_sha256(student), "teacher": teacher_sha,
                    "data": data_record["content_sha256"]}
     result = train(s_model, t_model, lambda step: encoder.batch(step_indices(len(dataset), config.batch_size,
                                                                              config.seed, step)),
@@ -190,7 +190,7 @@ def _step_record(config: RecoverConfig, name: str, teacher: str, teacher_sha: st
     first = result.history[: min(10, len(result.history))]
     return {
         "kind": "recover", "method": config.method, "params": params,
-        "teacher": {"source": name, "path": teacher, "weights_sha256": teacher_sha},
+        "teacher": {"source": name, "path": teacher, "model_sha256": teacher_sha},
         TRAINED_ON: data_record,
         "targets": {"source": "teacher greedy answer to the pinned instruction", "n": len(targets),
                     "mean_answer_tokens": sum(len(t.answer_ids) for t in targets) / len(targets),

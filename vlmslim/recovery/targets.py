@@ -2,7 +2,7 @@
 
 Any `vlmslim data` directory works, labels or not: the student learns what the teacher says. The
 answers (token ids, EOS included, so the student learns where to stop) are cached once per (data
-content, teacher weights, answer cap) under the cache dir, so a second recovery from the same teacher on
+content, teacher files, answer cap) under the cache dir, so a second recovery from the same teacher on
 the same data (another method, a resume) does not generate them again.
 """
 
@@ -43,13 +43,17 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("VLMSLIM_CACHE") or Path.home() / ".cache" / "vlmslim")
 
 
-def weights_sha256(model_dir: str | os.PathLike) -> str:
-    """sha256 over (file name, file sha256) of a checkpoint's safetensors files — the same identity the
-    benchmark keys results by, so a recovery's teacher hash can be matched to its bench runs."""
+NOT_IDENTITY = ("README.md", "vlmslim.json", "loss.jsonl", "loss.png")  # records about a model, not the model
+
+
+def model_sha256(model_dir: str | os.PathLike) -> str:
+    """sha256 over (file name, file sha256) of every file of a checkpoint dir that can change its answers:
+    weights, config, generation config, processor, tokenizer, chat template (not the manifest, the model
+    card or loss logs, which carry timestamps). The teacher's identity in the targets cache key."""
     root = Path(model_dir)
-    files = sorted(root.glob("*.safetensors"))
-    if not files:
+    if not list(root.glob("*.safetensors")):
         raise RecoveryError(f"{root} has no *.safetensors weights to hash")
+    files = sorted(p for p in root.iterdir() if p.is_file() and p.name not in NOT_IDENTITY)
     h = hashlib.sha256()
     for f in files:
         h.update(f"{f.name}\0{sha256_file(f)}\n".encode())
