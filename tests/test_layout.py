@@ -93,10 +93,12 @@ LAYERS = {  # lower layers never import higher ones: cli > steps > loading/check
     "vlmslim.families": ("vlmslim.loading", "vlmslim.pruning", "vlmslim.quantization", "vlmslim.benchmarks"),
     "vlmslim.pruning": ("vlmslim.quantization", "vlmslim.benchmarks", "vlmslim.figures", "vlmslim.cli"),
     "vlmslim.quantization": ("vlmslim.pruning", "vlmslim.benchmarks", "vlmslim.figures", "vlmslim.cli"),
+    "vlmslim.recovery": ("vlmslim.pruning", "vlmslim.quantization", "vlmslim.benchmarks", "vlmslim.figures",
+                         "vlmslim.cli", "vlmslim.demo"),
     "vlmslim.figures": ("vlmslim.loading", "vlmslim.pruning", "vlmslim.quantization", "vlmslim.benchmarks.run",
                         "vlmslim.cli"),
-    "vlmslim.data": ("vlmslim.loading", "vlmslim.pruning", "vlmslim.quantization", "vlmslim.benchmarks",
-                     "vlmslim.figures", "vlmslim.cli"),
+    "vlmslim.data": ("vlmslim.loading", "vlmslim.pruning", "vlmslim.quantization", "vlmslim.recovery",
+                     "vlmslim.benchmarks", "vlmslim.figures", "vlmslim.cli"),
 }
 
 

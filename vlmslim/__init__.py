@@ -26,6 +26,8 @@ _API = {
     "load_quantized": "vlmslim.quantization",
     "quantize_model": "vlmslim.quantization",
     "QuantSpec": "vlmslim.quantization",
+    "RecoverConfig": "vlmslim.recovery",
+    "recover_checkpoint": "vlmslim.recovery",
     "bench": "vlmslim.benchmarks",
     "make_figures": "vlmslim.figures",
 }

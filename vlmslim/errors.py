@@ -47,3 +47,8 @@ class OutputBusyError(VlmslimError):
 
 class OutputWriteError(VlmslimError):
     """The output location cannot be written (read-only file system, no permission, disk full)."""
+
+
+class RecoveryError(VlmslimError):
+    """A recovery (distillation) request that cannot run: mismatched teacher/student, quantized student,
+    recovery data that overlaps held-out data, or a resume state of another run."""

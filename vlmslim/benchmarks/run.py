@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from vlmslim.benchmarks import results as res
 from vlmslim.data import load as load_dataset
+from vlmslim.data.hashes import check_disjoint
 from vlmslim.benchmarks.efficiency import EnergyMeter, measure_bandwidth_gb_s, peak_memory_mb, peak_rss_mb
 from vlmslim.benchmarks.efficiency import reset_peak_memory
 from vlmslim.benchmarks.engine import ENGINES
@@ -151,6 +152,8 @@ def run_bench(config: BenchConfig, *, progress: bool = True,
         raise BenchmarkError(f"--device {cfg.device}: no CUDA device is available here (use --device cpu)")
     out = Path(cfg.out)
     source = resolve_source(cfg.model)
+    if Path(source).is_dir():  # scores on images a recovery step trained on say nothing: refuse them
+        check_disjoint(dataset, read_manifest(source), source)
     weights = res.weights_dir(source)
     logger.info("hashing the weights, config and processor files in %s (results are keyed by them)", weights)
     checkpoint_sha, files = res.checkpoint_sha256(weights)
