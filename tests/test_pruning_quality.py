@@ -265,6 +265,24 @@ def test_owl_allocation_end_to_end(tmp_path, llava, calib_dir):
     assert widths == plan["glu"]["kept"] and sum(widths) == 256
 
 
+def test_query_mode_allocation_moves_query_heads_and_keeps_every_kv_head(tmp_path, calib_dir):
+    model, proc = tiny_llava(layers=2, heads=8, kv_heads=2)  # 4 query heads per KV group: 4 slots per layer
+    src = save_base(model, proc, tmp_path / "base")
+    cfg = PruneConfig(heads=0.5, head_mode="query", allocation="sensitivity", max_layer_ratio=0.75,
+                      calibration=str(calib_dir), calibration_samples=2, teacher_tokens=3)
+    out, manifest = prune_checkpoint(src, tmp_path / "out", cfg)
+    plan = manifest["steps"][-1]["plan"]["heads"]
+    assert plan["unit"] == "query_head_per_group" and plan["budget"] == 4 == sum(plan["kept"])
+    layers = manifest["architecture"]["text_layers"]
+    assert [x["num_attention_heads"] for x in layers] == [2 * k for k in plan["kept"]]
+    assert [x["num_key_value_heads"] for x in layers] == [2, 2]
+    kept = manifest["steps"][-1]["kept"]["attention"]
+    for a in kept:  # the same number of query heads in each group
+        groups = [q // 4 for q in a["q_heads"]]
+        assert groups.count(0) == groups.count(1)
+    assert manifest["steps"][-1]["reload_max_abs_diff"] == 0.0
+
+
 # ---------------------------------------------------------------- --plan-only
 
 
