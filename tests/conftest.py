@@ -8,10 +8,14 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
 
+from vlmslim.io import sha256_file  # noqa: E402
 from vlmslim.testing import TINY_MODELS, tiny_model  # noqa: E402
 
 # A real MiniLM-L6 shipped as a PyPI package (HF dir inside it): the offline BERTScore model for tests.
@@ -34,3 +38,20 @@ def llava():
 def minilm() -> str:
     """The offline MiniLM dir, for `--bertscore-model` / `BertScoreConfig(model=...)`."""
     return str(MINILM)
+
+
+@pytest.fixture
+def calib_dir(tmp_path):
+    """A 4-sample caption set in the `vlmslim data` layout."""
+    root = tmp_path / "calib"
+    (root / "images").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(root / "images" / f"{i}.png")
+        rows.append({"id": f"s{i}", "image": f"images/{i}.png", "task": "caption", "question": None,
+                     "references": ["a red circle on the left of a blue square ."]})
+    (root / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "meta.json").write_text(json.dumps({"dataset": "test-calib",
+                                                "samples_sha256": sha256_file(root / "samples.jsonl")}))
+    return root

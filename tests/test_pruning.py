@@ -2,11 +2,9 @@
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from PIL import Image
 
 from vlmslim.checkpoint import reference_logits, save_checkpoint
 from vlmslim.loading import load_model
@@ -15,7 +13,6 @@ from vlmslim.cli import cli
 from vlmslim.errors import PruningError
 from vlmslim.families import get_family
 from vlmslim.inputs import fixed_inputs
-from vlmslim.io import sha256_file
 from vlmslim.pruning import PruneConfig, prune, prune_checkpoint
 from vlmslim.shapes import prune_glu
 from vlmslim.pruning.importance import GLUWeights, maw, o_norm
@@ -23,23 +20,6 @@ from vlmslim.pruning.select import kept_heads, kept_width, select_heads
 from vlmslim.testing import tiny_llava, tiny_model
 
 # ---------------------------------------------------------------- helpers
-
-
-@pytest.fixture
-def calib_dir(tmp_path):
-    """A 4-sample caption set in the `vlmslim data` layout."""
-    root = tmp_path / "calib"
-    (root / "images").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(4):
-        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(root / "images" / f"{i}.png")
-        rows.append({"id": f"s{i}", "image": f"images/{i}.png", "task": "caption", "question": None,
-                     "references": ["a red circle on the left of a blue square ."]})
-    (root / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (root / "meta.json").write_text(json.dumps({"dataset": "test-calib",
-                                                "samples_sha256": sha256_file(root / "samples.jsonl")}))
-    return root
 
 
 def save_base(model, processor, path):

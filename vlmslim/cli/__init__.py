@@ -21,8 +21,9 @@ from vlmslim.errors import VlmslimError
 
 # Choices of registries that live in torch-importing modules, spelled out so `vlmslim -h` and the
 # figures/data commands start without torch; tests/test_cli.py checks they equal the registries.
-NEURON_CRITERIA = ("activation", "hybrid", "l2", "maw", "pon", "vow")
-HEAD_CRITERIA = ("activation", "o_norm")
+NEURON_CRITERIA = ("activation", "hybrid", "l2", "maw", "pon", "taylor", "vow")
+HEAD_CRITERIA = ("activation", "o_norm", "taylor")
+ALLOCATIONS = ("owl", "sensitivity", "uniform")
 HEAD_MODES = ("groups", "query")
 DEFAULT_CALIBRATION_SAMPLES = 32
 QUANT_TARGETS = ("all", "language", "vision")

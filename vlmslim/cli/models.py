@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from vlmslim.cli import (COMPUTE_DTYPES, DEFAULT_CALIBRATION_SAMPLES, DEFAULT_TARGET, HEAD_CRITERIA, HEAD_MODES,
-                         NEURON_CRITERIA, QUANT_RECIPES, QUANT_TARGETS, cli, handle_errors)
+from vlmslim.cli import (ALLOCATIONS, COMPUTE_DTYPES, DEFAULT_CALIBRATION_SAMPLES, DEFAULT_TARGET, HEAD_CRITERIA,
+                         HEAD_MODES, NEURON_CRITERIA, QUANT_RECIPES, QUANT_TARGETS, cli, handle_errors)
 
 
 # --- inspect -------------------------------------------------------------------------------
@@ -39,7 +39,8 @@ def inspect_cmd(model: str, as_json: bool) -> None:
 
 @cli.command("prune")
 @click.argument("model")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output checkpoint directory.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Output checkpoint directory (required unless --plan-only).")
 @click.option("--glu", type=float, default=0.0, show_default=True,
               help="Fraction of GLU-MLP neurons removed in every decoder layer (0 <= R < 1).")
 @click.option("--heads", type=float, default=0.0, show_default=True,
@@ -59,30 +60,49 @@ def inspect_cmd(model: str, as_json: bool) -> None:
               help=f"Samples run for activation statistics [default: {DEFAULT_CALIBRATION_SAMPLES}, or the whole "
                    "set when smaller, with a warning]; more than the set holds is refused.")
 @click.option("--round-to", type=int, default=64, show_default=True, help="Kept MLP widths are multiples of this.")
+@click.option("--allocation", type=click.Choice(ALLOCATIONS), default="uniform", show_default=True,
+              help="How --glu/--heads spread over layers at the same total: uniform, sensitivity (loss when a layer "
+                   "is pruned alone), owl (activation outliers); the last two need --calibration.")
+@click.option("--max-layer-ratio", type=float, default=0.9, show_default=True,
+              help="Non-uniform allocation never removes more than this fraction of one layer's units.")
+@click.option("--teacher-tokens", type=int, default=32, show_default=True,
+              help="Max new tokens of the model's own greedy answers (the loss of taylor and sensitivity).")
+@click.option("--plan-only", is_flag=True, help="Print the per-layer plan and the parameter/byte budget; write nothing.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
 @click.option("--seed", type=int, default=0, show_default=True, help="Picks the calibration subset.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out directory.")
 @handle_errors
 def prune_cmd(model, out, glu, heads, head_mode, drop_layers, trim_vision, importance, head_importance, calibration,
-              calibration_samples, round_to, device, seed, overwrite):
+              calibration_samples, round_to, allocation, max_layer_ratio, teacher_tokens, plan_only, device, seed,
+              overwrite):
     """Structurally prune MODEL (hub id, HF dir or vlmslim checkpoint) into a new checkpoint.
 
     \b
     vlmslim prune llava-hf/llava-1.5-7b-hf --out ckpt/glu30-h25 --glu 0.3 --heads 0.25 --device cuda
+    vlmslim prune demo --glu 0.8 --importance taylor --allocation sensitivity --calibration calib --plan-only
     """
     from vlmslim.pruning.config import PruneConfig, parse_drop_layers
-    from vlmslim.pruning.step import prune_checkpoint
+    from vlmslim.pruning.step import plan_checkpoint, prune_checkpoint
 
+    if out is None and not plan_only:
+        raise click.UsageError("Missing option '--out' (or pass --plan-only).")
     given = {k: v for k, v in dict(importance=importance, head_importance=head_importance,
                                     calibration_samples=calibration_samples).items() if v is not None}
     try:  # options not given take PruneConfig's defaults
         config = PruneConfig(glu=glu, heads=heads, head_mode=head_mode, drop_layers=parse_drop_layers(drop_layers),
-                             trim_vision=trim_vision, round_to=round_to, calibration=calibration, seed=seed, **given)
+                             trim_vision=trim_vision, round_to=round_to, calibration=calibration, seed=seed,
+                             allocation=allocation, max_layer_ratio=max_layer_ratio, teacher_tokens=teacher_tokens,
+                             **given)
     except ValueError as e:
         raise click.ClickException(str(e)) from e
     unused = config.unused_criteria(set(given))
     if unused:
         raise click.UsageError(unused)
+    if plan_only:
+        from vlmslim.cli.render import plan_text
+
+        click.echo(plan_text(plan_checkpoint(model, config, device=device)))
+        return
     path, manifest = prune_checkpoint(model, out, config, device=device, overwrite=overwrite)
     step = manifest["steps"][-1]
     before, after = sum(step["params_before"].values()), sum(step["params_after"].values())

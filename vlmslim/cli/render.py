@@ -39,3 +39,58 @@ def describe_text(info: dict) -> str:
         for i, step in enumerate(m.get("steps") or [], 1):
             out.append(f"  step {i}: {step.get('kind')} {step.get('method', '')} {step.get('params', {})}")
     return "\n".join(out)
+
+
+def _pct(kept: int, before: int) -> str:
+    return f"{1 - kept / before:.1%}" if before else "-"
+
+
+def plan_text(report: dict) -> str:
+    """`vlmslim prune --plan-only`: the per-layer plan, then parameters and bytes before/after."""
+    plan = report["plan"]
+    glu, heads = plan["glu"], plan["heads"]
+    cap = f", max layer ratio {plan['max_layer_ratio']:g}" if plan["max_layer_ratio"] is not None else ""
+    out = [f"plan: allocation {plan['allocation']}{cap}"]
+    header, rows = ["layer"], []
+    if glu:
+        header += ["GLU kept", "removed"]
+    if heads:
+        header += ["heads q/kv", "removed"]
+    for part in (glu, heads):
+        if part and part.get("layer_scores") is not None:
+            header.append(("GLU " if part is glu else "heads ") + part["layer_score"])
+    for i, layer in enumerate(plan["layers"]):
+        row = [layer["layer"]]
+        if glu:
+            row += [f"{layer['intermediate_size']}/{layer['intermediate_before']}",
+                    _pct(layer["intermediate_size"], layer["intermediate_before"])]
+        if heads:
+            row += [f"{layer['num_attention_heads']}/{layer['num_key_value_heads']} of "
+                    f"{layer['heads_before']}/{layer['kv_heads_before']}",
+                    _pct(layer["num_attention_heads"], layer["heads_before"])]
+        for part in (glu, heads):
+            if part and part.get("layer_scores") is not None:
+                row.append(f"{part['layer_scores'][i]:.4g}")
+        rows.append(row)
+    if glu or heads:
+        out.append(table(rows, header))
+    units = {"kv_group": "attention KV groups", "query_head_per_group": "attention query heads per group"}
+    for name, part in (("GLU neurons", glu), (units.get((heads or {}).get("unit")), heads)):
+        if part:
+            out.append(f"{name}: keep {part['kept_total']:,} of {part['total']:,} "
+                       f"({_pct(part['kept_total'], part['total'])} removed; budget {part['budget']:,})")
+    if report.get("dropped_layers"):
+        out.append(f"dropped decoder layers: {report['dropped_layers']}")
+    if report.get("vision_layers_removed"):
+        out.append(f"removed vision layers: {report['vision_layers_removed']}")
+    before, after = report["before"], report["after"]
+    rows = [[comp, f"{before[comp]['params']:,}", f"{after[comp]['params']:,}",
+             _pct(after[comp]["params"], before[comp]["params"]), f"{after[comp]['bytes'] / 1e6:,.2f}"]
+            for comp in before]
+    total = lambda d, k: sum(v[k] for v in d.values())  # noqa: E731
+    rows.append(["total", f"{total(before, 'params'):,}", f"{total(after, 'params'):,}",
+                 _pct(total(after, "params"), total(before, "params")), f"{total(after, 'bytes') / 1e6:,.2f}"])
+    out += ["", table(rows, ["component", "params before", "params after", "removed", f"MB after ({report['dtype']})"]),
+            f"bytes: {total(before, 'bytes') / 1e6:,.2f} MB -> {total(after, 'bytes') / 1e6:,.2f} MB "
+            f"({report['dtype']}); nothing was written"]
+    return "\n".join(out)

@@ -45,6 +45,11 @@ class PruneConfig:
     calibration: str | None = None  # a `vlmslim data` directory
     calibration_samples: int | None = None  # None: DEFAULT_CALIBRATION_SAMPLES, or the whole set if smaller
     seed: int = 0  # picks the calibration subset
+    # How --glu / --heads spread over layers (a key of select.ALLOCATIONS). The budget is what `uniform`
+    # keeps; the others move units between layers, never removing more than max_layer_ratio of a layer.
+    allocation: str = "uniform"
+    max_layer_ratio: float = 0.9
+    teacher_tokens: int = 32  # max new tokens of the unpruned model's greedy answers (Taylor / sensitivity loss)
 
     def __post_init__(self) -> None:
         from vlmslim.pruning.importance import HEAD_IMPORTANCE, NEURON_IMPORTANCE
@@ -75,6 +80,21 @@ class PruneConfig:
         if self.calibration_samples is not None and (not isinstance(self.calibration_samples, int)
                                                      or self.calibration_samples < 1):
             raise ValueError(f"--calibration-samples must be >= 1, got {self.calibration_samples!r}")
+        from vlmslim.pruning.select import ALLOCATIONS
+
+        if self.allocation not in ALLOCATIONS:
+            raise ValueError(f"--allocation must be one of {', '.join(sorted(ALLOCATIONS))}, got {self.allocation!r}")
+        if not isinstance(self.max_layer_ratio, (int, float)) or not 0 < self.max_layer_ratio < 1:
+            raise ValueError(f"--max-layer-ratio must be a fraction removed in (0, 1), got {self.max_layer_ratio!r}")
+        self.max_layer_ratio = float(self.max_layer_ratio)
+        if self.allocation != "uniform":
+            over = [f"--{name} {getattr(self, name):g}" for name in ("glu", "heads")
+                    if getattr(self, name) > self.max_layer_ratio]
+            if over:
+                raise ValueError(f"--max-layer-ratio {self.max_layer_ratio:g} is below {' and '.join(over)}: no "
+                                 "allocation can then keep the budget; raise --max-layer-ratio")
+        if not isinstance(self.teacher_tokens, int) or self.teacher_tokens < 1:
+            raise ValueError(f"--teacher-tokens must be >= 1, got {self.teacher_tokens!r}")
 
     @property
     def is_noop(self) -> bool:
@@ -91,7 +111,19 @@ class PruneConfig:
             return f"--head-importance {self.head_importance}"
         if isinstance(self.drop_layers, int) and self.drop_layers > 0:
             return "--drop-layers N (layer redundancy is measured on calibration data)"
+        if self.allocation != "uniform" and (self.glu or self.heads):
+            return f"--allocation {self.allocation}"
         return None
+
+    @property
+    def needs_teacher(self) -> bool:
+        """Whether the unpruned model's greedy answers are needed (gradient criteria, sensitivity allocation)."""
+        from vlmslim.pruning.importance import HEAD_IMPORTANCE, NEURON_IMPORTANCE
+        from vlmslim.pruning.select import ALLOCATIONS
+
+        return bool((self.glu and NEURON_IMPORTANCE[self.importance].needs_gradients)
+                    or (self.heads and HEAD_IMPORTANCE[self.head_importance].needs_gradients)
+                    or ((self.glu or self.heads) and ALLOCATIONS[self.allocation].needs == "sensitivity"))
 
     @property
     def needs_calibration(self) -> bool:

@@ -22,16 +22,41 @@ class GLUWeights:
 
 
 @dataclass(frozen=True)
-class NeuronStats:
-    """Calibration statistics of the down_proj input h = act(gate(x)) * up(x), over all tokens."""
+class GLUSaliency:
+    """First-order Taylor saliency sum_b |w * dL_b/dw| of one GLU MLP's weights, summed over calibration
+    samples b and reduced to the neuron axis (the full (I, hidden) products are never kept)."""
 
-    abs_mean: torch.Tensor  # (I,): mean |h_i|
-    l2: torch.Tensor  # (I,): sqrt(sum h_i^2), the activation norm used by Wanda-style scores
+    gate: torch.Tensor  # (I,): sums over the gate rows
+    up: torch.Tensor  # (I,): sums over the up rows
+    down: torch.Tensor  # (I,): sums over the down columns
+
+
+@dataclass(frozen=True)
+class AttentionSaliency:
+    """The same for one attention block, per row of q/k/v and per column of o (head h owns rows/columns
+    [h * head_dim, (h + 1) * head_dim))."""
+
+    q: torch.Tensor  # (H * hd,)
+    k: torch.Tensor  # (H_kv * hd,)
+    v: torch.Tensor  # (H_kv * hd,)
+    o: torch.Tensor  # (H * hd,): sums over the o_proj columns
+
+
+@dataclass(frozen=True)
+class NeuronStats:
+    """Calibration statistics of the down_proj input h = act(gate(x)) * up(x), over all tokens; each field
+    is None when the chosen criterion / allocation did not ask for it."""
+
+    abs_mean: torch.Tensor | None = None  # (I,): mean |h_i|
+    l2: torch.Tensor | None = None  # (I,): sqrt(sum h_i^2), the activation norm used by Wanda-style scores
+    taylor: GLUSaliency | None = None
 
 
 @dataclass(frozen=True)
 class HeadStats:
-    out_norm: torch.Tensor  # (H,): mean over tokens of ||head output||_2 (the o_proj input slice)
+    out_norm: torch.Tensor | None = None  # (H,): mean over tokens of ||head output||_2 (the o_proj input slice)
+    in_l2: torch.Tensor | None = None  # (H * hd,): sqrt(sum x_j^2) of each o_proj input column (OWL)
+    taylor: AttentionSaliency | None = None
 
 
 @dataclass(frozen=True)
@@ -39,15 +64,16 @@ class Criterion:
     fn: Callable
     needs_calibration: bool
     help: str
+    needs_gradients: bool = False  # the statistics come from a backward pass (teacher answers' LM loss)
 
 
 NEURON_IMPORTANCE: dict[str, Criterion] = {}
 HEAD_IMPORTANCE: dict[str, Criterion] = {}
 
 
-def _register(registry: dict, name: str, needs_calibration: bool = False):
+def _register(registry: dict, name: str, needs_calibration: bool = False, needs_gradients: bool = False):
     def deco(fn):
-        registry[name] = Criterion(fn, needs_calibration, (fn.__doc__ or "").strip().splitlines()[0])
+        registry[name] = Criterion(fn, needs_calibration, (fn.__doc__ or "").strip().splitlines()[0], needs_gradients)
         return fn
 
     return deco
@@ -98,6 +124,15 @@ def hybrid(w: GLUWeights, stats: NeuronStats) -> torch.Tensor:
     return _f32(w.down).norm(dim=0) * stats.l2.float().to(w.down.device)
 
 
+@_register(NEURON_IMPORTANCE, "taylor", needs_calibration=True, needs_gradients=True)
+def taylor(w: GLUWeights, stats: NeuronStats) -> torch.Tensor:
+    """First-order Taylor (LLM-Pruner): sum of |w * dL/dw| over the neuron's gate row, up row and down column."""
+    # L = LM loss on the unpruned model's own greedy answers, one calibration sample per backward pass;
+    # the per-sample saliencies are summed (Molchanov et al.'s accumulation over batches).
+    t = stats.taylor
+    return (t.gate.float() + t.up.float() + t.down.float()).to(w.gate.device)
+
+
 # ---------------------------------------------------------------- attention heads: fn(o_weight, head_dim, s)
 
 
@@ -112,3 +147,28 @@ def o_norm(o_weight: torch.Tensor, head_dim: int, stats: HeadStats | None = None
 def head_activation(o_weight: torch.Tensor, head_dim: int, stats: HeadStats) -> torch.Tensor:
     """Mean L2 norm of the head's output (the o_proj input slice) over calibration tokens."""
     return stats.out_norm.float()
+
+
+@_register(HEAD_IMPORTANCE, "taylor", needs_calibration=True, needs_gradients=True)
+def head_taylor(o_weight: torch.Tensor, head_dim: int, stats: HeadStats) -> torch.Tensor:
+    """First-order Taylor: sum of |w * dL/dw| over the head's q rows and o columns, plus its KV group's k/v rows."""
+    t = stats.taylor
+    n_q, n_kv = t.q.numel() // head_dim, t.k.numel() // head_dim
+    per_q = t.q.float().view(n_q, head_dim).sum(1) + t.o.float().view(n_q, head_dim).sum(1)  # (H,)
+    per_kv = (t.k.float() + t.v.float()).view(n_kv, head_dim).sum(1)  # (H_kv,)
+    # A KV group's k/v rows go only with the whole group: spread them evenly over its query heads, so a
+    # group's summed score (groups mode) is exact and the ranking inside a group (query mode) is unchanged.
+    return per_q + per_kv.repeat_interleave(n_q // n_kv) / (n_q // n_kv)
+
+
+# ---------------------------------------------------------------- layer scores for allocation (one number per layer)
+
+OWL_M = 5.0  # OWL's outlier threshold: a score is an outlier above M x the layer's mean score (paper default)
+
+
+def outlier_ratio(weight: torch.Tensor, in_l2: torch.Tensor, m: float = OWL_M) -> float:
+    """OWL's layer-wise outlier ratio: the share of Wanda scores |W_ij| * ||x_j||_2 above m x their mean.
+    `weight` (out, in) is the projection whose input columns the structured cut removes (down_proj, o_proj);
+    `in_l2` (in,) the calibration norm of each input channel."""
+    scores = _f32(weight).abs() * in_l2.float().to(weight.device)[None, :]  # (out, in)
+    return (scores > m * scores.mean()).float().mean().item()

@@ -1,15 +1,18 @@
-"""`prune()`: score -> select -> cut over every decoder layer of a model in memory.
+"""`prune()`: score -> plan (kept counts per layer) -> select -> cut over every decoder layer in memory.
 
     model, step = prune(model, processor, PruneConfig(glu=0.3, heads=0.25))
+    report = plan_pruning(model, processor, PruneConfig(glu=0.3, allocation="owl"), calibration)  # no cut
 
 The checkpoint-to-checkpoint step (`vlmslim prune`) is `vlmslim.pruning.step.prune_checkpoint`.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import time
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -18,12 +21,14 @@ from tqdm import tqdm
 from vlmslim.census import census, quantized_kinds
 from vlmslim.errors import PruningError
 from vlmslim.families import Family, get_family
-from vlmslim.pruning.calibrate import CalibrationStats, collect_stats, load_calibration
+from vlmslim.loading import empty_model
+from vlmslim.pruning.calibrate import (CalibrationStats, calibration_record, collect_stats, collect_taylor,
+                                       load_calibration, pick_samples, teacher_answers, teacher_record)
 from vlmslim.pruning.config import PruneConfig
-from vlmslim.pruning.glu import glu_weights
-from vlmslim.pruning.importance import HEAD_IMPORTANCE, NEURON_IMPORTANCE
+from vlmslim.pruning.importance import HEAD_IMPORTANCE, NEURON_IMPORTANCE, HeadStats, NeuronStats
 from vlmslim.pruning.layers import drop_decoder_layers, most_redundant_layers, trim_vision, vision_keep_count
-from vlmslim.pruning.select import kept_heads, kept_width, select_heads, select_neurons
+from vlmslim.pruning.plan import LayerScores, make_plan, score_layers
+from vlmslim.pruning.select import ALLOCATIONS, kept_heads, kept_width, select_head_counts, top_k_sorted
 from vlmslim.pruning.surgery import sync_config
 from vlmslim.shapes import architecture_of, glu_width, head_counts, head_dim, prune_glu, prune_heads
 
@@ -79,62 +84,105 @@ def _calibrate(model, family, processor, config: PruneConfig, calibration) -> Ca
         calibration = load_calibration(config.calibration)
     if calibration is None:
         raise PruningError(config.missing_calibration_message())
-    return collect_stats(
-        model, family, processor, calibration, config.calibration_samples, config.seed,
-        neurons=bool(config.glu) and NEURON_IMPORTANCE[config.importance].needs_calibration,
-        heads=bool(config.heads) and HEAD_IMPORTANCE[config.head_importance].needs_calibration,
-        layers=isinstance(config.drop_layers, int) and config.drop_layers > 0,
-    )
+    glu_crit, head_crit = NEURON_IMPORTANCE[config.importance], HEAD_IMPORTANCE[config.head_importance]
+    owl = ALLOCATIONS[config.allocation].needs == "outliers"
+    neurons = bool(config.glu) and ((glu_crit.needs_calibration and not glu_crit.needs_gradients) or owl)
+    heads = bool(config.heads) and ((head_crit.needs_calibration and not head_crit.needs_gradients) or owl)
+    layers = isinstance(config.drop_layers, int) and config.drop_layers > 0
+    if neurons or heads or layers:
+        stats = collect_stats(model, family, processor, calibration, config.calibration_samples, config.seed,
+                              neurons=neurons, heads=heads, layers=layers)
+    else:  # only the teacher's answers are needed
+        if processor is None:
+            raise PruningError("calibration runs the model's processor on images, and this model has none; "
+                               "use a weight criterion and --allocation uniform")
+        samples = pick_samples(calibration, config.calibration_samples, config.seed)
+        stats = CalibrationStats({}, {}, None, 0, calibration_record(calibration, samples))
+    if config.needs_teacher:
+        samples = pick_samples(calibration, config.calibration_samples, config.seed)
+        stats.teacher = teacher_answers(model, family, processor, calibration, samples, config.teacher_tokens)
+        stats.record["teacher_answers"] = teacher_record(stats.teacher, config.teacher_tokens)
+        taylor_glu = bool(config.glu) and glu_crit.needs_gradients
+        taylor_heads = bool(config.heads) and head_crit.needs_gradients
+        if taylor_glu or taylor_heads:
+            glu, attn = collect_taylor(model, family, stats.teacher, taylor_glu, taylor_heads)
+            for i, t in glu.items():
+                stats.neurons[i] = replace(stats.neurons.get(i, NeuronStats()), taylor=t)
+            for i, t in attn.items():
+                stats.heads[i] = replace(stats.heads.get(i, HeadStats()), taylor=t)
+    return stats
+
+
+def _planned(model: nn.Module, processor, config: PruneConfig, calibration, need_scores: bool):
+    """Shared by `prune` and `plan_pruning`: refusals, calibration, scores, the per-layer plan."""
+    family = check_request(model, config)
+    stats = _calibrate(model, family, processor, config, calibration)
+    uniform = config.allocation == "uniform"
+    scores = score_layers(model, family, config, stats) if need_scores or not uniform else None
+    return family, stats, scores, make_plan(model, family, config, stats, scores)
+
+
+def cut_to_plan(model: nn.Module, family: Family, plan: dict, scores: LayerScores | None,
+                head_mode: str) -> tuple[list[dict], list[dict]]:
+    """Cut every decoder layer to its planned counts, keeping the highest-scoring units (the first ones
+    when `scores` is None: shapes only, e.g. an empty skeleton). Returns the manifest's kept records."""
+    tc = family.get_text_config(model.config)
+    kept_mlp, kept_attn = [], []
+    for i, layer in enumerate(tqdm(family.decoder_layers(model), desc="pruning layers", unit="layer", disable=None)):
+        row = plan["layers"][i]
+        if plan["glu"]:
+            mlp = layer.get_submodule(family.mlp)
+            s = scores.glu[i] if scores else torch.zeros(glu_width(family, mlp))
+            keep = top_k_sorted(s, row["intermediate_size"])
+            prune_glu(family, mlp, keep)
+            kept_mlp.append({"layer": i, "kept": keep.numel(), "sha256": indices_sha256(keep)})
+        if plan["heads"]:
+            attn = layer.get_submodule(family.attn)
+            hd = head_dim(attn, tc)
+            n_q, n_kv = head_counts(family, attn, hd)
+            s = scores.heads[i] if scores else torch.zeros(n_q)
+            keep_q, keep_kv = select_head_counts(s, n_kv, row["num_attention_heads"], row["num_key_value_heads"],
+                                                 head_mode)
+            prune_heads(family, attn, keep_q, keep_kv, hd)
+            kept_attn.append({"layer": i, "q_heads": keep_q.tolist(), "kv_heads": keep_kv.tolist(), "head_dim": hd})
+    odd = sorted({len(a["q_heads"]) * a["head_dim"] for a in kept_attn if len(a["q_heads"]) * a["head_dim"] % 64})
+    if odd:
+        logger.warning("kept attention widths %s (heads x head_dim) are not multiples of 64: bitsandbytes 4-bit "
+                       "refuses such o_proj layers on CPU and takes slow paths on GPU", odd)
+    for a in kept_attn:
+        del a["head_dim"]
+    return kept_mlp, kept_attn
+
+
+def _layers_to_drop(config: PruneConfig, stats: CalibrationStats | None) -> list[int]:
+    if isinstance(config.drop_layers, tuple):
+        return list(config.drop_layers)
+    return most_redundant_layers(stats.layer_similarity, config.drop_layers) if config.drop_layers else []
 
 
 @torch.no_grad()
 def prune(model: nn.Module, processor, config: PruneConfig, calibration=None) -> tuple[nn.Module, dict]:
     """Prune `model` in place; returns it and the manifest step record.
 
-    `calibration`: a dataset (`.samples`, `.open_image`) for activation criteria / `drop_layers=N`;
-    when None, `config.calibration` (a directory) is read.
+    `calibration`: a dataset (`.samples`, `.open_image`) for activation / gradient criteria, non-uniform
+    allocation or `drop_layers=N`; when None, `config.calibration` (a directory) is read.
     """
     started = time.perf_counter()
-    family = check_request(model, config)
-    logger.info("pruning %s with %s", family.model_type, config.to_dict())
+    logger.info("pruning %s with %s", get_family(model).model_type, config.to_dict())
     if config.is_noop:
         logger.warning("nothing to prune: every ratio is 0 and no layers are dropped")
     before = param_counts(model)
-    stats = _calibrate(model, family, processor, config, calibration)
-    tc = family.get_text_config(model.config)
-    kept_mlp, kept_attn = [], []
-    layers = family.decoder_layers(model)
-    for i, layer in enumerate(tqdm(layers, desc="pruning layers", unit="layer", disable=None)):
-        if config.glu:
-            mlp = layer.get_submodule(family.mlp)
-            scores = NEURON_IMPORTANCE[config.importance].fn(glu_weights(family, mlp),
-                                                             stats.neurons.get(i) if stats else None)
-            keep = select_neurons(scores, config.glu, config.round_to)
-            prune_glu(family, mlp, keep)
-            kept_mlp.append({"layer": i, "kept": keep.numel(), "sha256": indices_sha256(keep)})
-        if config.heads:
-            attn = layer.get_submodule(family.attn)
-            hd = head_dim(attn, tc)
-            n_kv = head_counts(family, attn, hd)[1]
-            o_weight = attn.get_submodule(family.o_proj).weight  # (hidden, H * hd)
-            scores = HEAD_IMPORTANCE[config.head_importance].fn(o_weight, hd, stats.heads.get(i) if stats else None)
-            keep_q, keep_kv = select_heads(scores, n_kv, config.heads, config.head_mode)
-            prune_heads(family, attn, keep_q, keep_kv, hd)
-            kept_attn.append({"layer": i, "q_heads": keep_q.tolist(), "kv_heads": keep_kv.tolist()})
-    odd = sorted({len(a["q_heads"]) * hd for a in kept_attn if len(a["q_heads"]) * hd % 64}) if config.heads else []
-    if odd:
-        logger.warning("kept attention widths %s (heads x head_dim %d) are not multiples of 64: bitsandbytes 4-bit "
-                       "refuses such o_proj layers on CPU and takes slow paths on GPU", odd, hd)
+    family, stats, scores, plan = _planned(model, processor, config, calibration, need_scores=True)
+    kept_mlp, kept_attn = cut_to_plan(model, family, plan, scores, config.head_mode)
     step: dict = {"kind": "prune", "method": _method(config), "params": config.to_dict(),
                   "criterion": {"neurons": config.importance if config.glu else None,
                                 "heads": config.head_importance if config.heads else None},
                   "calibration": stats.record if stats else None,
+                  "plan": plan,
                   "kept": {"mlp": kept_mlp, "attention": kept_attn}}
     if config.drop_layers:
-        if isinstance(config.drop_layers, tuple):
-            drop = list(config.drop_layers)
-        else:
-            drop = most_redundant_layers(stats.layer_similarity, config.drop_layers)
+        drop = _layers_to_drop(config, stats)
+        if not isinstance(config.drop_layers, tuple):
             step["layer_similarity"] = [round(v, 6) for v in stats.layer_similarity.tolist()]
         drop_decoder_layers(model, family, drop)
         step["dropped_layers"] = drop
@@ -146,6 +194,28 @@ def prune(model: nn.Module, processor, config: PruneConfig, calibration=None) ->
     step["seconds"] = round(time.perf_counter() - started, 3)
     logger.info("params %s -> %s", f"{sum(before.values()):,}", f"{sum(step['params_after'].values()):,}")
     return model, step
+
+
+@torch.no_grad()
+def plan_pruning(model: nn.Module, processor, config: PruneConfig, calibration=None,
+                 dtype: torch.dtype | None = None) -> dict:
+    """What `prune` would do, without cutting `model`: the per-layer plan and the parameter / byte budget
+    (census of an empty skeleton cut to the plan, at `dtype`, default the model's). `model` may itself be
+    an empty skeleton when the plan needs no data (uniform allocation, weight criteria, explicit layers)."""
+    family, stats, _, plan = _planned(model, processor, config, calibration, need_scores=False)
+    dtype = dtype or next(model.parameters()).dtype
+    skeleton = empty_model(copy.deepcopy(model.config), architecture_of(model), cls=type(model)).to(dtype)
+    before = census(skeleton)
+    cut_to_plan(skeleton, family, plan, None, config.head_mode)
+    drop = _layers_to_drop(config, stats)
+    if drop:
+        drop_decoder_layers(skeleton, family, drop)
+    vision = trim_vision(skeleton, family) if config.trim_vision else []
+    after = census(skeleton)
+    sizes = lambda c: {k: {"params": v["params"], "bytes": v["bytes"]} for k, v in c["components"].items()}  # noqa: E731
+    return {"plan": plan, "dropped_layers": drop, "vision_layers_removed": vision, "dtype": str(dtype).split(".")[-1],
+            "before": sizes(before), "after": sizes(after),
+            "calibration": stats.record if stats else None, "params": config.to_dict()}
 
 
 def _method(config: PruneConfig) -> str:

@@ -8,6 +8,8 @@ to the *nearest* admissible count; a ratio that keeps nothing or removes nothing
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -91,8 +93,13 @@ def kept_heads(n_q: int, n_kv: int, ratio: float, mode: str) -> tuple[int, int]:
 
 def select_heads(scores: torch.Tensor, n_kv: int, ratio: float, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(kept query heads, kept KV heads), sorted. Query head j belongs to KV group j // (H / n_kv)."""
+    return select_head_counts(scores, n_kv, *kept_heads(scores.numel(), n_kv, ratio, mode), mode)
+
+
+def select_head_counts(scores: torch.Tensor, n_kv: int, k_q: int, k_kv: int,
+                       mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """`select_heads` for counts already decided (k_q query heads, k_kv KV heads; see `kept_heads`)."""
     n_q = scores.numel()
-    k_q, k_kv = kept_heads(n_q, n_kv, ratio, mode)
     per_group = n_q // n_kv
     by_group = scores.detach().float().cpu().view(n_kv, per_group)  # (groups, query heads per group)
     if mode == "groups":
@@ -102,3 +109,117 @@ def select_heads(scores: torch.Tensor, n_kv: int, ratio: float, mode: str) -> tu
     keep_per = k_q // n_kv
     q = torch.cat([g * per_group + top_k_sorted(by_group[g], keep_per) for g in range(n_kv)])
     return q, torch.arange(n_kv)
+
+
+# ---------------------------------------------------------------- allocation: one budget across layers
+# A component's units: GLU neurons, KV groups (--head-mode groups) or query-head slots per group (query:
+# one slot = one query head in every group). `--glu R` / `--heads R` fix the global budget as the number
+# of units the uniform allocation keeps (so uniform and non-uniform runs of one R have the same
+# parameter count); an allocation only moves units between layers, within --max-layer-ratio.
+
+
+@dataclass(frozen=True)
+class Allocation:
+    # (per-layer scores (L,), c) -> removal ratios (L,) before clipping, non-decreasing in c; None = uniform
+    profile: Callable[[torch.Tensor, float], torch.Tensor] | None
+    needs: str | None  # what prune measures first: "sensitivity" (masked loss) or "outliers" (activations)
+    help: str
+
+
+OWL_LAMBDA = 0.08  # OWL's spread: layer ratios within +-lambda of the mean ratio (paper default)
+
+
+def _sensitivity_profile(delta: torch.Tensor, c: float) -> torch.Tensor:
+    # removal inversely proportional to the loss increase; a layer whose pruning costs nothing (<= 0)
+    # counts as very cheap rather than dividing by zero
+    positive = delta[delta > 0]
+    floor = float(positive.min()) * 1e-3 if positive.numel() else 1e-12
+    return c / delta.double().clamp(min=floor)
+
+
+def _owl_profile(outliers: torch.Tensor, c: float) -> torch.Tensor:
+    # OWL: removal = R - (D~ - mean D~) with D~ the outlier ratios scaled to [0, 2 lambda]; c plays R
+    d = outliers.double()
+    span = float(d.max() - d.min())
+    scaled = (d - d.min()) / span * 2 * OWL_LAMBDA if span > 0 else torch.zeros_like(d)
+    return c - (scaled - scaled.mean())
+
+
+ALLOCATIONS: dict[str, Allocation] = {
+    "uniform": Allocation(None, None, "every layer loses the same fraction (rounded per layer)"),
+    "sensitivity": Allocation(_sensitivity_profile, "sensitivity",
+                              "layers lose units inversely to their loss increase when pruned alone at the ratio"),
+    "owl": Allocation(_owl_profile, "outliers",
+                      "OWL: layers with more activation outliers (Wanda scores > 5x mean) keep more, +-0.08"),
+}
+
+
+def cap_floor(n: int, cap: float) -> float:
+    """The fewest units a layer of `n` may keep under --max-layer-ratio `cap`."""
+    return n * (1 - cap) - 1e-9
+
+
+def neuron_levels(n: int, round_to: int, cap: float) -> list[int]:
+    """Admissible kept widths of one GLU layer: multiples of round_to in [n (1 - cap), n), and n itself."""
+    lo = max(1, math.ceil(cap_floor(n, cap) / round_to))
+    return [k * round_to for k in range(lo, n // round_to + 1) if k * round_to < n] + [n]
+
+
+def unit_levels(n: int, cap: float) -> list[int]:
+    """Admissible kept counts of whole units (heads / groups): [n (1 - cap), n], at least 1."""
+    return list(range(max(1, math.ceil(cap_floor(n, cap))), n + 1))
+
+
+def _fit(profile: Callable[[float], torch.Tensor], sizes: torch.Tensor, removed: float) -> torch.Tensor:
+    """Removal ratios profile(c) with sum(sizes * ratios) == removed: c by bracketing + bisection."""
+    total = lambda c: float((sizes * profile(c)).sum())  # noqa: E731  non-decreasing in c
+    lo, hi = -1.0, 1.0
+    for _ in range(200):
+        if total(lo) <= removed:
+            break
+        lo *= 2
+    for _ in range(200):
+        if total(hi) >= removed:
+            break
+        hi *= 2
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if total(mid) < removed else (lo, mid)
+    return profile((lo + hi) / 2)
+
+
+def round_to_levels(levels: list[list[int]], targets: list[float], budget: int) -> list[int]:
+    """One admissible count per layer, nearest to its real target, with the total as close to `budget`
+    as the levels allow (exact when all steps are equal and the budget is reachable)."""
+    idx = [min(range(len(lv)), key=lambda j: (abs(lv[j] - t), j)) for lv, t in zip(levels, targets)]
+    value = lambda i, j: levels[i][j]  # noqa: E731
+    while True:
+        total = sum(value(i, j) for i, j in enumerate(idx))
+        if total == budget:
+            break
+        step = 1 if total < budget else -1
+        moves = [(abs(value(i, j + step) - targets[i]) - abs(value(i, j) - targets[i]), i)
+                 for i, j in enumerate(idx) if 0 <= j + step < len(levels[i])]
+        if not moves:
+            break
+        cost, i = min(moves)
+        new_total = total - value(i, idx[i]) + value(i, idx[i] + step)
+        if abs(new_total - budget) >= abs(total - budget):
+            break
+        idx[i] += step
+    return [value(i, j) for i, j in enumerate(idx)]
+
+
+def allocate(name: str, layer_scores: torch.Tensor, sizes: list[int], levels: list[list[int]], budget: int,
+             cap: float, option: str = "--glu") -> list[int]:
+    """Kept units per layer under allocation `name`: the removal profile fitted to the budget (ratios clipped
+    to [0, cap]), then rounded to each layer's admissible `levels`. `layer_scores` (L,) are the allocation's
+    per-layer measurements (loss increases, outlier ratios)."""
+    floor = sum(lv[0] for lv in levels)
+    if floor > budget:
+        raise PruningError(f"{option} with --max-layer-ratio {cap:g}: every layer must keep at least its share "
+                           f"({floor} units in all) but the budget keeps {budget}; raise --max-layer-ratio")
+    profile = ALLOCATIONS[name].profile
+    n = torch.tensor(sizes, dtype=torch.float64)
+    ratios = _fit(lambda c: profile(layer_scores, c).clamp(0, cap), n, float(n.sum()) - budget)
+    return round_to_levels(levels, (n * (1 - ratios)).tolist(), budget)

@@ -16,16 +16,16 @@ import torch
 from vlmslim.checkpoint import save_verified
 from vlmslim.errors import PruningError
 from vlmslim.io import check_output_dir
-from vlmslim.loading import empty_model, load_config, load_model, resolve_source
+from vlmslim.loading import empty_model, is_random, load_config, load_model, parse_dtype, resolve_source
 from vlmslim.manifest import new_manifest, read_manifest
 from vlmslim.pruning.calibrate import calibration_count, load_calibration
 from vlmslim.pruning.config import PruneConfig
-from vlmslim.pruning.prune import check_request, prune, record_step
+from vlmslim.pruning.prune import check_request, plan_pruning, prune, record_step
 
 logger = logging.getLogger(__name__)
 
 
-def _preflight(src: str, config: PruneConfig) -> None:
+def _preflight(src: str, config: PruneConfig):
     """Refuse impossible requests from the config alone (no weights loaded)."""
     if config.is_noop:  # a copy labelled "prune none" is never what was meant
         raise PruningError("nothing to prune: pass --glu R, --heads R, --drop-layers N|I,J or --trim-vision")
@@ -36,9 +36,11 @@ def _preflight(src: str, config: PruneConfig) -> None:
     if quantized:
         raise PruningError(f"{src} is a quantized checkpoint; prune the 16-bit checkpoint, then quantize it")
     arch = manifest["architecture"] if manifest and not manifest.get("stock_loadable", True) else None
-    check_request(empty_model(model_config, arch), config)
+    skeleton = empty_model(model_config, arch)
+    check_request(skeleton, config)
     if config.needs_calibration and config.calibration is None:
         raise PruningError(config.missing_calibration_message())
+    return skeleton
 
 
 def prune_checkpoint(src: str | os.PathLike, out: str | os.PathLike, config: PruneConfig, device: str = "cpu",
@@ -59,3 +61,16 @@ def prune_checkpoint(src: str | os.PathLike, out: str | os.PathLike, config: Pru
                              overwrite=overwrite)
     logger.info("pruned %s -> %s (stock loadable: %s)", src, out, step["stock_loadable"])
     return Path(out), manifest
+
+
+def plan_checkpoint(src: str | os.PathLike, config: PruneConfig, device: str = "cpu") -> dict:
+    """`vlmslim prune --plan-only`: the per-layer plan and parameter / byte budget of pruning `src`; writes
+    nothing. Weights are loaded only when the plan needs data (calibration criteria or allocation)."""
+    src = resolve_source(src)
+    skeleton = _preflight(src, config)
+    # the dtype load_model would give: the saved one ("auto"), random weights in float16
+    dtype = parse_dtype(getattr(skeleton.config, "dtype", None)) or (torch.float16 if is_random(src) else torch.float32)
+    if not config.needs_calibration:
+        return plan_pruning(skeleton, None, config, dtype=dtype)
+    model, processor = load_model(src, device=device)
+    return plan_pruning(model, processor, config, load_calibration(config.calibration))
