@@ -56,7 +56,8 @@ def inspect_cmd(model: str, as_json: bool) -> None:
 @click.option("--calibration", type=click.Path(), default=None, help="A `vlmslim data` directory.")
 @click.option("--calibration-samples", type=int, default=32, show_default=True)
 @click.option("--round-to", type=int, default=64, show_default=True, help="Kept MLP widths are multiples of this.")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
+@click.option("--device", default="cpu", show_default=True,
+              help="cpu, cuda, cuda:1, ..., or auto (cuda if available, else cpu).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Picks the calibration subset.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out directory.")
 @handle_errors
@@ -104,7 +105,8 @@ def prune_cmd(model, out, glu, heads, head_mode, drop_layers, trim_vision, impor
 @click.option("--keep", multiple=True, metavar="MODULE",
               help="Leave this module (full dotted name or glob, e.g. '*.mlp.down_proj') unquantized. Repeatable.")
 @click.option("--also", multiple=True, metavar="MODULE", help="Quantize this module too (e.g. lm_head). Repeatable.")
-@click.option("--device", default="cpu", show_default=True, help="Where to quantize and verify (cpu, cuda, cuda:1).")
+@click.option("--device", default="cpu", show_default=True,
+              help="Where to quantize and verify: cpu, cuda, cuda:1, or auto (cuda if available, else cpu).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out directory.")
 @handle_errors
 def quantize(model, out, bits, quant_type, double_quant, compute_dtype, int8_threshold, target, keep, also, device,
