@@ -39,3 +39,7 @@ class FiguresError(VlmslimError):
 
 class JavaMissingError(BenchmarkError):
     """`java` is not on PATH: the PTB tokenizer and METEOR 1.5 (pycocoevalcap jars) cannot run."""
+
+
+class RecipeError(VlmslimError):
+    """A sweep recipe that does not validate; the message starts with `FILE:LINE: key.path:`."""
