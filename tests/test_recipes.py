@@ -18,8 +18,8 @@ from vlmslim.checkpoint import save_checkpoint
 from vlmslim.cli import cli
 from vlmslim.errors import RecipeError
 from vlmslim.manifest import new_manifest
-from vlmslim.recipes import load_recipe, make_plan, stamps
-from vlmslim.testing import tiny_model
+from vlmslim.recipes import SHIPPED, find_recipe, load_recipe, make_plan, stamps
+from vlmslim.testing import tiny_llava, tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -128,15 +128,47 @@ def test_set_overrides_are_yaml_and_named_in_errors(tmp_path):
     assert res.exit_code == 1 and "--only: unknown variant(s) nope" in res.output
 
 
-# ---------------------------------------------------------------- the shipped demo recipe, offline
+# ---------------------------------------------------------------- shipped recipes, offline
 
 
-@pytest.mark.parametrize("name", ["demo"])
+SEEDS = ("seed000-llava-coco", "seed001-smolvlm-textvqa", "seed002-qwen-coco", "seed004-llava-vqaonline-grid")
+
+
+@pytest.mark.parametrize("name", ["demo", *SEEDS])
 def test_every_shipped_recipe_passes_dry_run_offline(tmp_path, name):
     res = sweep(name, "--out", tmp_path / "out", "--dry-run")
     assert res.exit_code == 0, res.output
     assert "will run" in res.output and "report" in res.output
     assert not (tmp_path / "out").exists()  # a dry run writes nothing
+
+
+def test_seed_recipes_carry_the_seeds_settings():
+    r = {n: load_recipe(find_recipe(n)) for n in SEEDS}
+    assert set(SHIPPED) == {"demo", *SEEDS}
+    s0 = r["seed000-llava-coco"]
+    assert s0.model == "llava-hf/llava-1.5-7b-hf" and s0.data.options == {"name": "coco-captions", "split": "val",
+                                                                       "limit": 100, "seed": 0}
+    assert [(v.name, [s.config.target for s in v.steps]) for v in s0.variants] == [
+        ("fp16", []), ("int8", ["language"]), ("int8-vision", ["vision"])]
+    assert s0.bench["energy"] is True
+    s1 = r["seed001-smolvlm-textvqa"]
+    assert s1.model == "HuggingFaceTB/SmolVLM-Instruct" and s1.data.options["name"] == "textvqa"
+    assert "dtype" not in s1.bench  # as saved (bfloat16): a re-cast of a saved bnb checkpoint is partial
+    s2 = r["seed002-qwen-coco"]
+    assert s2.model == "Qwen/Qwen2.5-VL-3B-Instruct" and s2.data.options == {
+        "name": "coco-captions", "split": "val", "limit": 5000, "seed": 42}
+    assert s2.bench["max_new_tokens"] == 40 and s2.variant("int8").steps[0].config.target == "all"
+    s4 = r["seed004-llava-vqaonline-grid"]
+    assert s4.data.options == {"name": "vqaonline", "split": "train"}  # 665 rows, as the seed evaluated
+
+    def cell(v):  # (glu, heads) pruned along the chain, quantization recipe
+        steps = [*(s4.variant(v.source).steps if v.source else ()), *v.steps]
+        prune = next((s.config for s in steps if s.kind.name == "prune"), None)
+        quant = next((s.config.recipe.name for s in steps if s.kind.name == "quantize"), None)
+        return (prune.glu, prune.heads) if prune else (0.0, 0.0), quant
+
+    assert sorted(map(cell, s4.variants), key=str) == sorted(  # never fp4 by accident: nf4 is asked for
+        [(p, q) for p in [(0.0, 0.0), (0.25, 0.0), (0.5, 0.0), (0.0, 0.25)] for q in (None, "int8", "nf4")], key=str)
 
 
 # ---------------------------------------------------------------- plans and stamps
@@ -341,3 +373,61 @@ def test_kill_9_at_any_point_then_rerun_runs_no_step_twice(tmp_path, tiny_dir):
         assert "start" not in mine[mine.index("done"):], (step, mine)  # and never started again after that
     for name in ("base", "glu50", "glu50-int8", "tokens4"):
         assert json.loads((out / "results" / name / "summary.json").read_text())["n_samples"] == 4
+
+
+# ---------------------------------------------------------------- the seed recipes on tiny stand-ins
+
+
+def _standin(kind: str, root: Path) -> Path:
+    if kind == "llava-256":  # 4-bit needs widths % 64 after cutting a KV group: hidden 256, 8 heads of 32
+        model, processor = tiny_llava(hidden=256, intermediate=512, heads=8, kv_heads=4)
+    else:
+        model, processor = tiny_model(kind)
+    return save_checkpoint(model, processor, root / kind, new_manifest(f"tiny-{kind}", model.config))
+
+
+def _source(name: str, root: Path) -> Path:
+    """A tiny local copy of the hub set in its real layout (the builders of test_data.py)."""
+    from test_data import coco_source, textvqa_source, vqaonline_source
+
+    return {"coco-captions": lambda: coco_source(root / "coco", n=3), "textvqa": lambda: textvqa_source(root / "tvqa"),
+            "vqaonline": lambda: vqaonline_source(root / "vqaonline")}[name]()
+
+
+# Seed 002's Qwen2.5-VL processor needs torchvision (absent here): a tiny LLaVA stands in for its model.
+STANDINS = {"seed000-llava-coco": "llava", "seed001-smolvlm-textvqa": "idefics3", "seed002-qwen-coco": "llava",
+            "seed004-llava-vqaonline-grid": "llava-256"}
+QUANTIZED = {  # variant -> the components whose Linear layers the recipe makes int8 / nf4
+    "seed000-llava-coco": {"int8": {"language"}, "int8-vision": {"vision"}},
+    "seed001-smolvlm-textvqa": {"int8-text": {"language"}, "int8-vision": {"vision"}},
+    "seed002-qwen-coco": {"int8": {"vision", "projector", "language"}, "int8-vit": {"vision"}},
+}
+
+
+@pytest.mark.slow  # 1-5 min each: every variant of the seed's study, on a tiny model and 2-5 samples
+@pytest.mark.parametrize("name", SEEDS)
+def test_seed_recipe_runs_end_to_end_on_a_tiny_stand_in(tmp_path, name, minilm):
+    recipe = load_recipe(find_recipe(name))
+    model = _standin(STANDINS[name], tmp_path)
+    source = _source(recipe.data.options["name"], tmp_path)
+    res = sweep(name, "--out", tmp_path / "out", "--set", f"model={model}", "--set", f"data.download.source={source}",
+                "--set", "bench.max_new_tokens=6", "--set", "bench.energy=false", "--set", "bench.bootstrap=10",
+                "--set", f"bench.bertscore_model={minilm}")
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "out"
+    meta = json.loads((out / "data" / "eval" / "meta.json").read_text())
+    assert meta["split"] == recipe.data.options["split"]  # vqaonline: train, as seed 004 evaluated
+    for v in recipe.variants:
+        summary = json.loads((out / "results" / v.name / "summary.json").read_text())
+        assert summary["n_samples"] == meta["counts"]["samples"] and summary["task"] == meta["task"]
+        assert summary["protocol"]["dtype"] == recipe.bench.get("dtype", "as saved")
+    for variant, components in QUANTIZED.get(name, {}).items():
+        census = json.loads((out / "checkpoints" / variant / "vlmslim.json").read_text())["census"]["components"]
+        assert {c for c, v in census.items() if "int8" in v["linear"]} == components, variant
+    if name.startswith("seed004"):
+        census = json.loads((out / "checkpoints" / "heads25-nf4" / "vlmslim.json").read_text())
+        assert [s["kind"] for s in census["steps"]] == ["prune", "quantize"]
+        assert set(census["census"]["components"]["language"]["linear"]) == {"nf4"}
+        summary = json.loads((out / "results" / "glu50-nf4" / "summary.json").read_text())
+        assert {"rouge_l", "meteor", "bertscore_f1"} <= set(summary["metrics"])
+    assert (out / "figures" / "table.md").exists()
