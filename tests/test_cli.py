@@ -11,13 +11,15 @@ from vlmslim.cli import cli
 
 def test_help_lists_every_step():
     out = CliRunner().invoke(cli, ["-h"]).output
-    for command in ("data", "prune", "quantize", "bench", "figures", "inspect", "demo"):
+    for command in ("data", "prune", "quantize", "bench", "figures", "inspect", "demo", "sweep", "table"):
         assert f"  {command} " in out
 
 
 def test_spelled_out_choices_equal_the_registries():
-    from vlmslim.demo.pipeline import VARIANTS
+    from vlmslim.figures.table import FORMATS
     from vlmslim.pruning.config import DEFAULT_CALIBRATION_SAMPLES, HEAD_MODES
+    from vlmslim.recipes import load_recipe
+    from vlmslim.recipes.demo import DEMO_RECIPE
     from vlmslim.pruning.importance import HEAD_IMPORTANCE, NEURON_IMPORTANCE
     from vlmslim.quantization.recipes import COMPUTE_DTYPES
     from vlmslim.quantization.targets import DEFAULT_TARGET, TARGETS
@@ -28,7 +30,8 @@ def test_spelled_out_choices_equal_the_registries():
     assert cli_module.DEFAULT_CALIBRATION_SAMPLES == DEFAULT_CALIBRATION_SAMPLES
     assert cli_module.QUANT_TARGETS == tuple(sorted(TARGETS)) and cli_module.DEFAULT_TARGET == DEFAULT_TARGET
     assert cli_module.COMPUTE_DTYPES == tuple(sorted(COMPUTE_DTYPES))
-    assert cli_module.DEMO_VARIANTS == tuple(v.name for v in VARIANTS)
+    assert cli_module.DEMO_VARIANTS == tuple(v.name for v in load_recipe(DEMO_RECIPE).variants)
+    assert cli_module.table.TABLE_FORMATS == FORMATS
     from vlmslim.tokens import REDUCERS
 
     assert cli_module.TOKEN_METHODS == tuple(sorted(REDUCERS))

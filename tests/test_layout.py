@@ -84,21 +84,26 @@ def test_cycle_finder_finds_a_cycle():
     assert _cycle({"a": {"b"}, "b": set()}) is None
 
 
-LAYERS = {  # lower layers never import higher ones: cli > steps > loading/checkpoint > families, io, errors
+LAYERS = {  # lower layers never import higher ones: cli > recipes > steps > loading/checkpoint > families, io, errors
     "vlmslim.loading": ("vlmslim.pruning", "vlmslim.quantization", "vlmslim.benchmarks", "vlmslim.figures",
-                        "vlmslim.cli", "vlmslim.checkpoint", "vlmslim.demo"),
+                        "vlmslim.cli", "vlmslim.checkpoint", "vlmslim.demo", "vlmslim.recipes"),
     "vlmslim.shapes": ("vlmslim.pruning", "vlmslim.quantization", "vlmslim.loading", "vlmslim.benchmarks"),
     "vlmslim.inputs": ("vlmslim.benchmarks", "vlmslim.pruning", "vlmslim.quantization"),
     "vlmslim.prompts": ("vlmslim.",),
     "vlmslim.families": ("vlmslim.loading", "vlmslim.pruning", "vlmslim.quantization", "vlmslim.benchmarks"),
-    "vlmslim.pruning": ("vlmslim.quantization", "vlmslim.benchmarks", "vlmslim.figures", "vlmslim.cli"),
-    "vlmslim.quantization": ("vlmslim.pruning", "vlmslim.benchmarks", "vlmslim.figures", "vlmslim.cli"),
+    "vlmslim.pruning": ("vlmslim.quantization", "vlmslim.benchmarks", "vlmslim.figures", "vlmslim.cli",
+                        "vlmslim.recipes"),
+    "vlmslim.quantization": ("vlmslim.pruning", "vlmslim.benchmarks", "vlmslim.figures", "vlmslim.cli",
+                             "vlmslim.recipes"),
     "vlmslim.recovery": ("vlmslim.pruning", "vlmslim.quantization", "vlmslim.benchmarks", "vlmslim.figures",
-                         "vlmslim.cli", "vlmslim.demo"),
+                         "vlmslim.cli", "vlmslim.demo", "vlmslim.recipes"),
+    "vlmslim.benchmarks": ("vlmslim.figures", "vlmslim.cli", "vlmslim.recipes"),
     "vlmslim.figures": ("vlmslim.loading", "vlmslim.pruning", "vlmslim.quantization", "vlmslim.benchmarks.run",
-                        "vlmslim.cli"),
+                        "vlmslim.cli", "vlmslim.recipes"),
     "vlmslim.data": ("vlmslim.loading", "vlmslim.pruning", "vlmslim.quantization", "vlmslim.recovery",
-                     "vlmslim.benchmarks", "vlmslim.figures", "vlmslim.cli"),
+                     "vlmslim.benchmarks", "vlmslim.figures", "vlmslim.cli", "vlmslim.recipes"),
+    "vlmslim.demo": ("vlmslim.recipes", "vlmslim.cli"),
+    "vlmslim.recipes": ("vlmslim.cli",),  # above every step, below the CLI
 }
 
 
@@ -134,6 +139,7 @@ def test_wheel_ships_configs_and_demo_and_runs_outside_the_checkout(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "vlmslim/configs/models/llava-1.5-7b.json" in names
     assert "vlmslim/demo/model/model.safetensors" in names
+    assert "vlmslim/recipes/demo.yaml" in names and "vlmslim/recipes/seed004-llava-vqaonline-grid.yaml" in names
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
                    check=True)

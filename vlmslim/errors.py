@@ -52,3 +52,7 @@ class OutputWriteError(VlmslimError):
 class RecoveryError(VlmslimError):
     """A recovery (distillation) request that cannot run: mismatched teacher/student, quantized student,
     recovery data that overlaps held-out data, or a resume state of another run."""
+
+
+class RecipeError(VlmslimError):
+    """A sweep recipe that does not validate; the message starts with `FILE:LINE: key.path:`."""

@@ -138,7 +138,7 @@ def main() -> None:
 
 
 # Registers the commands on `cli` (each module imports `cli` and `handle_errors` from here).
-from vlmslim.cli import bench, data, demo, figures, models, recover  # noqa: E402,F401
+from vlmslim.cli import bench, data, demo, figures, models, recover, sweep, table  # noqa: E402,F401
 from vlmslim.cli.figures import _COST_CHOICES  # noqa: E402,F401  (tests check it mirrors the registry)
 
 

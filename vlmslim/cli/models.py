@@ -68,7 +68,8 @@ def inspect_cmd(model: str, as_json: bool) -> None:
 @click.option("--teacher-tokens", type=int, default=32, show_default=True,
               help="Max new tokens of the model's own greedy answers (the loss of taylor and sensitivity).")
 @click.option("--plan-only", is_flag=True, help="Print the per-layer plan and the parameter/byte budget; write nothing.")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
+@click.option("--device", default="cpu", show_default=True,
+              help="cpu, cuda, cuda:1, ..., or auto (cuda if available, else cpu).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Picks the calibration subset.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out directory.")
 @handle_errors
@@ -133,7 +134,8 @@ def prune_cmd(model, out, glu, heads, head_mode, drop_layers, trim_vision, impor
 @click.option("--keep", multiple=True, metavar="MODULE",
               help="Leave this module (full dotted name or glob, e.g. '*.mlp.down_proj') unquantized. Repeatable.")
 @click.option("--also", multiple=True, metavar="MODULE", help="Quantize this module too (e.g. lm_head). Repeatable.")
-@click.option("--device", default="cpu", show_default=True, help="Where to quantize and verify (cpu, cuda, cuda:1).")
+@click.option("--device", default="cpu", show_default=True,
+              help="Where to quantize and verify: cpu, cuda, cuda:1, or auto (cuda if available, else cpu).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out directory.")
 @handle_errors
 def quantize(model, out, recipe, bits, group_size, quant_type, double_quant, compute_dtype, int8_threshold, target, keep,

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 
-def table(rows: list[list], header: list[str]) -> str:
+def table(rows: list[list], header: list[str], left: int = 1) -> str:
+    """Plain-text columns: the first `left` left-aligned (names), the rest right-aligned (numbers)."""
     cells = [[str(c) for c in r] for r in [header, *rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    fmt = lambda r: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
-    return "\n".join([fmt(cells[0]), "  ".join("-" * w for w in widths), *map(fmt, cells[1:])])
+    fmt = lambda r: "  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    return "\n".join(line.rstrip() for line in [fmt(cells[0]), "  ".join("-" * w for w in widths), *map(fmt, cells[1:])])
 
 
 def describe_text(info: dict) -> str:
@@ -94,3 +95,15 @@ def plan_text(report: dict) -> str:
             f"bytes: {total(before, 'bytes') / 1e6:,.2f} MB -> {total(after, 'bytes') / 1e6:,.2f} MB "
             f"({report['dtype']}); nothing was written"]
     return "\n".join(out)
+
+
+def sweep_plan_text(plan) -> str:
+    """`vlmslim sweep --dry-run`: one line per step with its artifact and status (done / will run / ...)."""
+    rows = plan.rows()
+    counts: dict[str, int] = {}
+    for row in rows:
+        status = row[3].split(" (")[0]
+        counts[status] = counts.get(status, 0) + 1
+    head = (f"{plan.recipe.name}: {len(rows)} steps -> {plan.out} on {plan.device}: "
+            + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    return head + "\n" + table(rows, ["step", "what", "artifact", "status"], left=4)

@@ -12,7 +12,8 @@ import importlib
 _EXPORTS = {
     "vlmslim.loading.skeleton": ("build_random_model", "empty_model"),
     "vlmslim.loading.sources": ("CONFIG_DIR", "DEMO_DIR", "RANDOM_PREFIX", "available_configs", "is_random",
-                                "load_arch_config", "load_config", "model_class", "parse_dtype", "resolve_source"),
+                                "load_arch_config", "load_config", "model_class", "parse_dtype", "resolve_device",
+                                "resolve_source"),
     "vlmslim.loading.files": ("check_weight_files",),
     "vlmslim.loading.weights": ("load_model", "load_processor", "load_weights"),
 }

@@ -36,6 +36,17 @@ def parse_dtype(dtype) -> torch.dtype | None:
     return getattr(torch, _DTYPES[dtype])
 
 
+def resolve_device(device: str | None) -> str:
+    """`--device auto` (or None) for the steps that run on one device (prune, quantize, sweep): cuda when a
+    CUDA device is available, else cpu. Anything else is returned as given. (`vlmslim bench --device auto`
+    means device_map="auto" instead: one model spread over every GPU.)"""
+    if device is None or device == "auto":
+        import torch  # torch-free module import (inspect); only this answer needs it
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 def _looks_like_path(src: str) -> bool:
     # Hub ids are "name" or "org/name"; anything else with a slash is meant as a path.
     return src.startswith((".", "/", "~")) or src.rstrip("/").count("/") >= 2

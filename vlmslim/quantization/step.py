@@ -18,7 +18,7 @@ from vlmslim.census import linear_layers
 from vlmslim.checkpoint import reference_logits, save_verified
 from vlmslim.errors import QuantizationError
 from vlmslim.io import check_output_dir
-from vlmslim.loading import empty_model, is_random, load_config, load_model, resolve_source
+from vlmslim.loading import empty_model, is_random, load_config, load_model, resolve_device, resolve_source
 from vlmslim.manifest import new_manifest, read_manifest
 from vlmslim.quantization.quantize import QuantSpec, as_spec, quantize_model, refuse_quantized
 from vlmslim.quantization.sizes import expected_bytes, param_inventory, safetensors_bytes, sqnr_db
@@ -46,7 +46,9 @@ def load_quantized(src, quant, dtype=None, device: str = "cpu"):
 
 def quantize(src, out, quant, device: str = "cpu", overwrite: bool = False) -> dict:
     """The `vlmslim quantize` step: load, quantize, save atomically, verify the reload; returns the
-    manifest's `quantization` record (recipe, target, expected vs measured bytes, SQNR, reload check)."""
+    manifest's `quantization` record (recipe, target, expected vs measured bytes, SQNR, reload check).
+    `device` "auto": cuda if available, else cpu (quantization needs one device)."""
+    device = resolve_device(device)
     spec = as_spec(quant)
     check_output_dir(out, overwrite)  # before any work
     src = resolve_source(src)
