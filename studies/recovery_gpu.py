@@ -111,7 +111,8 @@ def measure(method: str, student_factory, teacher, batch: Batch, args: dict) -> 
 @click.option("--heads", default=0.25, show_default=True)
 @click.option("--batch-size", default=8, show_default=True)
 @click.option("--seq-len", default=600, show_default=True, help="Tokens per sequence (576 image tokens + text).")
-@click.option("--answer-tokens", default=32, show_default=True)
+@click.option("--answer-tokens", default=16, show_default=True,
+              help="Positions the loss reads; 600 tokens leave 24 after the 7B shape's 576 image tokens.")
 @click.option("--steps", default=5, show_default=True, help="Timed steps per method.")
 @click.option("--warmup", default=2, show_default=True)
 @click.option("--lora-rank", default=16, show_default=True)

@@ -378,3 +378,16 @@ def test_gpu_study_runs_on_a_tiny_config_on_cpu(tmp_path):
     kd, lora = record["results"]
     assert kd["tokens_per_s"] > 0 and len(kd["step_s"]) == 2 and all(torch.isfinite(torch.tensor(kd["losses"])))
     assert lora["trainable_params"] < kd["trainable_params"] < kd["student_params"] < record["teacher_params"]
+
+
+def test_gpu_study_defaults_fit_the_7b_shape():
+    """The study's default batch fits LLaVA-1.5-7B's 576 image tokens (checked on an empty skeleton)."""
+    from studies.recovery_gpu import main as gpu_study
+    from studies.recovery_gpu import make_batch
+
+    from vlmslim.loading import empty_model, load_arch_config
+
+    defaults = {p.name: p.default for p in gpu_study.params}
+    skeleton = empty_model(load_arch_config(defaults["arch"]))
+    batch = make_batch(skeleton, 1, defaults["seq_len"], defaults["answer_tokens"], seed=0)
+    assert batch.inputs["input_ids"].shape == (1, 600) and batch.loss_mask.shape == (1, defaults["answer_tokens"])
