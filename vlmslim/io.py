@@ -120,7 +120,8 @@ def _acquire(path: Path, out) -> int:
         os.close(fd)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this PID exists (stale locks and partials of dead processes are cleaned)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -141,7 +142,7 @@ def clean_stale(out: Path) -> None:
         if m is None or not p.is_dir():
             continue
         pid = int(m.group(2))
-        if pid == os.getpid() or _alive(pid):
+        if pid == os.getpid() or pid_alive(pid):
             logger.warning("leaving %s: process %d is still running", p, pid)
             continue
         if m.group(1) == "old" and not out.exists():
@@ -157,7 +158,7 @@ def clean_stale_files(folder: Path, pattern: str) -> None:
     of a killed atomic file write (call under the lock of what `folder` belongs to)."""
     for p in folder.glob(pattern):
         pid = p.name.rsplit("-", 1)[-1]
-        if p.is_file() and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if p.is_file() and pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             p.unlink()
             logger.info("removed %s (left by killed process %s)", p, pid)
 

@@ -28,6 +28,7 @@ from vlmslim.data.layout import (
     coco_annotations, high_bit_scaling, sha256_file,
 )
 from vlmslim.errors import DataError, OutputExistsError
+from vlmslim.io import pid_alive
 
 logger = logging.getLogger(__name__)
 
@@ -101,16 +102,6 @@ def _json_bytes(obj) -> bytes:
     return (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
 class DatasetWriter:
     """Context manager: stage images and samples, then `commit(meta)` renames staging to `out`.
 
@@ -165,7 +156,7 @@ class DatasetWriter:
         if lock.is_file():
             text = lock.read_text().strip()
             pid = int(text) if text.isdigit() else -1
-            if pid > 0 and pid != os.getpid() and _pid_alive(pid):
+            if pid > 0 and pid != os.getpid() and pid_alive(pid):
                 raise DataError(f"another vlmslim run (pid {pid}) is writing {self.staging}; wait for it or stop it")
         lock.write_text(str(os.getpid()))
 
