@@ -77,7 +77,13 @@ def _stub_metrics() -> types.ModuleType:
     m.score_open_vqa = score(("rouge_l", "meteor"))
     m.BertScoreConfig = lambda **kw: kw
     m.paired_differences = lambda a, b, refs, **kw: {"cider": (0.0, 0.0, 0.0)}
-    m.with_bertscore = lambda result, predictions, references, bertscore, **kw: result  # BERTScore off
+
+    def with_bertscore(result, predictions, references, bertscore, **kw):  # BERTScore off, noted as the real one
+        if bertscore is None:
+            result.notes["bertscore"] = "disabled"
+        return result
+
+    m.with_bertscore = with_bertscore
     return m
 
 
@@ -407,7 +413,7 @@ def scores_in(out):
     return [r["scores"] for r in res.read_jsonl(out / "samples.jsonl")]
 
 
-def test_corrupt_image_is_recorded_skipped_counted(tmp_path, ckpt):
+def test_corrupt_image_is_recorded_skipped_counted(tmp_path, ckpt, stub_scores):
     data = make_dataset(tmp_path / "data", n=4, corrupt={1})
     out = tmp_path / "res"
     r = run_cli(ckpt, "--data", data, "--out", out, "--batch-size", "2", *FAST)

@@ -118,6 +118,7 @@ def test_full_set_equals_pycocoevalcap(reference, ours):
     assert ours.notes["tokenizer"].startswith("PTB")
 
 
+@pytest.mark.slow  # pycocoevalcap (Java METEOR + PTB) on three resamples
 def test_bootstrap_equals_naive_recompute(reference, ours):
     """Resamples 1..3 of the vectorised bootstrap == pycocoevalcap run on the resampled lists."""
     ids = sorted(REFS)
@@ -137,6 +138,7 @@ def test_bootstrap_equals_naive_recompute(reference, ours):
         assert ours.bootstrap["caption_len_p90"][b] == pytest.approx(np.percentile(lengths, 90))
 
 
+@pytest.mark.slow  # needs the pycocoevalcap reference run (Java METEOR + PTB)
 def test_cider_idf_changes_with_resample(reference, ours):
     """Guard against a fixed-IDF shortcut: with the full-set IDF the resample's CIDEr-D would differ."""
     draw = resample_indices(len(REFS), N_BOOT, SEED)[0]

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from vlmslim.benchmarks.results import read_sessions
 from vlmslim.checkpoint import save_checkpoint
 from vlmslim.cli import cli
 from vlmslim.errors import RecipeError
@@ -316,8 +317,8 @@ def test_rerun_skips_everything_and_a_change_rebuilds_only_what_depends_on_it(ti
     ran = {e["step"] for e in events(out)[n:] if e["event"] == "done"}
     assert ran == {"checkpoint:glu50", "checkpoint:glu50-int8", "bench:base", "bench:glu50", "bench:glu50-int8",
                    "bench:tokens4", "report"}
-    sessions = {name: len((out / "results" / name / "sessions.jsonl").read_text().splitlines())
-                for name in ("base", "glu50")}
+    # sessions.jsonl holds a start and an end record per session: count sessions, not lines
+    sessions = {name: len(read_sessions(out / "results" / name)) for name in ("base", "glu50")}
     assert sessions == {"base": 1, "glu50": 1}  # base re-scored its rows; glu50 started over on the new weights
     glu = json.loads((out / "checkpoints" / "glu50" / "vlmslim.json").read_text())
     assert glu["steps"][-1]["params"]["glu"] == 0.25
