@@ -25,6 +25,7 @@ from vlmslim.checkpoint import save_checkpoint
 from vlmslim.manifest import new_manifest
 from vlmslim.data.synthetic import captions, random_scene, render
 from vlmslim.demo.build import CAPTION_PROMPT, DemoArchitecture, build_model, build_processor
+from vlmslim.inputs import processor_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +79,6 @@ def encode(processor, images, caps, chunk: int = 2048):
 
 @torch.no_grad()
 def exact_match(model, processor, images, caps, device, batch_size: int = 100) -> tuple[float, list[str]]:
-    from vlmslim.inputs import processor_inputs
-
     preds = []
     for i in range(0, len(images), batch_size):
         inputs = processor_inputs(model, processor, images[i:i + batch_size], [CAPTION_PROMPT] * len(images[i:i + batch_size]))

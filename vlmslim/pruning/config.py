@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 HEAD_MODES = ("groups", "query")
+# The registries below (importance, select) import torch; they are imported inside the methods that
+# validate against them so that building a PruneConfig in the CLI (`vlmslim prune -h`) stays torch-free.
 # Calibration samples when --calibration-samples is not given; a smaller set is used whole (with a
 # warning), while an explicit count larger than the set is refused (`calibrate.calibration_count`).
 DEFAULT_CALIBRATION_SAMPLES = 32
