@@ -74,7 +74,13 @@ BASE = "model: demo\ndata: {synthetic: {n: 4}}\nvariants:\n  - name: base\n"
     (BASE + "  - name: a\n    steps:\n      - prune:\n          glu: 1.5\n",
      "x.yaml:7: variants[1].steps[0]: prune: --glu must be a fraction removed in [0, 1), got 1.5"),
     (BASE + "  - name: a\n    steps: [{prun: {glu: 0.3}}]\n",
-     "x.yaml:6: variants[1].steps[0]: unknown step 'prun' (known: prune, quantize, tokens)"),
+     "x.yaml:6: variants[1].steps[0]: unknown step 'prun' (known: prune, quantize, recover, tokens)"),
+    (BASE + "  - name: a\n    steps: [{recover: {steps: 5}}]\n",
+     "x.yaml:6: variants[1].steps[0]: recover trains on recovery data: add a top-level `recovery:`"),
+    ("recovery: {synthetic: {n: 4, seed: 1}}\n" + BASE + "  - name: a\n    steps: [{recover: {steps: 0}}]\n",
+     "x.yaml:7: variants[1].steps[0]: recover: --steps must be an integer >= 1, got 0"),
+    ("recovery: {synthetic: {n: 4, seed: 1}}\n" + BASE + "  - name: a\n    steps: [{recover: {device: cuda}}]\n",
+     "x.yaml:7: variants[1].steps[0]: unknown key 'device' for recover (known: method, steps,"),
     (BASE + "  - name: a\n    steps: [{quantize: {recipe: nf4, int8_threshold: 6}}]\n",
      "x.yaml:6: variants[1].steps[0]: quantize: int8_threshold (--int8-threshold) does not apply to the nf4 recipe"),
     (BASE + "  - name: a\n    steps: [{quantize: {target: language}}]\n",
@@ -323,6 +329,55 @@ def test_rerun_skips_everything_and_a_change_rebuilds_only_what_depends_on_it(ti
     glu = json.loads((out / "checkpoints" / "glu50" / "vlmslim.json").read_text())
     assert glu["steps"][-1]["params"]["glu"] == 0.25
     assert json.loads((out / "results" / "base" / "summary.json").read_text())["protocol"]["bootstrap"] == 12
+
+
+RECOVER = """\
+name: tiny-recover
+model: {model}
+device: cpu
+data:
+  synthetic: {{n: 4, seed: 3, size: 32}}
+recovery:
+  synthetic: {{n: 4, seed: {seed}, size: 32}}
+bench: {{batch_size: 2, bootstrap: 10, max_new_tokens: 6, energy: false, bertscore_model: null}}
+figures: {{metric: cider, spotcheck: 2}}
+variants:
+  - name: base
+  - name: glu50
+    steps: [{{prune: {{glu: 0.5}}}}]
+  - name: glu50-kd
+    source: glu50
+    steps: [{{recover: {{steps: 2, batch_size: 2, max_new_tokens: 4, lr: 0.001}}}}]
+"""
+
+
+@pytest.mark.slow  # a prune, a 2-step recovery and three benches of a tiny model (~40 s)
+def test_recover_step_distils_toward_the_recipe_model_on_the_recovery_set(tmp_path, tiny_dir):
+    out = tmp_path / "out"
+    res = sweep(write(tmp_path / "r.yaml", RECOVER.format(model=tiny_dir, seed=5)), "--out", out)
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((out / "checkpoints" / "glu50-kd" / "vlmslim.json").read_text())
+    assert [s["kind"] for s in manifest["steps"]] == ["prune", "recover"]
+    step = manifest["steps"][-1]
+    assert step["teacher"]["path"] == str(tiny_dir) and step["params"]["steps"] == 2
+    assert step["trained_on"]["n_samples"] == 4 and len(step["trained_on"]["image_hashes"]) == 4
+    assert (out / "data" / "recovery" / "samples.jsonl").is_file()
+    summary = json.loads((out / "results" / "glu50-kd" / "summary.json").read_text())
+    assert [s["kind"] for s in summary["model"]["pruning"]] == ["prune", "recover"]
+    done = {e["step"] for e in events(out) if e["event"] == "done"}
+    assert {"data:recovery", "checkpoint:glu50", "checkpoint:glu50-kd", "bench:glu50-kd"} <= done
+
+
+@pytest.mark.slow
+def test_recovery_set_that_is_the_eval_set_fails_that_variant_only(tmp_path, tiny_dir):
+    out = tmp_path / "out"  # recovery seed 3 = the eval set's seed: the same images
+    res = sweep(write(tmp_path / "r.yaml", RECOVER.format(model=tiny_dir, seed=3)), "--out", out)
+    assert res.exit_code == 1
+    failures = json.loads((out / "failures.json").read_text())
+    assert [f["step"] for f in failures] == ["checkpoint:glu50-kd", "bench:glu50-kd"]
+    assert "images of the held-out set" in failures[0]["message"]
+    assert not (out / "checkpoints" / "glu50-kd").exists()
+    assert (out / "results" / "glu50" / "summary.json").is_file()
 
 
 @pytest.mark.slow

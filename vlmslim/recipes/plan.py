@@ -2,7 +2,7 @@
 
 ```
 OUT/
-  data/eval/, data/calibration/          materialised data specs (absent for an existing data dir)
+  data/eval/, data/calibration/, data/recovery/   materialised data specs (absent for an existing data dir)
   checkpoints/<variant>/                 the variant's last checkpoint step (earlier ones: <variant>.<i>-<kind>)
   results/<variant>/                     `vlmslim bench` results dir
   figures/                               `vlmslim figures` output + table.md
@@ -65,6 +65,7 @@ class Plan:
     base: str  # the resolved base model source
     data: Path | None = None  # the evaluation set (made by `data:eval` unless the recipe names a dir)
     calibration: Path | None = None
+    recovery: Path | None = None
     artifacts: dict[str, Artifact] = field(default_factory=dict)  # in run order
     variants: list[str] = field(default_factory=list)  # the selected variants, recipe order
     results: dict[str, str] = field(default_factory=dict)  # variant -> its bench artifact key
@@ -127,12 +128,14 @@ def make_plan(recipe: Recipe, out: str | Path, only: tuple[str, ...] = (), devic
     data, data_stamp, data_key = _data_input(recipe.data, out / "data" / "eval", "data:eval", plan)
     calibration = (None, None, None) if recipe.calibration is None else \
         _data_input(recipe.calibration, out / "data" / "calibration", "data:calibration", plan)
-    plan.data, plan.calibration = data, calibration[0]
+    recovery = (None, None, None) if recipe.recovery is None else \
+        _data_input(recipe.recovery, out / "data" / "recovery", "data:recovery", plan)
+    plan.data, plan.calibration, plan.recovery = data, calibration[0], recovery[0]
     final = {}  # variant -> (checkpoint source, stamp, artifact key or None)
     by_stamp: dict[str, Artifact] = {}
     for v in recipe.variants:
         final[v.name] = _checkpoints(plan, v, final[v.source] if v.source else (plan.base, base_stamp, None),
-                                     calibration, by_stamp)
+                                     calibration, (recovery, base_stamp), by_stamp)
     order = ([recipe.baseline] if recipe.baseline else []) + [n for n in names if n != recipe.baseline]
     for name in order:
         _bench(plan, recipe.variant(name), final[name], (data, data_stamp, data_key))
@@ -142,7 +145,9 @@ def make_plan(recipe: Recipe, out: str | Path, only: tuple[str, ...] = (), devic
     return plan
 
 
-def _checkpoints(plan: Plan, v: Variant, start: tuple, calibration: tuple, by_stamp: dict) -> tuple:
+def _checkpoints(plan: Plan, v: Variant, start: tuple, calibration: tuple, recovery: tuple, by_stamp: dict) -> tuple:
+    """The checkpoint artifacts of `v`'s steps from `start` = (source, stamp, key); `recovery` = ((dir, stamp,
+    key) of the recovery set, the base model's stamp): a `recover` step depends on both (teacher = base)."""
     src, stamp, key = start
     steps = v.checkpoint_steps
     for i, step in enumerate(steps):
@@ -151,6 +156,10 @@ def _checkpoints(plan: Plan, v: Variant, start: tuple, calibration: tuple, by_st
         if step.kind.needs_calibration(step.config):
             payload["calibration"] = calibration[1]
             deps += [calibration[2]] if calibration[2] else []
+        if step.kind.needs_recovery:
+            (_, data_stamp, data_key), teacher_stamp = recovery
+            payload.update(recovery=data_stamp, teacher=teacher_stamp)
+            deps += [data_key] if data_key else []
         found = by_stamp.get(stamps.digest(payload))
         if found is None:
             name = v.name if i == len(steps) - 1 else f"{v.name}.{i}-{step.kind.name}"

@@ -7,6 +7,7 @@ model: llava-hf/llava-1.5-7b-hf      # hub id, HF dir, vlmslim checkpoint or "de
 device: auto                         # every step; auto = cuda if available, else cpu
 data: {download: {name: coco-captions, split: val, limit: 500}}   # or a dir, or {synthetic: {n: 100}}
 calibration: {synthetic: {n: 32, seed: 7}}                        # for steps that need activations
+recovery: {synthetic: {n: 500, seed: 11}}                         # training images of `recover` steps
 bench: {batch_size: 8, max_new_tokens: 64}                        # BenchConfig fields: one protocol
 figures: {metric: cider}                                          # FiguresConfig fields
 table: {columns: [name, cider, cider_delta, latency, size]}       # TableConfig fields
@@ -18,6 +19,9 @@ variants:
   - name: glu30-nf4
     source: glu30                    # start from that variant's checkpoint
     steps: [{quantize: {recipe: nf4, target: language}}, {tokens: {image_tokens: 64}}]
+  - name: glu30-kd
+    source: glu30
+    steps: [{recover: {method: kd, steps: 60}}]   # RecoverConfig fields; teacher = `model`
 ```
 """
 
@@ -37,8 +41,8 @@ from vlmslim.loading import is_random
 from vlmslim.recipes.lines import Lines, Path_, apply_override, load_yaml
 from vlmslim.recipes.steps import STEPS, StepKind
 
-TOP_KEYS = ("name", "description", "model", "device", "out", "data", "calibration", "bench", "figures", "table",
-            "baseline", "variants")
+TOP_KEYS = ("name", "description", "model", "device", "out", "data", "calibration", "recovery", "bench", "figures",
+            "table", "baseline", "variants")
 VARIANT_KEYS = ("name", "source", "steps", "description")
 SYNTHETIC_KEYS = tuple(f.name for f in dataclasses.fields(SyntheticConfig))
 DOWNLOAD_KEYS = ("name", "split", "limit", "seed", "source", "revision")
@@ -104,6 +108,7 @@ class Recipe:
     device: str = "auto"
     out: str | None = None
     calibration: DataSpec | None = None
+    recovery: DataSpec | None = None
     bench: dict = field(default_factory=dict)  # BenchConfig fields shared by every variant
     figures: dict = field(default_factory=dict)
     table: dict = field(default_factory=dict)
@@ -142,7 +147,8 @@ def parse_recipe(data: dict, lines: Lines, path: str) -> Recipe:
         raise lines.error(("model",), "random-weight models have no processor to benchmark with; use "
                                       "`vlmslim bench --random-weights` for architecture-only runs")
     calibration = None if data.get("calibration") is None else _data(data["calibration"], ("calibration",), lines)
-    variants = _variants(data["variants"], lines, calibration is not None)
+    recovery = None if data.get("recovery") is None else _data(data["recovery"], ("recovery",), lines)
+    variants = _variants(data["variants"], lines, calibration is not None, recovery is not None)
     names = [v.name for v in variants]
     baseline = data.get("baseline")
     if baseline is None:
@@ -154,7 +160,7 @@ def parse_recipe(data: dict, lines: Lines, path: str) -> Recipe:
         data=_data(data["data"], ("data",), lines), variants=variants,
         device=_string(data.get("device") or "auto", ("device",), lines),
         out=None if data.get("out") is None else _string(data["out"], ("out",), lines),
-        calibration=calibration, bench=_bench(data.get("bench"), lines), figures=_figures(data.get("figures"), lines),
+        calibration=calibration, recovery=recovery, bench=_bench(data.get("bench"), lines), figures=_figures(data.get("figures"), lines),
         table=_table(data.get("table"), lines), baseline=baseline, description=str(data.get("description") or ""),
     )
 
@@ -209,7 +215,7 @@ def _data(value, path: Path_, lines: Lines) -> DataSpec:
     return DataSpec(kind, dict(options))
 
 
-def _variants(value, lines: Lines, has_calibration: bool) -> tuple[Variant, ...]:
+def _variants(value, lines: Lines, has_calibration: bool, has_recovery: bool) -> tuple[Variant, ...]:
     if not isinstance(value, list) or not value:
         raise lines.error(("variants",), "must be a non-empty list of variants (`- name: base`)")
     variants: list[Variant] = []
@@ -232,12 +238,12 @@ def _variants(value, lines: Lines, has_calibration: bool) -> tuple[Variant, ...]
             if any(not s.kind.checkpoint for s in earlier[source].steps):
                 raise lines.error(path, f"source {source!r} reduces image tokens at bench time; start from its "
                                         "checkpoint's variant and add the tokens step here", at=path + ("source",))
-        steps = _steps(item.get("steps"), path + ("steps",), lines, has_calibration)
+        steps = _steps(item.get("steps"), path + ("steps",), lines, has_calibration, has_recovery)
         variants.append(Variant(name, source, steps, str(item.get("description") or "")))
     return tuple(variants)
 
 
-def _steps(value, path: Path_, lines: Lines, has_calibration: bool) -> tuple[Step, ...]:
+def _steps(value, path: Path_, lines: Lines, has_calibration: bool, has_recovery: bool) -> tuple[Step, ...]:
     if value is None:
         return ()
     if not isinstance(value, list):
@@ -266,6 +272,9 @@ def _steps(value, path: Path_, lines: Lines, has_calibration: bool) -> tuple[Ste
         if kind.needs_calibration(config) and not has_calibration:
             raise lines.error(step_path, f"{name} needs calibration data ({config.calibration_reason}): add a "
                                          "top-level `calibration:` (a data dir or spec)", at=step_path + (name,))
+        if kind.needs_recovery and not has_recovery:
+            raise lines.error(step_path, f"{name} trains on recovery data: add a top-level `recovery:` (a data dir "
+                                         "or spec, disjoint from `data`)", at=step_path + (name,))
         if steps and not steps[-1].kind.checkpoint:
             raise lines.error(step_path, f"{steps[-1].kind.name} applies at bench time and must be the last step",
                               at=step_path + (name,))

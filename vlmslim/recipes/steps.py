@@ -1,10 +1,10 @@
 """The step registry of recipes: what a variant's `steps:` may contain and how each one runs.
 
-Each entry maps a recipe key (`prune`, `quantize`, `tokens`) onto the library function the CLI command of
-the same name calls, so a sweep and a shell loop of `vlmslim prune/quantize/bench` make the same
-artifacts. A checkpoint step turns a checkpoint into a new checkpoint dir; a bench-time step (`tokens`)
-only adds bench options. A new step (e.g. `recover`, `recover_checkpoint(student, teacher, data, out,
-config)`) is one more `StepKind`: its option names, a parser to a validated config, and a runner.
+Each entry maps a recipe key (`prune`, `quantize`, `recover`, `tokens`) onto the library function the CLI
+command of the same name calls, so a sweep and a shell loop of `vlmslim prune/quantize/recover/bench` make
+the same artifacts. A checkpoint step turns a checkpoint into a new checkpoint dir; a bench-time step
+(`tokens`) only adds bench options. A new step is one more `StepKind`: its option names, a parser to a
+validated config, and a runner.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from typing import Callable
 
 from vlmslim.pruning import PruneConfig, prune_checkpoint
 from vlmslim.quantization import QuantSpec, make_recipe, quantize
+from vlmslim.recovery import RecoverConfig, recover_checkpoint
+from vlmslim.recovery.config import RUN_ONLY
 from vlmslim.tokens import TokenSpec
 
 
@@ -26,6 +28,7 @@ class StepContext:
     base_model: str  # resolved source of the recipe's `model`
     data: Path  # the evaluation set
     calibration: Path | None  # the recipe's `calibration` set, if any
+    recovery: Path | None  # the recipe's `recovery` set (training images of `recover`), if any
     device: str  # one concrete device ("cpu", "cuda", "cuda:1")
 
 
@@ -37,6 +40,7 @@ class StepKind:
     checkpoint: bool  # True: checkpoint -> checkpoint; False: options applied at bench time
     run: Callable[[str, Path, object, StepContext], None] | None = None  # (input, out, config, ctx)
     needs_calibration: Callable[[object], bool] = lambda config: False
+    needs_recovery: bool = False  # trains on the recipe's `recovery` set, toward the recipe's model
     bench_options: Callable[[object], dict] = lambda config: {}
     payload: Callable[[object], dict] = lambda config: _jsonable(dataclasses.asdict(config))
     required: tuple[str, ...] = ()
@@ -97,6 +101,28 @@ def _quantize_payload(spec: QuantSpec) -> dict:
     return {"recipe": spec.recipe.params(), "target": spec.target, "keep": list(spec.keep), "also": list(spec.also)}
 
 
+# ---------------------------------------------------------------- recover
+
+
+# Where and how fast a recovery runs comes from the sweep (device) or is the sweep's business (held-out
+# set = the recipe's `data`, resume state, cache); the rest is what the step computes.
+RECOVER_KEYS = tuple(f.name for f in dataclasses.fields(RecoverConfig) if f.name not in RUN_ONLY)
+
+
+def _parse_recover(options: dict) -> RecoverConfig:
+    return RecoverConfig(**options, progress=False)
+
+
+def _run_recover(src: str, out: Path, config: RecoverConfig, ctx: StepContext) -> None:
+    # teacher = the recipe's model; the evaluation set is held out (recover refuses a shared image)
+    config = dataclasses.replace(config, device=ctx.device, heldout=(str(ctx.data),))
+    recover_checkpoint(src, ctx.base_model, ctx.recovery, out, config, overwrite=True)
+
+
+def _recover_payload(config: RecoverConfig) -> dict:
+    return config.fingerprint()
+
+
 # ---------------------------------------------------------------- tokens (at bench time)
 
 
@@ -112,6 +138,8 @@ STEPS: dict[str, StepKind] = {
                       needs_calibration=lambda c: c.needs_calibration, payload=_prune_payload),
     "quantize": StepKind("quantize", QUANTIZE_KEYS, _parse_quantize, checkpoint=True, run=_run_quantize,
                          payload=_quantize_payload, required=("recipe",)),
+    "recover": StepKind("recover", RECOVER_KEYS, _parse_recover, checkpoint=True, run=_run_recover,
+                        needs_recovery=True, payload=_recover_payload),
     # Fewer image tokens into the language model (vlmslim.tokens): the checkpoint stays the source's.
     "tokens": StepKind("tokens", TOKENS_KEYS, _parse_tokens, checkpoint=False, required=("image_tokens",),
                        bench_options=lambda t: {"image_tokens": t.k, "token_method": t.method},
