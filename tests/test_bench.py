@@ -679,3 +679,21 @@ def test_full_disk_mid_bench_is_one_error_and_resumable(tmp_path, ckpt, stub_sco
     monkeypatch.setattr(res.SamplesWriter, "append", real_append)
     r = run_cli(ckpt, "--data", data, "--out", out, *FAST)
     assert r.exit_code == 0 and sorted(ids_in(out)) == ["s0", "s1", "s2"]
+
+
+def test_baseline_with_another_protocol_is_refused_unless_allow_mixed(tmp_path, ckpt, stub_scores):
+    """README step 4 taken literally (base at batch 8, the others at 1) drew a false speedup: --baseline
+    refuses a run whose cost- or quality-relevant protocol differs, naming the key; --allow-mixed records it."""
+    data = make_dataset(tmp_path / "data", n=2)
+    base = tmp_path / "base"
+    assert run_cli(ckpt, "--data", data, "--out", base, *FAST).exit_code == 0
+    r = run_cli(ckpt, "--data", data, "--out", tmp_path / "b2", "--batch-size", "2", *FAST, "--baseline", base)
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    (line,) = [x for x in r.output.splitlines() if x.startswith("Error: ")]
+    assert "batch_size 1 vs 2" in line and "--allow-mixed" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base", "data"]  # nothing left
+    r = run_cli(ckpt, "--data", data, "--out", tmp_path / "b2", "--batch-size", "2", *FAST, "--baseline", base,
+                "--allow-mixed")
+    assert r.exit_code == 0, r.output
+    paired = json.loads((tmp_path / "b2" / "summary.json").read_text())["paired_vs_baseline"]
+    assert paired["protocol_differs"] == ["batch_size"]

@@ -150,3 +150,28 @@ def test_cli_bad_model_one_line_error(arg):
 def test_python_dash_m():
     out = subprocess.run([sys.executable, "-m", "vlmslim", "--version"], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == f"vlmslim, version {__version__}"
+
+
+def test_git_revision_is_vlmslims_own_never_the_cwds_repo(tmp_path, monkeypatch):
+    import vlmslim.manifest as manifest_mod
+
+    def git(*args, cwd):
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+
+    foreign = tmp_path / "other-project"
+    foreign.mkdir()
+    git("init", "-q", cwd=foreign)
+    (foreign / "setup.cfg").write_text("[metadata]\nname = other\n")
+    git("add", "setup.cfg", cwd=foreign)
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x", cwd=foreign)
+    theirs = git("rev-parse", "HEAD", cwd=foreign)
+    monkeypatch.chdir(foreign)  # running from inside another repository
+    ours = manifest_mod.git_revision()
+    assert ours is None or theirs not in ours
+    package_root = manifest_mod._PACKAGE_DIR.parent
+    if (package_root / ".git").exists():  # tests run from a vlmslim checkout: its own commit
+        assert ours is not None and ours.startswith(git("rev-parse", "HEAD", cwd=package_root))
+    # vlmslim vendored inside another project's repo: no revision rather than theirs
+    (foreign / "vendor" / "vlmslim").mkdir(parents=True)
+    monkeypatch.setattr(manifest_mod, "_PACKAGE_DIR", foreign / "vendor" / "vlmslim")
+    assert manifest_mod.git_revision() is None

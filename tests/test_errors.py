@@ -265,6 +265,23 @@ def test_broken_weights_are_one_line_in_inspect_and_bench(which, message, reques
     assert not (tmp_path / "p").exists()
 
 
+@pytest.mark.parametrize("edit", ["heads", "stock"])
+def test_manifest_that_contradicts_the_weights_is_one_line(edit, base, dataset, tmp_path):
+    # A hand-edited vlmslim.json: its architecture (or stock_loadable) no longer matches the saved tensors.
+    pruned, _ = prune_checkpoint(base, tmp_path / "heads", PruneConfig(heads=0.25, round_to=1))
+    manifest = json.loads((pruned / "vlmslim.json").read_text())
+    if edit == "heads":
+        manifest["architecture"]["text_layers"][0]["num_attention_heads"] = 4
+    else:
+        manifest["stock_loadable"] = True
+    (pruned / "vlmslim.json").write_text(json.dumps(manifest))
+    r = run("prune", pruned, "--out", tmp_path / "p", "--glu", "0.5")
+    one_error_line(r, "do not match", "vlmslim.json")
+    assert leftovers(tmp_path, "p") == []
+    r = run("bench", pruned, "--data", dataset, "--out", tmp_path / "r", "--no-bertscore", "--no-energy")
+    one_error_line(r, "do not match", "vlmslim.json")
+
+
 # ---------------------------------------------------------------- head pruning that stock configs refuse
 
 

@@ -62,6 +62,7 @@ class BenchConfig:
     image_tokens: int | None = None  # vlmslim.tokens: K image tokens per image into the language model
     token_method: str = "pool"
     baseline: str | None = None  # results dir for paired differences
+    allow_mixed: bool = False  # compare against a --baseline run with another protocol (recorded, not refused)
     bertscore_model: str | None = DEFAULT_BERTSCORE_MODEL  # None: no BERTScore
     energy: bool = True
     java_fallback: bool = False  # without Java: simple tokenizer, no METEOR, labelled in metric_notes
@@ -305,6 +306,19 @@ def _read_baseline(cfg: BenchConfig, task, dataset_sha: str) -> dict:
         raise BenchmarkError(f"--baseline {cfg.baseline} is a {summary.get('task')} run; this is {task.name}")
     if (summary.get("dataset") or {}).get("sha256") != dataset_sha:
         raise BenchmarkError(f"--baseline {cfg.baseline} was run on another dataset (samples.jsonl sha256 differs)")
+    protocol, dataset = summary.get("protocol") or {}, summary.get("dataset") or {}
+    # what moves cost or quality (figures refuse the same keys): batch size, max new tokens, device, ...
+    theirs = {"prompt": protocol.get("prompt"), "max_new_tokens": protocol.get("max_new_tokens"),
+              "batch_size": protocol.get("batch_size"), "device": protocol.get("device"),
+              "dtype": protocol.get("dtype"), "engine": protocol.get("engine"),
+              "ocr_tokens": protocol.get("ocr_tokens"), "limit": dataset.get("limit")}
+    ours = {"prompt": cfg.prompt, "max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size,
+            "device": cfg.device, "dtype": cfg.dtype or "as saved", "engine": cfg.engine,
+            "ocr_tokens": cfg.ocr_tokens, "limit": cfg.limit}
+    differ = [f"{k} {theirs[k]!r} vs {ours[k]!r}" for k in ours if theirs[k] != ours[k]]
+    if differ and not cfg.allow_mixed:
+        raise BenchmarkError(f"--baseline {cfg.baseline} was run with another protocol ({'; '.join(differ)}); "
+                             "re-run one of them with the same settings, or pass --allow-mixed")
     preds = {r["id"]: r["prediction"] for r in rows if r.get("prediction") is not None}
     return {"path": str(cfg.baseline), "summary": summary, "predictions": preds}
 

@@ -55,7 +55,9 @@ def _echo_summary(out: str, summary: dict) -> None:
 @click.option("--engine", type=click.Choice(["eager", "compiled"]),
               help="Default eager: plain generate; compiled: static KV cache + CUDA-graph decode step (GPU).")
 @click.option("--baseline", type=click.Path(exists=True, file_okay=False),
-              help="Results dir to compare against (paired CIs).")
+              help="Results dir to compare against (paired CIs); refused if its protocol differs.")
+@click.option("--allow-mixed", is_flag=True,
+              help="Compare against a --baseline run with another protocol (batch size, prompt, ...).")
 @click.option("--bertscore-model", help=f"Hub id or local dir (default {DEFAULT_BERTSCORE_MODEL}).")
 @click.option("--no-bertscore", is_flag=True, help="Skip BERTScore (caption, open-vqa).")
 @click.option("--no-energy", is_flag=True, help="Do not run codecarbon's energy tracker.")
@@ -67,7 +69,7 @@ def _echo_summary(out: str, summary: dict) -> None:
 @click.option("--bootstrap", type=int, help="Bootstrap resamples for 95% CIs (default 1000).")
 @handle_errors
 def bench(models, data, out, task, limit, batch_size, max_new_tokens, prompt, ocr_tokens, device, dtype, quant,
-          random_weights, glu, heads, image_tokens, token_method, name, engine, baseline, bertscore_model, no_bertscore, no_energy, allow_no_java,
+          random_weights, glu, heads, image_tokens, token_method, name, engine, baseline, allow_mixed, bertscore_model, no_bertscore, no_energy, allow_no_java,
           energy_country, warmup, seed, bootstrap):
     """Quality and efficiency of checkpoints on one dataset, from the same greedy generations.
 
@@ -94,7 +96,7 @@ def bench(models, data, out, task, limit, batch_size, max_new_tokens, prompt, oc
                  bertscore_model=bertscore_model, country=energy_country, warmup=warmup, seed=seed,
                  bootstrap=bootstrap)
     options = {k: v for k, v in given.items() if v is not None}  # the rest: BenchConfig's defaults
-    options.update(ocr_tokens=ocr_tokens, energy=not no_energy, java_fallback=allow_no_java)
+    options.update(ocr_tokens=ocr_tokens, energy=not no_energy, java_fallback=allow_no_java, allow_mixed=allow_mixed)
     if no_bertscore:
         options["bertscore_model"] = None
     try:

@@ -70,6 +70,12 @@ def _load_stock(src: str, cls, dtype, device: str):
         model = cls.from_pretrained(src, **kwargs)
     except OSError as e:
         raise ModelLoadError(f"cannot load weights from {src}: {str(e).splitlines()[0]}") from e
+    except RuntimeError as e:  # transformers 5 raises this after logging the mismatched tensors' report
+        if "ignore_mismatched_sizes" not in str(e):
+            raise
+        raise ModelLoadError(f"the tensors in {src} do not match the shapes its config.json and vlmslim.json "
+                             "describe (see the load report above); restore the files or re-save the checkpoint"
+                             ) from e
     return model if device == "auto" else model.to(device)
 
 
