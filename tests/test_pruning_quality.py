@@ -308,3 +308,18 @@ def test_plan_only_prints_the_plan_and_writes_nothing(tmp_path, llava, calib_dir
     assert not out.exists() and sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
     r = run_cli("prune", src, "--glu", "0.5")
     assert r.exit_code != 0 and "Missing option '--out'" in r.output and r.output.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_taylor_cost_study_runs_on_a_tiny_config_on_cpu(tmp_path):
+    """studies/taylor_7b.py (the 7B-shape Taylor cost) on its tiny config: it times samples and reports memory."""
+    import json
+
+    from studies.taylor_7b import main as taylor_study
+
+    out = tmp_path / "taylor.json"
+    r = CliRunner().invoke(taylor_study, ["--smoke", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    record = json.loads(out.read_text())
+    assert record["device"] == "cpu" and record["seq_len"] == 40 and len(record["s_per_sample"]) == 2
+    assert all(t > 0 for t in record["s_per_sample"]) and record["rss_peak_during_gib"] >= record["rss_before_gib"] > 0
