@@ -93,7 +93,7 @@ def run_plan(plan: Plan, progress: bool = True) -> SweepResult:
 
 def _context(plan: Plan) -> StepContext:
     return StepContext(base_model=plan.base, data=plan.data, calibration=plan.calibration, recovery=plan.recovery,
-                       device=plan.device)
+                       device=plan.device, cache_dir=plan.out / ".cache")
 
 
 def _one(plan: Plan, a: Artifact, ctx: StepContext, result: SweepResult, failed: dict, progress: bool) -> None:

@@ -30,6 +30,7 @@ class StepContext:
     calibration: Path | None  # the recipe's `calibration` set, if any
     recovery: Path | None  # the recipe's `recovery` set (training images of `recover`), if any
     device: str  # one concrete device ("cpu", "cuda", "cuda:1")
+    cache_dir: Path | None = None  # the sweep's cache (teacher answers of `recover`); None: the user's cache
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,8 @@ def _parse_recover(options: dict) -> RecoverConfig:
 
 def _run_recover(src: str, out: Path, config: RecoverConfig, ctx: StepContext) -> None:
     # teacher = the recipe's model; the evaluation set is held out (recover refuses a shared image)
-    config = dataclasses.replace(config, device=ctx.device, heldout=(str(ctx.data),))
+    config = dataclasses.replace(config, device=ctx.device, heldout=(str(ctx.data),),
+                                 cache_dir=str(ctx.cache_dir) if ctx.cache_dir else None)
     recover_checkpoint(src, ctx.base_model, ctx.recovery, out, config, overwrite=True)
 
 
