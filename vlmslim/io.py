@@ -14,8 +14,10 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import functools
 import glob
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -32,6 +34,8 @@ logger = logging.getLogger(__name__)
 # Staging dirs this process is filling: a save into one of them (a step's save_checkpoint inside the
 # step's own atomic_dir) writes in place instead of nesting a second `.partial-PID` layer.
 _STAGING: set[Path] = set()
+# Outputs whose lock this process holds for a whole step (`holds_output`): atomic_dir reuses that lock.
+_CLAIMED: set[Path] = set()
 _WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # the output's disk, not the step, failed
 _LEFTOVER = re.compile(r"\.(partial|old)-(\d+)")  # what follows `<out>` in a staging / backup dir name
 
@@ -44,6 +48,29 @@ def check_output_dir(out: str | os.PathLike, overwrite: bool) -> Path:
         with output_lock(out):  # raises OutputBusyError naming the holder; released at once
             pass
     return _check_replaceable(out, overwrite)
+
+
+def holds_output(step):
+    """Decorate a step `step(..., out, ..., overwrite=False)` to hold `out`'s lock for the whole call (load,
+    compute, save): a second writer of the same `out` fails at once naming this PID instead of after its
+    own work, and `out` is checked (exists? --overwrite?) under the lock before anything runs."""
+    signature = inspect.signature(step)
+
+    @functools.wraps(step)
+    def run(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        out = Path(bound.arguments["out"])
+        with output_lock(out), write_errors(out):
+            clean_stale(out)
+            _check_replaceable(out, bound.arguments["overwrite"])
+            _CLAIMED.add(out.absolute())
+            try:
+                return step(*args, **kwargs)
+            finally:
+                _CLAIMED.discard(out.absolute())
+
+    return run
 
 
 def _check_replaceable(out: Path, overwrite: bool) -> Path:
@@ -194,7 +221,8 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False):
     if Path(out).absolute() in _STAGING:
         yield Path(out)
         return
-    with output_lock(out), write_errors(out):
+    claimed = Path(out).absolute() in _CLAIMED  # the step holds the lock already (holds_output)
+    with contextlib.nullcontext() if claimed else output_lock(out), write_errors(out):
         out = Path(out)
         clean_stale(out)
         _check_replaceable(out, overwrite)

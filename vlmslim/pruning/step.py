@@ -15,7 +15,7 @@ import torch
 
 from vlmslim.checkpoint import save_verified
 from vlmslim.errors import PruningError
-from vlmslim.io import check_output_dir
+from vlmslim.io import holds_output
 from vlmslim.loading import (empty_model, is_random, load_config, load_model, parse_dtype, resolve_device,
                              resolve_source)
 from vlmslim.manifest import new_manifest, read_manifest
@@ -44,12 +44,12 @@ def _preflight(src: str, config: PruneConfig):
     return skeleton
 
 
+@holds_output
 def prune_checkpoint(src: str | os.PathLike, out: str | os.PathLike, config: PruneConfig, device: str = "cpu",
                      overwrite: bool = False) -> tuple[Path, dict]:
     """Load `src`, prune, save to `out` (atomic), verify the reload; returns (out, manifest).
     `device` "auto": cuda if available, else cpu."""
     device = resolve_device(device)
-    check_output_dir(out, overwrite)
     src = resolve_source(src)
     _preflight(src, config)
     calibration = load_calibration(config.calibration) if config.needs_calibration else None

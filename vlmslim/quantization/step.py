@@ -17,7 +17,7 @@ from torch import nn
 from vlmslim.census import linear_layers
 from vlmslim.checkpoint import reference_logits, save_verified
 from vlmslim.errors import QuantizationError
-from vlmslim.io import check_output_dir
+from vlmslim.io import holds_output
 from vlmslim.loading import empty_model, is_random, load_config, load_model, resolve_device, resolve_source
 from vlmslim.manifest import new_manifest, read_manifest
 from vlmslim.quantization.quantize import QuantSpec, as_spec, quantize_model, refuse_quantized
@@ -44,13 +44,13 @@ def load_quantized(src, quant, dtype=None, device: str = "cpu"):
     return model.eval(), processor
 
 
+@holds_output
 def quantize(src, out, quant, device: str = "cpu", overwrite: bool = False) -> dict:
     """The `vlmslim quantize` step: load, quantize, save atomically, verify the reload; returns the
     manifest's `quantization` record (recipe, target, expected vs measured bytes, SQNR, reload check).
     `device` "auto": cuda if available, else cpu (quantization needs one device)."""
     device = resolve_device(device)
     spec = as_spec(quant)
-    check_output_dir(out, overwrite)  # before any work
     src = resolve_source(src)
     config = load_config(src)
     refuse_quantized(config, src)

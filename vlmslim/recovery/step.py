@@ -24,7 +24,7 @@ from vlmslim.data import load as load_dataset
 from vlmslim.data.hashes import TRAINED_ON, content_sha256, dataset_image_hashes, overlap
 from vlmslim.errors import RecoveryError
 from vlmslim.families import get_family
-from vlmslim.io import check_output_dir
+from vlmslim.io import holds_output
 from vlmslim.loading import is_random, load_config, load_model, resolve_source
 from vlmslim.manifest import new_manifest, read_manifest
 from vlmslim.prompts import pinned_instruction
@@ -104,10 +104,10 @@ def teacher_answers(t_model, t_proc, teacher: str, dataset: LocalDataset, data_r
     return targets, teacher_sha
 
 
+@holds_output
 def recover_checkpoint(student: str | os.PathLike, teacher: str | os.PathLike, data: str | os.PathLike,
                        out: str | os.PathLike, config: RecoverConfig, overwrite: bool = False) -> tuple[Path, dict]:
     """Distil `student` toward `teacher` on `data` and save the result to `out`; returns (out, manifest)."""
-    check_output_dir(out, overwrite)
     names = str(student), str(teacher)  # as the user named them ("demo"), for the record and the plot
     student, teacher = resolve_source(student), resolve_source(teacher)
     preflight(student, teacher)
