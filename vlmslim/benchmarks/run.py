@@ -92,7 +92,7 @@ class BenchConfig:
         if self.dtype not in (None, "auto", "float16", "bfloat16", "float32", "fp16", "bf16", "fp32"):
             raise ValueError(f"dtype must be float16, bfloat16, float32 or auto (--dtype), got {self.dtype!r}")
         check_device_map(self.device_map, self.max_memory)
-        if self.device_map is not None and self.device not in (None, "auto"):
+        if self.device_map is not None and self.device not in (None, "auto", default_device()):
             raise ValueError(f"--device-map places the model itself; leave --device {self.device} out")
         if self.device_map is not None and self.quant is not None:
             raise ValueError("--quant quantizes onto one device; with --device-map quantize first "
@@ -113,8 +113,13 @@ class BenchConfig:
             baseline=self.baseline and str(Path(self.baseline).resolve()),
             prompt=task.prompt if self.prompt is None else self.prompt,
             max_new_tokens=self.max_new_tokens or task.max_new_tokens,
-            device=self.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+            device=self.device or default_device(),
         )
+
+
+def default_device() -> str:
+    """--device when not given (and the main device of a --device-map run)."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def select_samples(config: BenchConfig):

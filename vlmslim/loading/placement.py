@@ -66,16 +66,16 @@ def spans_devices(model: nn.Module) -> bool:
     return len(model_devices(model)) > 1
 
 
-def placement_summary(model: nn.Module) -> dict | None:
-    """{device: number of top-level mapped modules} of a device-mapped model (for config and summary)."""
+def placement_summary(model: nn.Module) -> dict[str, float]:
+    """{device: MB of parameters placed there}, e.g. {'cuda:0': 7900.1, 'cpu': 6010.5} (config and summary).
+    Offloaded weights count where their map slot is (accelerate parks them on 'meta' between uses)."""
     mapped = getattr(model, "hf_device_map", None)
-    if not mapped:
-        return None
-    counts: dict[str, int] = {}
-    for v in mapped.values():
-        key = f"cuda:{v}" if isinstance(v, int) else str(v)
-        counts[key] = counts.get(key, 0) + 1
-    return counts
+    mb: dict[str, float] = {}
+    for name, p in model.named_parameters():
+        slot = slot_of(name, mapped) if mapped else p.device
+        key = f"cuda:{slot}" if isinstance(slot, int) else str(slot)
+        mb[key] = mb.get(key, 0.0) + p.numel() * p.element_size() / 1e6
+    return {k: round(v, 1) for k, v in sorted(mb.items())}
 
 
 def infer_device_map(model: nn.Module, strategy: str, max_memory: dict | None, dtype: torch.dtype) -> dict:
