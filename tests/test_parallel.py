@@ -272,3 +272,16 @@ def test_processes_wrapper_resumes_across_process_counts(tmp_path, ckpt):
     assert sorted(ids) == [f"s{i}" for i in range(5)] and len(set(ids)) == 5
     s = summary(out)
     assert s["n_samples"] == 5 and s["environment"]["processes"] == 2 and s["run"]["sessions"] == 2
+
+
+def test_device_map_study_smoke_on_the_cpu(tmp_path, monkeypatch):
+    """`python -m studies.device_map_gpu --smoke`: the GPU study's code path on the tiny LLaVA."""
+    from studies import device_map_gpu
+
+    monkeypatch.setattr(sys, "argv", ["device_map_gpu", "--out-dir", str(tmp_path), "--smoke", "--repeats", "1"])
+    device_map_gpu.main()
+    result = json.loads((tmp_path / "device_map_gpu.json").read_text())
+    assert result["tokens_equal"] and result["tokens_matching_prefix"] == device_map_gpu.NEW_TOKENS
+    assert [r["device_map"] for r in result["rows"]] == [None, "sequential"]
+    assert all(r["decode_ms_per_token"] > 0 for r in result["rows"])
+    assert "| device_map sequential | cpu=2GiB |" in (tmp_path / "device_map_gpu.md").read_text()

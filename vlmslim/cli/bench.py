@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from vlmslim.benchmarks.tasks import DEFAULT_BERTSCORE_MODEL, TASKS
-from vlmslim.cli import TOKEN_METHODS, cli, handle_errors
+from vlmslim.cli import _VERBOSITY as VERBOSITY, TOKEN_METHODS, cli, handle_errors
 
 
 # --- bench -------------------------------------------------------------------------------------
@@ -130,8 +130,11 @@ def bench(ctx, models, data, out, task, limit, batch_size, max_new_tokens, promp
 
 def _argv_without(ctx: click.Context, skip: str) -> list[str]:
     """This command's arguments as given, less option `skip`: what each launched process runs."""
-    argv = ["bench"]
+    level = ctx.meta.get(VERBOSITY, 0)  # -v/-q (group or command) are not params: carried as their net count
+    argv = ["bench", *(["-v"] * level if level > 0 else ["-q"] * -level)]
     for param in ctx.command.params:
+        if not param.expose_value:
+            continue
         value = ctx.params[param.name]
         if param.name == skip or value is None or value == () or value is False or value == param.default:
             continue
