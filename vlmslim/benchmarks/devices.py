@@ -18,6 +18,13 @@ def cuda_devices(model) -> list[torch.device]:
     return sorted({p.device for p in model.parameters() if p.device.type == "cuda"}, key=lambda d: d.index)
 
 
+def main_device(model) -> torch.device:
+    """Where inputs go and which device's clock counts: the first GPU holding part of the model (a device map
+    may put the first parameters on the CPU), else where the parameters are."""
+    devices = cuda_devices(model)
+    return devices[0] if devices else next(model.parameters()).device
+
+
 def device_sync(model) -> Callable[[], None]:
     """A no-argument sync of every CUDA device the model spans."""
     devices = cuda_devices(model)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from vlmslim.benchmarks.devices import sync
+from vlmslim.benchmarks.devices import main_device, sync
 from vlmslim.benchmarks.engine import ENGINES, CompiledDecoder
 from vlmslim.benchmarks.generate import FirstTokenTimer
 from vlmslim.census import census
@@ -25,7 +25,9 @@ from vlmslim.benchmarks.efficiency import measure_bandwidth_gb_s
 from vlmslim.benchmarks.summary import environment, precision
 from vlmslim.families import get_family
 from vlmslim.io import atomic_dir, check_output_dir, write_json
-from vlmslim.loading import build_random_model
+from vlmslim.errors import BenchmarkError
+from vlmslim.loading import (build_random_model, check_device_map, model_devices, parse_max_memory,
+                             placement_summary, spans_devices)
 from vlmslim.pruning import PruneConfig, prune
 from vlmslim.quantization import quantize_model
 from vlmslim.tokens import TokenSpec, check_supported, reduce_placeholders, reducing
@@ -44,6 +46,8 @@ class ArchBenchConfig:
     compile_backend: str = "inductor"  # or "cudagraphs" (no codegen; see engine.py)
     dtype: str = "float16"
     device: str = "cuda"
+    device_map: str | None = None  # auto | balanced | sequential: spread over the GPUs and the CPU
+    max_memory: str | None = None  # with device_map: "0=8GiB,cpu=100GiB"
     prune: dict = field(default_factory=dict)  # PruneConfig fields (weight criteria only)
     quant: str | None = None
     image_tokens: int | None = None  # vlmslim.tokens: K image tokens per image into the language model
@@ -57,6 +61,10 @@ class ArchBenchConfig:
         for name in ("batch_size", "prompt_tokens", "max_new_tokens", "repeats"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1 (--{name.replace('_', '-')})")
+        check_device_map(self.device_map, self.max_memory)
+        if self.device_map is not None and (self.quant or self.prune):
+            raise ValueError("--device-map with --random-weights measures the unpruned, unquantized shape "
+                             "(drop --quant/--glu/--heads)")
         bad = [e for e in self.engines if e not in ENGINES]
         if bad:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)} (--engine), got {bad}")
@@ -77,7 +85,11 @@ def arch_configs(models: list[str], out: str, *, engine: str | None = None, glu:
 
 
 def build(cfg: ArchBenchConfig):
-    model = build_random_model(cfg.config, dtype=cfg.dtype, device=cfg.device, seed=cfg.seed)
+    model = build_random_model(cfg.config, dtype=cfg.dtype, device=cfg.device, seed=cfg.seed,
+                               device_map=cfg.device_map, max_memory=parse_max_memory(cfg.max_memory))
+    if "compiled" in cfg.engines and spans_devices(model):
+        raise BenchmarkError(f"--engine compiled needs the whole model on one device; this one spans "
+                             f"{', '.join(model_devices(model))} (--device-map): use --engine eager")
     if cfg.prune:
         prune(model, None, PruneConfig(**{"importance": "l2", **cfg.prune}))
     if cfg.quant:
@@ -119,7 +131,7 @@ def kv_bytes_per_step(model, family, batch: int, length: int) -> int:
 def measure(model, cfg: ArchBenchConfig, bandwidth_gb_s: float | None = None) -> list[dict]:
     """One row per engine: prefill s, decode ms/token, images/s, peak memory, roofline, token agreement."""
     family = get_family(model)
-    device = next(model.parameters()).device
+    device = main_device(model)
     inputs = {k: v.to(device) for k, v in synthetic_inputs(model, cfg.batch_size, cfg.prompt_tokens, cfg.seed).items()}
     inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
     spec = cfg.token_spec
@@ -131,7 +143,7 @@ def measure(model, cfg: ArchBenchConfig, bandwidth_gb_s: float | None = None) ->
 
 
 def _measure(model, family, inputs, cfg: ArchBenchConfig, bandwidth_gb_s: float | None) -> list[dict]:
-    device = next(model.parameters()).device
+    device = main_device(model)
     length, n = inputs["input_ids"].shape[1], cfg.max_new_tokens
     c = census(model)
     decode_bytes = sum(c["components"][k]["bytes"] for k in ("language", "lm_head") if k in c["components"])
@@ -203,7 +215,8 @@ def bench_architecture(cfg: ArchBenchConfig) -> dict:
                        "params": main["params"], "energy_wh_per_sample": None,
                        "roofline_fraction": main.get("roofline_fraction"), "bandwidth_gb_s": bandwidth},
         "engines": rows,
-        "environment": environment([device] if device.type == "cuda" else []),
+        "environment": {**environment([device] if device.type == "cuda" else []), "processes": 1},
+        "placement": placement_summary(model),
         "protocol": asdict(cfg),
     }
     with atomic_dir(cfg.out) as tmp:

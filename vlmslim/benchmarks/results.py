@@ -6,6 +6,8 @@ OUT/
                    written only once the model has loaded: a run that fails before leaves no results dir)
   samples.jsonl    one row per processed sample, appended + flushed per batch; after scoring it is
                    rewritten once, atomically, with each row's `scores` filled in
+  samples.rank{r}.jsonl  a data-parallel run's rows of rank r (parallel.py), merged into samples.jsonl
+                   in sample order by rank 0 at the end of the pass, or by the next run after a kill
   sessions.jsonl   two records per bench invocation: `event: start` when it begins generating, `event: end`
                    (device, peak memory, energy, bandwidth, census) when it stops; no end = killed
   summary.json     the report (keys in summary.py); summary.csv = one tidy row of it (summary.csv_row)
@@ -14,7 +16,8 @@ OUT/
 ```
 
 One writer per results dir: `bench` holds the dir's lock (`vlmslim.io.output_lock`) for the whole run,
-config write and scoring included. A process killed mid-write leaves at most a torn last line in
+config write and scoring included (a data-parallel run: rank 0 holds it; the other ranks write only their
+own rank file, inside rank 0's lock). A process killed mid-write leaves at most a torn last line in
 samples.jsonl; `SamplesWriter` drops it (truncating the file so later appends start on a fresh line).
 """
 
@@ -117,11 +120,11 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
 
 
 class SamplesWriter:
-    """Append-only writer of samples.jsonl: repairs a torn tail, flushes per batch. The caller holds the
-    results dir's lock (`vlmslim.io.output_lock`) for as long as it writes."""
+    """Append-only writer of samples.jsonl (or a rank's file): repairs a torn tail, flushes per batch. The
+    caller holds the results dir's lock (`vlmslim.io.output_lock`) for as long as it writes."""
 
-    def __init__(self, out: Path):
-        self.path = out / SAMPLES
+    def __init__(self, out: Path, name: str = SAMPLES):
+        self.path = out / name
         self.fh = open(self.path, "a+b")
         rows, torn = _parse_lines(self.path)
         if torn == -1:
@@ -160,6 +163,36 @@ def atomic_write_text(path: Path, text: str) -> None:
 def rewrite_samples(out: Path, rows: list[dict]) -> None:
     """Replace samples.jsonl in one rename (the scored copy): no reader ever sees a half-written file."""
     atomic_write_text(out / SAMPLES, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def rank_file(rank: int) -> str:
+    return f"samples.rank{rank}.jsonl"
+
+
+def merge_rank_files(out: Path, order: dict[str, int]) -> list[dict]:
+    """samples.jsonl's rows followed by the rows of every `samples.rank*.jsonl` (a torn last line dropped),
+    those sorted by `order` (sample id -> dataset position; unknown ids last) and rows already present
+    dropped; the merged file is written in one rename, then the rank files are removed. A kill between the
+    two leaves rows in both places: the next merge drops them from the rank files. Returns the rows."""
+    files = sorted(out.glob("samples.rank*.jsonl"))
+    rows = read_jsonl(out / SAMPLES)
+    if not files:
+        return rows
+    seen = {r["id"] for r in rows}
+    new = []
+    for f in files:
+        for r in read_jsonl(f):
+            if r["id"] in seen:
+                logger.info("%s: %s is already in %s (an interrupted merge): not added twice", f.name, r["id"], SAMPLES)
+                continue
+            seen.add(r["id"])
+            new.append(r)
+    new.sort(key=lambda r: order.get(r["id"], len(order)))
+    rewrite_samples(out, rows + new)
+    for f in files:
+        f.unlink()
+    logger.info("merged %d rows of %d rank file(s) into %s", len(new), len(files), out / SAMPLES)
+    return rows + new
 
 
 def clean_stale_tmp(out: Path) -> None:
@@ -202,6 +235,8 @@ def end_session(out: Path, session: dict) -> None:
 
 # What makes two sessions' rows comparable: same weights, data and generation protocol. Scoring settings
 # (bootstrap, BERTScore model, baseline) and --limit are recomputed per run and may change freely.
+# Where the layers sit (--device-map, --max-memory) and the number of processes are not among them: a layer
+# computes the same wherever its weights are held, and batches are those of a one-process run.
 PROTOCOL_KEYS = ("task", "prompt", "max_new_tokens", "batch_size", "dtype", "device", "quant", "ocr_tokens", "engine",
                  "image_tokens", "token_method")
 

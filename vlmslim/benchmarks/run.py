@@ -3,17 +3,21 @@ same generations.
 
 Flow: validate config → load data (task check, --limit subset) → hash the checkpoint (weights, config,
 processor files) → lock the results dir → open/resume it (refusing a different checkpoint, dataset or
-protocol) → load the model → generate the missing samples, appending each batch's rows → score every
-row → summary.json/.csv → unlock. Results-dir format: `results.py`.
+protocol; merging rank files a killed data-parallel run left) → load the model → generate the missing
+samples, appending each batch's rows → score every row → summary.json/.csv → unlock. Results-dir format:
+`results.py`. Under a launcher (`--processes N`, `accelerate launch`), rank 0 does the results-dir steps
+and every rank generates its share of batches: `parallel.py`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import gc
 import logging
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -25,14 +29,16 @@ from vlmslim.benchmarks import results as res
 from vlmslim.data import load as load_dataset
 from vlmslim.data.hashes import check_disjoint
 from vlmslim.benchmarks.efficiency import EnergyMeter, measure_bandwidth_gb_s, peak_memory_mb, peak_rss_mb
-from vlmslim.benchmarks.efficiency import reset_peak_memory
+from vlmslim.benchmarks.efficiency import MB, reset_peak_memory
+from vlmslim.benchmarks.parallel import Ranks, check_processes, combine_sessions, current_ranks, shard_batches
 from vlmslim.benchmarks.engine import ENGINES
 from vlmslim.benchmarks.devices import cuda_devices, device_sync
 from vlmslim.benchmarks.generate import generate_batch, generate_batch_compiled, prompt_text
 from vlmslim.benchmarks.summary import compact_manifest, environment, model_label, now, score_and_summarise
 from vlmslim.benchmarks.tasks import DEFAULT_BERTSCORE_MODEL, get_task
 from vlmslim.census import census as take_census
-from vlmslim.loading import load_model, resolve_source
+from vlmslim.loading import (check_device_map, load_model, model_devices, parse_max_memory, placement_summary,
+                             resolve_source, spans_devices)
 from vlmslim.manifest import read_manifest
 from vlmslim.quantization import as_spec, load_quantized
 from vlmslim.tokens import TokenSpec, check_supported
@@ -55,6 +61,8 @@ class BenchConfig:
     prompt: str | None = None  # None: the task's
     ocr_tokens: bool = False
     device: str | None = None  # None: cuda if available, else cpu; "auto": device_map="auto"
+    device_map: str | None = None  # auto | balanced | sequential: one model over the GPUs (and CPU), from_pretrained's
+    max_memory: str | None = None  # with device_map: "0=20GiB,cpu=60GiB"
     dtype: str | None = None  # None: as saved
     quant: str | None = None  # a vlmslim.quantization recipe applied at load
     name: str | None = None  # label in tables and figures (default: the model dir's / repo's name)
@@ -84,6 +92,12 @@ class BenchConfig:
         self.token_spec  # validates --image-tokens / --token-method
         if self.dtype not in (None, "auto", "float16", "bfloat16", "float32", "fp16", "bf16", "fp32"):
             raise ValueError(f"dtype must be float16, bfloat16, float32 or auto (--dtype), got {self.dtype!r}")
+        check_device_map(self.device_map, self.max_memory)
+        if self.device_map is not None and self.device not in (None, "auto", default_device()):
+            raise ValueError(f"--device-map places the model itself; leave --device {self.device} out")
+        if self.device_map is not None and self.quant is not None:
+            raise ValueError("--quant quantizes onto one device; with --device-map quantize first "
+                             "(`vlmslim quantize`) and bench the checkpoint")
         existing = next(p for p in (Path(self.out), *Path(self.out).absolute().parents) if p.exists())
         if not existing.is_dir():  # --out (or, with several MODELs, its parent) is a file
             raise ValueError(f"--out {self.out}: {existing} is a file; a results dir is a directory")
@@ -100,8 +114,13 @@ class BenchConfig:
             baseline=self.baseline and str(Path(self.baseline).resolve()),
             prompt=task.prompt if self.prompt is None else self.prompt,
             max_new_tokens=self.max_new_tokens or task.max_new_tokens,
-            device=self.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+            device=self.device or default_device(),
         )
+
+
+def default_device() -> str:
+    """--device when not given (and the main device of a --device-map run)."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def select_samples(config: BenchConfig):
@@ -119,15 +138,25 @@ def select_samples(config: BenchConfig):
     return dataset.select(config.limit, config.seed), task
 
 
-def _load(source: str, cfg: BenchConfig):
-    """The model to benchmark: as saved, or quantized at load with `--quant RECIPE`."""
+def _load(source: str, cfg: BenchConfig, ranks: Ranks):
+    """The model to benchmark: as saved (on this rank's device, or over a --device-map), or quantized at
+    load with `--quant RECIPE`. Refuses the compiled engine for a model spanning devices."""
+    device = f"cuda:{ranks.local_rank}" if ranks.world > 1 and cfg.device == "cuda" else cfg.device
     if cfg.quant is None:
-        return load_model(source, dtype=cfg.dtype, device=cfg.device)
-    try:
-        spec = as_spec(cfg.quant)
-    except ValueError as e:
-        raise BenchmarkError(f"--quant: {e}") from e
-    return load_quantized(source, spec, dtype=cfg.dtype, device=cfg.device)
+        model, processor = load_model(source, dtype=cfg.dtype, device=device, device_map=cfg.device_map,
+                                      max_memory=parse_max_memory(cfg.max_memory))
+    else:
+        try:
+            spec = as_spec(cfg.quant)
+        except ValueError as e:
+            raise BenchmarkError(f"--quant: {e}") from e
+        model, processor = load_quantized(source, spec, dtype=cfg.dtype, device=device)
+    if cfg.engine == "compiled" and spans_devices(model):
+        raise BenchmarkError(f"--engine compiled needs the whole model on one device; this one spans "
+                             f"{', '.join(model_devices(model))} (device map): use --engine eager")
+    if processor is None:
+        raise BenchmarkError(f"{source} has no processor (tokenizer + image processor); bench needs one")
+    return model, processor
 
 
 def bench(model: str, data: str, out: str, *, progress: bool = True,
@@ -151,14 +180,53 @@ def run_bench(config: BenchConfig, *, progress: bool = True,
         require_java()  # fail before generating anything, not after an hour of it
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise BenchmarkError(f"--device {cfg.device}: no CUDA device is available here (use --device cpu)")
+    ranks = current_ranks(cpu=cfg.device == "cpu")
+    check_processes(ranks.world, cfg.device, cfg.device_map)
     out = Path(cfg.out)
     source = resolve_source(cfg.model)
     if Path(source).is_dir():  # scores on images a recovery step trained on say nothing: refuse them
         check_disjoint(dataset, read_manifest(source), source)
+    order = {s.id: i for i, s in enumerate(dataset.samples)}
+    # Rank 0 alone hashes, locks and reads the dir, holding the lock (one writer per results dir) until it
+    # has scored; the other ranks get its plan. `agree` shares a failure so no rank waits for a dead one.
+    with contextlib.ExitStack() as held:
+        def open_dir():
+            if not ranks.main:
+                return None
+            record = _record(cfg, source)
+            held.enter_context(output_lock(out))
+            held.enter_context(write_errors(out))
+            rows, sessions = _open_results(out, record, order)
+            baseline = _read_baseline(cfg, task, record["dataset_sha256"]) if cfg.baseline else None
+            done = {r["id"] for r in rows}
+            todo = [s.id for s in dataset.samples if s.id not in done]
+            logger.info("%s: %d samples selected, %d already in %s, %d to generate",
+                        cfg.name or model_label(cfg.model), len(dataset.samples), len(done), out, len(todo))
+            return record, rows, sessions, baseline, todo, bool(todo or not any(s.get("census") for s in sessions))
+
+        lead = ranks.agree(open_dir, "opening the results dir")
+        record, rows, sessions, baseline, todo_ids, generate = lead or (None, [], [], None, None, None)
+        todo_ids, generate = ranks.broadcast((todo_ids, generate))
+        if generate:
+            wanted = set(todo_ids)
+            todo = [s for s in dataset.samples if s.id in wanted]
+            rows, sessions = _run_session(cfg, source, out, record, dataset, todo, task, rows, sessions, progress,
+                                          on_batch, ranks, order)
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        if not ranks.main:
+            return None  # rank 0 scores and summarises
+        return score_and_summarise(cfg, task, dataset, out, rows, sessions, record, baseline,
+                                   res.weights_dir(source), record["weights_files"])
+
+
+def _record(cfg: BenchConfig, source: str) -> dict:
+    """What config.yaml records and what a resumed run must match (checkpoint and dataset hashes, protocol)."""
     weights = res.weights_dir(source)
     logger.info("hashing the weights, config and processor files in %s (results are keyed by them)", weights)
     checkpoint_sha, files = res.checkpoint_sha256(weights)
-    record = {
+    return {
         "config": dataclasses.asdict(cfg),
         "generation": {k: getattr(cfg, k) for k in res.PROTOCOL_KEYS},
         "checkpoint_sha256": checkpoint_sha,
@@ -166,31 +234,18 @@ def run_bench(config: BenchConfig, *, progress: bool = True,
         "weights_files": res.weight_files(files),
         "dataset_sha256": sha256_file(Path(cfg.data) / res.SAMPLES),
     }
-    # One writer per results dir for the whole run (config, rows, sessions, scoring); a full disk is one error line.
-    with output_lock(out), write_errors(out):
-        rows, sessions = _open_results(out, record)
-        baseline = _read_baseline(cfg, task, record["dataset_sha256"]) if cfg.baseline else None
-        done = {r["id"] for r in rows}
-        todo = [s for s in dataset.samples if s.id not in done]
-        logger.info("%s: %d samples selected, %d already in %s, %d to generate",
-                    cfg.name or model_label(cfg.model), len(dataset.samples), len(done), out, len(todo))
-        if todo or not any(s.get("census") for s in sessions):
-            rows, sessions = _run_session(cfg, source, out, record, dataset, todo, task, sessions, progress, on_batch)
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        return score_and_summarise(cfg, task, dataset, out, rows, sessions, record, baseline, weights,
-                                   record["weights_files"])
 
 
-def _open_results(out: Path, record: dict) -> tuple[list[dict], list[dict]]:
-    """(rows, sessions) already in `out`, refusing a dir of another run. A dir without rows (what a
-    failed run of an older version left: config.yaml + empty samples.jsonl) holds nothing to mix."""
+def _open_results(out: Path, record: dict, order: dict[str, int]) -> tuple[list[dict], list[dict]]:
+    """(rows, sessions) already in `out`, refusing a dir of another run; rank files a killed data-parallel
+    run left are merged first (`order`: sample id -> dataset position). A dir without rows (what a failed
+    run of an older version left: config.yaml + empty samples.jsonl) holds nothing to mix."""
     if out.exists() and not out.is_dir():
         raise BenchmarkError(f"--out {out} is a file, not a results dir; pass another --out")
+    rows = []
     if out.is_dir():
         res.clean_stale_tmp(out)
-    rows = res.read_jsonl(out / res.SAMPLES)
+        rows = res.merge_rank_files(out, order)
     old = res.read_config(out)
     if old is not None and rows:
         res.check_resumable(out, old, record)
@@ -199,47 +254,64 @@ def _open_results(out: Path, record: dict) -> tuple[list[dict], list[dict]]:
     return rows, res.read_sessions(out)
 
 
-def _run_session(cfg, source, out, record, dataset, todo, task, sessions, progress, on_batch):
-    """Load the model, then write config + a session start record + rows; returns (rows, sessions).
+def _run_session(cfg, source, out, record, dataset, todo, task, rows, sessions, progress, on_batch, ranks, order):
+    """Load the model, then write config + a session start record + rows; returns (rows, sessions) on rank 0.
 
-    Nothing is written before the model has loaded, and a results dir this run created is removed if it
-    fails before its first row: a bad checkpoint leaves nothing that would block the fixed re-run.
+    Nothing is written before the model has loaded (on every rank), and a results dir this run created is
+    removed if it fails before its first row: a bad checkpoint leaves nothing that would block the fixed
+    re-run. Rank r > 0 appends to its own rank file; rank 0 merges them after the pass.
     """
-    model, processor = _load(source, cfg)
-    if processor is None:
-        raise BenchmarkError(f"{source} has no processor (tokenizer + image processor); bench needs one")
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    writer = res.SamplesWriter(out)
+    model, processor = ranks.agree(lambda: _load(source, cfg, ranks), "loading the model")
+    created = ranks.main and not out.exists()
+
+    def start():
+        if not ranks.main:
+            return None
+        out.mkdir(parents=True, exist_ok=True)
+        res.write_config(out, record)
+        return res.start_session(out, sessions, rows, started=now(), model_source=source, processes=ranks.world)
+
+    session = ranks.broadcast(ranks.agree(start, "starting the session"))
+    writer = res.SamplesWriter(out, res.SAMPLES if ranks.world == 1 else res.rank_file(ranks.rank))
     ok = False
     try:
-        res.write_config(out, record)
-        session = res.start_session(out, sessions, writer.rows, started=now(), model_source=source)
         try:
-            _generate(model, processor, dataset, todo, task, cfg, writer, session, progress, on_batch)
+            _generate(model, processor, dataset, todo, task, cfg, writer, session, progress, on_batch, ranks)
         except torch.cuda.OutOfMemoryError as e:
             raise BenchmarkError(f"out of GPU memory at batch size {cfg.batch_size} ({len(writer.rows)} rows "
                                  f"kept in {out}); a smaller --batch-size is a new protocol: "
                                  "use a new --out") from e
         finally:
             session["ended"] = now()
-            res.end_session(out, session)
+            parts = ranks.gather(session)  # every rank arrives here, done or failed: a barrier
+            if ranks.main:
+                res.end_session(out, session if ranks.world == 1 else combine_sessions(parts))
+        if not all(p.get("completed") for p in parts):
+            failed = [p["rank"] for p in parts if not p.get("completed")]
+            raise BenchmarkError(f"bench process(es) {failed} did not finish their share; every flushed row is "
+                                 "kept: re-run the same command (any number of processes) to resume")
         ok = True
     finally:
         writer.close()
-        if created and not ok and not writer.rows:
-            shutil.rmtree(out, ignore_errors=True)
-    return list(writer.rows), res.read_sessions(out)
+        if ranks.main:
+            merged = res.merge_rank_files(out, order) if out.is_dir() else []
+            if created and not ok and not merged:
+                shutil.rmtree(out, ignore_errors=True)
+    if not ranks.main:
+        return [], []
+    return merged, res.read_sessions(out)
 
 
-def _generate(model, processor, dataset, todo, task, cfg, writer, session, progress, on_batch) -> None:
-    """Warm up, then generate `todo` batch by batch; fills `session` (also when interrupted)."""
+def _generate(model, processor, dataset, todo, task, cfg, writer, session, progress, on_batch, ranks) -> None:
+    """Warm up, then generate this rank's batches of `todo`; fills `session` (also when interrupted)."""
     devices = cuda_devices(model)
+    env = dict(environment(devices), processes=ranks.world)
     sync = device_sync(model)
     family = get_family(model).model_type
     session.update(
         family=family, census=take_census(model), manifest=compact_manifest(read_manifest(session["model_source"])),
-        resolved_dtype=str(model.dtype).removeprefix("torch."), environment=environment(devices),
+        resolved_dtype=str(model.dtype).removeprefix("torch."), environment=env,
+        rank=ranks.rank, devices=model_devices(model), placement=placement_summary(model), pass_s=None,
         prompt_example=prompt_text(model, processor, task.instruction(dataset.samples[0], cfg.prompt, cfg.ocr_tokens)),
         # Measured before the pass (and freed) so it does not show in the peak-memory numbers.
         bandwidth_gb_s=measure_bandwidth_gb_s(devices[0]) if devices else None,
@@ -252,11 +324,13 @@ def _generate(model, processor, dataset, todo, task, cfg, writer, session, progr
     gen = functools.partial(generate_batch, tokens=cfg.token_spec)
     if cfg.engine == "compiled":
         gen = functools.partial(generate_batch_compiled, decoders={}, tokens=cfg.token_spec)
-    bar = tqdm(total=len(todo), disable=not progress, desc=cfg.name or model_label(cfg.model), unit="img")
+    mine = shard_batches(todo, cfg.batch_size, ranks)
+    desc = (cfg.name or model_label(cfg.model)) + (f" [rank {ranks.rank}/{ranks.world}]" if ranks.world > 1 else "")
+    bar = tqdm(total=sum(len(b) for _, b in mine), disable=not progress, desc=desc, unit="img")
     try:
-        for start in range(0, len(todo), cfg.batch_size):
+        for j, samples in mine:
             batch, images, skipped = [], [], []
-            for s in todo[start:start + cfg.batch_size]:
+            for s in samples:
                 try:
                     images.append(dataset.open_image(s))
                     batch.append(s)
@@ -275,9 +349,9 @@ def _generate(model, processor, dataset, todo, task, cfg, writer, session, progr
                     reset_peak_memory(devices)
                     if meter is not None:
                         meter.start()
-                    measuring = True
+                    measuring, t_pass = True, time.perf_counter()
                 out = gen(model, processor, images, instructions, cfg.max_new_tokens, sync)
-                batch_id = f"s{session['session']}-b{start // cfg.batch_size}"
+                batch_id = f"s{session['session']}-b{j}"  # j: index in the whole to-do list, unique over ranks
                 rows = [{
                     "id": s.id, "image": s.image, "question": s.question, "prediction": pred,
                     "references": s.references, "tokens": n, "latency_s": out.latency_s, "ttft_s": out.ttft_s,
@@ -296,7 +370,9 @@ def _generate(model, processor, dataset, todo, task, cfg, writer, session, progr
         if meter is not None and measuring:
             session["energy"] = meter.stop()
         if measuring:
+            session["pass_s"] = time.perf_counter() - t_pass
             session["peak_vram_mb"], session["peak_vram_reserved_mb"] = peak_memory_mb(devices)
+            session["peak_vram_mb_per_device"] = {str(d): torch.cuda.max_memory_allocated(d) / MB for d in devices}
         session["peak_rss_mb"] = peak_rss_mb()
 
 

@@ -141,6 +141,14 @@ def efficiency_block(rows: list[dict], sessions: list[dict], census: dict, disk_
     reserved = [s["peak_vram_reserved_mb"] for s in sessions if s.get("peak_vram_reserved_mb") is not None]
     rss = [s["peak_rss_mb"] for s in sessions if s.get("peak_rss_mb") is not None]
     bandwidth = next((s["bandwidth_gb_s"] for s in reversed(sessions) if s.get("bandwidth_gb_s")), None)
+    per_device: dict[str, float] = {}
+    for s in sessions:
+        for d, mb in (s.get("peak_vram_mb_per_device") or {}).items():
+            per_device[d] = max(mb, per_device.get(d, 0.0))
+    # Aggregate: what all processes together got through per second of wall-clock pass (each session's pass
+    # lasts as long as its slowest process); sessions of older versions recorded no pass time.
+    timed = [s for s in sessions if s.get("pass_s") and s.get("n_generated")]
+    wall_s = sum(s["pass_s"] for s in timed)
     energy_per_sample, energy = energy_summary(sessions)
     comps = census["components"]
     return {
@@ -148,10 +156,13 @@ def efficiency_block(rows: list[dict], sessions: list[dict], census: dict, disk_
         "ttft_s_p50": ttft["p50"], "ttft_s_p90": ttft["p90"], "ttft_s_mean": ttft["mean"],
         "decode_ms_per_token": decode_ms,
         "throughput_images_per_s": len(rows) / busy_s if busy_s else None,
+        "aggregate_throughput_images_per_s": sum(s["n_generated"] for s in timed) / wall_s if wall_s else None,
+        "processes": max((s.get("processes") or 1 for s in sessions), default=1),
         "tokens_per_s": sum(tokens) / busy_s if busy_s else None,
         "tokens_per_sample_mean": sum(tokens) / len(tokens) if tokens else None,
         "peak_vram_mb": max(peaks) if peaks else None,
         "peak_vram_reserved_mb": max(reserved) if reserved else None,
+        "peak_vram_mb_per_device": per_device or None,
         "peak_rss_mb": max(rss) if rss else None,
         "model_size_mb": census["total_bytes"] / MB,
         "disk_mb": disk_bytes / MB,
@@ -166,10 +177,12 @@ def efficiency_block(rows: list[dict], sessions: list[dict], census: dict, disk_
             f"per-sample latency/ttft = those of the sample's batch (batch size {batch_size}); "
             "latency and ttft include image preprocessing",
             "decode_ms_per_token = one decoding step of the batch (inter-token latency), total over batches",
-            "tokens count each answer up to and including EOS; throughput = samples / summed batch latency",
+            "tokens count each answer up to and including EOS; throughput = samples / summed batch latency "
+            "(one process); aggregate_throughput = samples / wall-clock pass time of all processes together",
             "model_size_mb = parameter+buffer bytes as loaded (census); disk_mb = weights files on disk",
-            "peak_vram_* reset after warm-up, summed over the model's GPUs, max over sessions; "
-            "peak_rss_mb is the process peak (includes loading)",
+            "peak_vram_* reset after warm-up, summed over the model's GPUs, max over sessions and processes "
+            "(peak_vram_mb_per_device: each GPU's own); peak_rss_mb is the process peak (includes loading)",
+            "latency and ttft percentiles are over every process's samples",
         ],
     }
 
@@ -214,7 +227,9 @@ def score_and_summarise(cfg, task, dataset, out, rows, sessions, record, baselin
             "task": task.name, "prompt": cfg.prompt, "prompt_example": last.get("prompt_example"),
             "max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size, "greedy": True,
             "generate_kwargs": GREEDY, "dtype": cfg.dtype or "as saved", "resolved_dtype": last.get("resolved_dtype"),
-            "device": cfg.device, "engine": cfg.engine, "image_tokens": cfg.image_tokens,
+            "device": cfg.device, "device_map": cfg.device_map, "max_memory": cfg.max_memory,
+            "placement": last.get("placement"), "processes": last["environment"].get("processes", 1),
+            "engine": cfg.engine, "image_tokens": cfg.image_tokens,
             "token_method": cfg.token_method if cfg.image_tokens else None, "quant": cfg.quant, "ocr_tokens": cfg.ocr_tokens, "seed": cfg.seed,
             "bootstrap": cfg.bootstrap, "warmup_batches": cfg.warmup,
             "bertscore_model": cfg.bertscore_model if task.uses_bertscore else None,

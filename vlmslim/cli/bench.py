@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from vlmslim.benchmarks.tasks import DEFAULT_BERTSCORE_MODEL, TASKS
-from vlmslim.cli import TOKEN_METHODS, cli, handle_errors
+from vlmslim.cli import _VERBOSITY as VERBOSITY, TOKEN_METHODS, cli, handle_errors
 
 
 # --- bench -------------------------------------------------------------------------------------
@@ -40,6 +40,12 @@ def _echo_summary(out: str, summary: dict) -> None:
 @click.option("--ocr-tokens", is_flag=True, help="vqa: add the sample's OCR tokens to the prompt (off by default).")
 @click.option("--device", help="cpu, cuda, cuda:1, or auto (device_map='auto' over all GPUs). "
                                 "Default: cuda if present (always cuda with --random-weights).")
+@click.option("--device-map", type=click.Choice(["auto", "balanced", "sequential"]),
+              help="Spread one model larger than a device over the GPUs and the CPU (from_pretrained's device_map).")
+@click.option("--max-memory", help="With --device-map: per-device limits, e.g. 0=20GiB,cpu=60GiB.")
+@click.option("--processes", type=int,
+              help="Data-parallel: N processes (one per GPU, or on the CPU) via accelerate's launcher share the "
+                   "samples; same as `accelerate launch --multi_gpu --num_processes N -m vlmslim bench ...`.")
 @click.option("--dtype", type=click.Choice(["auto", "float16", "bfloat16", "float32"]),
               help="Default: as saved (float16 with --random-weights).")
 @click.option("--quant", help="Quantize at load with this vlmslim.quantization recipe (e.g. nf4).")
@@ -68,7 +74,9 @@ def _echo_summary(out: str, summary: dict) -> None:
 @click.option("--seed", type=int, help="Subset selection and bootstrap seed (default 0).")
 @click.option("--bootstrap", type=int, help="Bootstrap resamples for 95% CIs (default 1000).")
 @handle_errors
-def bench(models, data, out, task, limit, batch_size, max_new_tokens, prompt, ocr_tokens, device, dtype, quant,
+@click.pass_context
+def bench(ctx, models, data, out, task, limit, batch_size, max_new_tokens, prompt, ocr_tokens, device, device_map,
+          max_memory, processes, dtype, quant,
           random_weights, glu, heads, image_tokens, token_method, name, engine, baseline, allow_mixed, bertscore_model, no_bertscore, no_energy, allow_no_java,
           energy_country, warmup, seed, bootstrap):
     """Quality and efficiency of checkpoints on one dataset, from the same greedy generations.
@@ -79,19 +87,25 @@ def bench(models, data, out, task, limit, batch_size, max_new_tokens, prompt, oc
     vlmslim bench ckpt/glu30 ckpt/glu30-nf4 --data data/shapes --out results --baseline results/base
 
     Writes config.yaml, samples.jsonl (one row per sample, flushed per batch), sessions.jsonl,
-    summary.json and summary.csv; an interrupted run resumes where it stopped.
+    summary.json and summary.csv; an interrupted run resumes where it stopped (with any --processes).
     """
+    from vlmslim.benchmarks.parallel import check_processes, launch
     from vlmslim.benchmarks.run import bench_configs, bench_many
 
     if random_weights:
+        if processes and processes > 1:
+            raise click.UsageError("--processes shares a dataset's samples; an architecture-only run has none")
         return _bench_random(models, out, batch_size=batch_size, max_new_tokens=max_new_tokens, device=device,
                              dtype=dtype, quant=quant, engine=engine, glu=glu, heads=heads,
-                             image_tokens=image_tokens, token_method=token_method)
+                             image_tokens=image_tokens, token_method=token_method, device_map=device_map,
+                             max_memory=max_memory)
     if data is None:
         raise click.UsageError("Missing option '--data' (or pass --random-weights for an architecture-only run)")
     if glu or heads:
         raise click.UsageError("--glu/--heads prune random-weight models only; prune checkpoints with `vlmslim prune`")
-    given = dict(task=task, limit=limit, image_tokens=image_tokens, token_method=token_method, batch_size=batch_size, max_new_tokens=max_new_tokens, prompt=prompt,
+    if processes is not None and processes < 1:
+        raise click.UsageError(f"--processes must be >= 1, got {processes}")
+    given = dict(device_map=device_map, max_memory=max_memory, task=task, limit=limit, image_tokens=image_tokens, token_method=token_method, batch_size=batch_size, max_new_tokens=max_new_tokens, prompt=prompt,
                  device=device, dtype=dtype, quant=quant, name=name, engine=engine, baseline=baseline,
                  bertscore_model=bertscore_model, country=energy_country, warmup=warmup, seed=seed,
                  bootstrap=bootstrap)
@@ -103,13 +117,36 @@ def bench(models, data, out, task, limit, batch_size, max_new_tokens, prompt, oc
         configs = bench_configs(list(models), out, data=data, **options)  # validates every option first
     except ValueError as e:
         raise click.UsageError(str(e)) from e
+    if processes and processes > 1:
+        check_processes(processes, configs[0].device, configs[0].device_map)
+        return launch(processes, _argv_without(ctx, "processes"))
     results, failures = bench_many(configs, out)
     for model_out, summary in results:
-        _echo_summary(model_out, summary)
+        if summary is not None:  # None: a data-parallel rank other than 0 (rank 0 reports)
+            _echo_summary(model_out, summary)
     if failures:
         for f in failures:
             click.echo(f"FAILED {f['model']}: {f['error']}: {f['message']}", err=True)
         raise click.ClickException(f"{len(failures)} of {len(models)} models failed (see {out}/failures.json)")
+
+
+def _argv_without(ctx: click.Context, skip: str) -> list[str]:
+    """This command's arguments as given, less option `skip`: what each launched process runs."""
+    level = ctx.meta.get(VERBOSITY, 0)  # -v/-q (group or command) are not params: carried as their net count
+    argv = ["bench", *(["-v"] * level if level > 0 else ["-q"] * -level)]
+    for param in ctx.command.params:
+        if not param.expose_value:
+            continue
+        value = ctx.params[param.name]
+        if param.name == skip or value is None or value == () or value is False or value == param.default:
+            continue
+        if isinstance(param, click.Argument):
+            argv += list(value)
+        elif param.is_flag:
+            argv.append(param.opts[0])
+        else:
+            argv += [param.opts[0], str(value)]
+    return argv
 
 
 def _bench_random(models, out, **given):

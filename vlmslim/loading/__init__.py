@@ -15,6 +15,8 @@ _EXPORTS = {
                                 "load_arch_config", "load_config", "model_class", "parse_dtype", "resolve_device",
                                 "resolve_source"),
     "vlmslim.loading.files": ("check_weight_files",),
+    "vlmslim.loading.placement": ("DEVICE_MAPS", "check_device_map", "model_devices", "parse_max_memory",
+                                  "placement_summary", "spans_devices"),
     "vlmslim.loading.weights": ("load_model", "load_processor", "load_weights"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -58,17 +58,23 @@ def _quant_method(config) -> str | None:
     return getattr(method, "value", method)
 
 
-def load_saved_quantized(src: str, cls, config, manifest: dict | None, dtype=None, device: str = "cpu"):
-    """A saved bnb checkpoint on `device`; float parts in `dtype` (None: as saved)."""
+def load_saved_quantized(src: str, cls, config, manifest: dict | None, dtype=None, device: str = "cpu",
+                         device_map: str | None = None, max_memory: dict | None = None):
+    """A saved bnb checkpoint on `device`; float parts in `dtype` (None: as saved). `device_map` spreads a
+    stock-loadable one over devices (rebuilt ones — pruned shapes, int4wo — load on one device)."""
+    if device_map is not None and not (manifest is None or manifest.get("stock_loadable", True)) \
+            or device_map is not None and _quant_method(config) == INT4_QUANT_METHOD:
+        raise ModelLoadError(f"{src}: --device-map needs a stock-loadable quantized checkpoint; this one is rebuilt "
+                             "from its manifest and loads on one device (use --device)")
     if _quant_method(config) == INT4_QUANT_METHOD:
         if manifest is None:
             raise ModelLoadError(f"{src} is an int4wo checkpoint without its vlmslim.json; it cannot be rebuilt")
         return rebuild_quantized(src, cls, config, manifest, dtype, device)
     if manifest is None or manifest.get("stock_loadable", True):
         # device_map pins the model where asked: without it transformers puts bnb models on cuda:0 if present.
-        device_map = "auto" if device == "auto" else {"": device}
+        placement = {"device_map": device_map, "max_memory": max_memory} if device_map else {"device_map": {"": device}}
         try:
-            return cls.from_pretrained(src, dtype=dtype or "auto", device_map=device_map)
+            return cls.from_pretrained(src, dtype=dtype or "auto", **placement)
         except OSError as e:
             raise ModelLoadError(f"cannot load weights from {src}: {e}") from e
     return rebuild_quantized(src, cls, config, manifest, dtype, device)
