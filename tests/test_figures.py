@@ -3,6 +3,7 @@ on fabricated results dirs (no model, no network)."""
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import random
@@ -737,3 +738,103 @@ def test_metric_display_names_and_one_rouge_l(results, tmp_path):
     assert not (out / "bars_rougeL_f.png").exists() and (out / "bars_rouge_l.png").is_file()
     header = next(line for line in (out / "summary.md").read_text().splitlines() if line.startswith("| Run"))
     assert "rougeL_f" not in header and "ROUGE-L (rouge-score)" in header  # the table keeps every number
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pruned → recovered arrows (issue 14, item 5).
+
+
+def _prune_step(glu=0.0, heads=0.0, seconds=12.0):
+    """A prune step as `vlmslim prune` records it: the options in `params`, outcomes and timings beside them."""
+    params = {"glu": glu, "heads": heads, "head_mode": "groups", "drop_layers": 0, "trim_vision": False,
+              "importance": "maw", "head_importance": "o_norm", "round_to": 64, "calibration": None,
+              "calibration_samples": None, "seed": 0, "allocation": "uniform", "max_layer_ratio": 0.9, "teacher_tokens": 32}
+    method = "+".join(k for k, r in (("glu", glu), ("heads", heads)) if r)
+    return {"kind": "prune", "method": method, "params": params, "criterion": {"neurons": "maw", "heads": None},
+            "calibration": None, "kept": {"mlp": {"len": 32, "sha256": f"{seconds:064.0f}"}, "attention": None},
+            "stock_loadable": False, "params_before": {"language": 7_000}, "params_after": {"language": 5_000},
+            "seconds": seconds}
+
+
+_RECOVER = {"kind": "recover", "method": "kd", "params": {"steps": 60, "batch_size": 16, "lr": 1e-3},
+            "teacher": {"source": "base", "path": "ckpt/base", "model_sha256": "e" * 64}, "seconds": 56.2}
+_POOL144 = {"image_tokens": 144, "method": "pool", "seed": 0}
+# name: precision, pruning, cider, latency s, size MB, token reduction. The recovered runs were pruned
+# again (other seconds and kept-index hashes) with the same options as their twins.
+RECOVERY = {
+    "base": ("16-bit", [], 1.10, 0.60, 13500, None),
+    "glu50": ("16-bit", [_prune_step(glu=0.5)], 0.70, 0.45, 9000, None),
+    "glu50-kd": ("16-bit", [_prune_step(glu=0.5, seconds=13.7), _RECOVER], 0.95, 0.46, 9000, None),
+    "glu30": ("16-bit", [_prune_step(glu=0.3)], 0.90, 0.50, 10600, None),
+    "glu50-nf4": ("nf4", [_prune_step(glu=0.5)], 0.66, 0.52, 2600, None),
+    "glu50-nf4-kd": ("nf4", [_prune_step(glu=0.5, seconds=14.1), _RECOVER], 0.93, 0.53, 2600, None),
+    "glu50-t144-kd": ("16-bit", [_prune_step(glu=0.5), _RECOVER], 0.85, 0.36, 9000, _POOL144),  # no t144 twin
+    "heads25-kd": ("16-bit", [_prune_step(heads=0.25), _RECOVER], 0.80, 0.57, 12100, None),  # no heads25 run
+}
+EXPECTED_PAIRS = {"glu50-kd": "glu50", "glu50-nf4-kd": "glu50-nf4"}
+
+
+@pytest.fixture(scope="module")
+def recovery_runs(results, tmp_path_factory):
+    root = tmp_path_factory.mktemp("recovery")
+    data_dir = Path(load_run(results[0]).data_dir)
+    dirs = []
+    for name, (precision, pruning, cider, latency, size, tokens) in RECOVERY.items():
+        summary = _summary("glu30", data_dir)
+        summary["model"] = {"name": name, "path": f"ckpt/{name}", "family": "llava", "precision": precision,
+                            "pruning": pruning, "token_reduction": tokens, "is_baseline": name == "base"}
+        summary["metrics"] = {"cider": cider}
+        summary["ci"] = {"cider": [cider - 0.04, cider + 0.04]}
+        summary["efficiency"] |= {"latency_s_p50": latency, "model_size_mb": size, "peak_vram_mb": size + 1500}
+        (root / name).mkdir()
+        (root / name / "summary.json").write_text(json.dumps(summary))
+        dirs.append(root / name)
+    return load_runs(dirs)
+
+
+def test_recovery_pairs(recovery_runs):
+    from vlmslim.figures.pairs import recovery_pairs, step_identity
+
+    # Other precision (glu50-nf4-kd vs glu50), other token budget (t144) or no pruned twin (heads25): no pair.
+    assert recovery_pairs(recovery_runs) == EXPECTED_PAIRS
+    assert recovery_pairs(list(reversed(recovery_runs))) == EXPECTED_PAIRS
+    by_name = {r.name: r for r in recovery_runs}
+    assert recovery_pairs([by_name["glu50-kd"], by_name["glu30"], by_name["base"]]) == {}  # twin not plotted
+    # The same prune benchmarked twice: the first name wins, whatever the order given.
+    again = copy.deepcopy(by_name["glu50"])
+    again.name = "glu50 (rerun)"
+    for runs in ([by_name["glu50-kd"], again, by_name["glu50"]], [by_name["glu50"], by_name["glu50-kd"], again]):
+        assert recovery_pairs(runs) == {"glu50-kd": "glu50"}
+    # Records without params (hand-written summaries) compare whole.
+    assert step_identity({"kind": "glu", "ratio": 0.3}) != step_identity({"kind": "glu", "ratio": 0.5})
+    assert by_name["glu50-kd"].pruning_method == "recovered"
+    assert by_name["glu50-kd"].pruning_text == "glu 50% (maw) + recover (kd)"
+
+
+@pytest.mark.parametrize("axis", ["latency", "size"])
+def test_recovery_arrows_go_from_pruned_to_recovered(recovery_runs, axis):
+    af, fig = _frontier_fig(recovery_runs, axis=axis)
+    ax = fig.axes[0]
+    arrows = {t.get_gid(): t for t in ax.texts if (t.get_gid() or "").startswith("recovery:")}
+    assert set(arrows) == {f"recovery:{p}->{r}" for r, p in EXPECTED_PAIRS.items()}
+    points = {p.name: p for p in af.points}
+    for recovered, pruned in EXPECTED_PAIRS.items():
+        arrow = arrows[f"recovery:{pruned}->{recovered}"]
+        assert arrow.xyann == pytest.approx((points[pruned].cost, points[pruned].quality))  # tail at P
+        assert arrow.xy == pytest.approx((points[recovered].cost, points[recovered].quality))  # head at R
+        assert 2 < arrow.get_zorder() < 4  # drawn (with its arrow patch) over the CI bars, under the markers
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "recovered (vlmslim recover)" in legend and "pruned → recovered" in legend
+    _assert_labels_clear(fig, ax, af.points)
+
+
+def test_recovery_arrows_in_combined_panels(recovery_runs):
+    from vlmslim.figures.analysis import compute_frontier
+    from vlmslim.figures.combined import combined_figure
+
+    baseline = choose_baseline(recovery_runs)
+    frontiers = [compute_frontier(recovery_runs, "cider", a, baseline) for a in ("latency", "size")]
+    fig = combined_figure(frontiers, recovery_runs, ["cider"], baseline, "cider", "ctx")
+    for ax, af in zip(fig.axes, frontiers):
+        assert sum((t.get_gid() or "").startswith("recovery:") for t in ax.texts) == len(EXPECTED_PAIRS)
+        _assert_labels_clear(fig, ax, af.points)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 from vlmslim.figures.frontier import frontier_order, pareto_front
+from vlmslim.figures.pairs import recovery_pairs
 from vlmslim.figures.runs import Run
 from vlmslim.figures.style import COST_AXES, DUPLICATE_METRICS, CostAxis, is_quality_metric, metric_label
 
@@ -25,6 +26,7 @@ class PlotPoint:
     method: str
     is_baseline: bool
     on_front: bool = False
+    recovered_from: Optional[str] = None  # name of the pruned point it was distilled from (pairs.py)
 
 
 @dataclass
@@ -71,6 +73,10 @@ def compute_frontier(runs: Sequence[Run], metric: str, axis_name: str, baseline:
     for point, flag in zip(points, pareto_front([(p.quality, p.cost) for p in points])):
         point.on_front = flag
     plotted = {p.name for p in points}
+    # Pairs among this axis's points only: a pruned twin left out of the axis gets no arrow.
+    pairs = recovery_pairs([r for r in runs if r.name in plotted])
+    for point in points:
+        point.recovered_from = pairs.get(point.name)
     return AxisFrontier(axis_name, axis, points, excluded, axis_title(axis, [r for r in runs if r.name in plotted]))
 
 

@@ -25,7 +25,9 @@ from vlmslim.figures.style import (
     DPI,
     FRONTIER_FIGSIZE,
     PRECISION_COLORS,
+    PRUNING_LABELS,
     PRUNING_MARKERS,
+    RECOVERY_COLOR,
     metric_label,
     precision_color,
     pruning_marker,
@@ -34,6 +36,7 @@ from vlmslim.figures.style import (
 logger = logging.getLogger(__name__)
 
 FRONT_LINE = dict(color="#333333", lw=1.4, zorder=1)
+RECOVERY_ARROW = dict(arrowstyle="-|>", color=RECOVERY_COLOR, lw=1.0, mutation_scale=8)
 RC = {"svg.hashsalt": "vlmslim", "font.size": 9}  # fixed salt: SVG ids are reproducible across runs
 
 
@@ -145,7 +148,42 @@ def finish_frontier(ax, af: AxisFrontier, fontsize: float) -> None:
     corners = [(xs[0], ys[0])]
     for x, y_prev, y in zip(xs[1:], ys[:-1], ys[1:]):
         corners += [(x, y_prev), (x, y)]
+    draw_recovery_arrows(ax, af.points)
     label_points(ax, af.points, fontsize, polyline=corners)
+
+
+def _recovery_segments(points: Sequence[PlotPoint]) -> list[tuple[PlotPoint, PlotPoint]]:
+    """(pruned, recovered) point pairs on one axis (PlotPoint.recovered_from, see pairs.py)."""
+    by_name = {p.name: p for p in points}
+    return [(by_name[p.recovered_from], p) for p in points if p.recovered_from in by_name]
+
+
+def draw_recovery_arrows(ax, points: Sequence[PlotPoint]) -> None:
+    """A thin arrow from each pruned point to its recovered twin, under the markers (zorder 3 < 4) but
+    over the CI bars (2): on the size axis the two share a cost and the bars would hide the arrow.
+    Drawn after the layout is frozen, so that an arrow shorter than its two markers can be skipped:
+    matplotlib draws an arrow shrunk past its own length as a long spike the other way."""
+    px = ax.figure.dpi / 72
+    for pruned, recovered in _recovery_segments(points):
+        a, b = (ax.transData.transform((p.cost, p.quality)) for p in (pruned, recovered))
+        shrink_a, shrink_b = _marker_radius_pt(pruned), _marker_radius_pt(recovered)
+        if np.hypot(*(b - a)) < (shrink_a + shrink_b + 4) * px:
+            logger.debug("no recovery arrow %s -> %s: the points touch", pruned.name, recovered.name)
+            continue
+        ax.annotate("", (recovered.cost, recovered.quality), xytext=(pruned.cost, pruned.quality),
+                    arrowprops=dict(RECOVERY_ARROW, shrinkA=shrink_a, shrinkB=shrink_b), zorder=3,
+                    gid=f"recovery:{pruned.name}->{recovered.name}")  # tests find arrows by gid
+
+
+def _line_rects(ax, a: tuple[float, float], b: tuple[float, float], half_width: float = 2.5, step_px: float = 6.0) -> list:
+    """A possibly diagonal segment (data coords) as short pixel rectangles along it: its bounding box
+    alone would keep labels off a whole triangle of empty space."""
+    pa, pb = ax.transData.transform(a), ax.transData.transform(b)
+    n = max(1, int(np.hypot(*(pb - pa)) // step_px))
+    ts = np.linspace(0.0, 1.0, n + 1)
+    pts = [pa + t * (pb - pa) for t in ts]
+    return [(min(p[0], q[0]) - half_width, min(p[1], q[1]) - half_width,
+             max(p[0], q[0]) + half_width, max(p[1], q[1]) + half_width) for p, q in zip(pts[:-1], pts[1:])]
 
 
 def _segment_rects(ax, polyline: Sequence[tuple[float, float]], half_width: float = 2.5) -> list:
@@ -181,6 +219,8 @@ def label_points(ax, points: Sequence[PlotPoint], fontsize: float, polyline: Seq
             lo, hi = (ax.transData.transform((p.cost, v))[1] for v in p.ci)
             obstacles.append((x - 3, lo, x + 3, hi))
     obstacles += _segment_rects(ax, polyline)
+    for pruned, recovered in _recovery_segments(points):  # the pruned → recovered arrows
+        obstacles += _line_rects(ax, (pruned.cost, pruned.quality), (recovered.cost, recovered.quality))
     base = next((p for p in points if p.is_baseline), None)
     if base is not None:  # the dotted baseline-quality line across the axes
         obstacles += _segment_rects(ax, [(ax.get_xlim()[0], base.quality), (ax.get_xlim()[1], base.quality)], 1.5)
@@ -259,7 +299,7 @@ def legend_handles(points: Sequence[PlotPoint]) -> tuple[list, list[str]]:
         section("Pruning")
     for method in methods:
         handles.append(Line2D([], [], ls="none", marker=pruning_marker(method), ms=7, color="0.45"))
-        labels.append(method)
+        labels.append(PRUNING_LABELS.get(method, method))
     section("Marks")
     handles.append(Line2D([], [], ls="none", marker="*", ms=13, color="0.7", mec="black"))
     labels.append("baseline")
@@ -269,6 +309,9 @@ def legend_handles(points: Sequence[PlotPoint]) -> tuple[list, list[str]]:
     labels.append("on frontier (black edge)")
     handles.append(Patch(color="0.5", alpha=0.15, lw=0))
     labels.append("dominated region")
+    if _recovery_segments(points):
+        handles.append(Line2D([], [], color=RECOVERY_COLOR, lw=1.0, marker=">", ms=5))
+        labels.append("pruned → recovered")
     return handles, labels
 
 

@@ -80,8 +80,17 @@ class Run:
         return (self.summary.get("model") or {}).get("token_reduction")
 
     @property
+    def is_recovered(self) -> bool:
+        """The last step is `vlmslim recover` (distilled back toward its teacher after pruning)."""
+        return bool(self.pruning) and self.pruning[-1].get("kind") == "recover"
+
+    @property
     def pruning_method(self) -> str:
-        """'none', a single method ('glu', 'heads', 'layers', 'tokens', …) or 'combined' for several."""
+        """'none', a single method ('glu', 'heads', 'layers', 'tokens', …), 'combined' for several, or
+        'recovered' when the last step is `vlmslim recover` (its own marker; the arrow from its pruned twin
+        tells what was pruned)."""
+        if self.is_recovered:
+            return "recovered"
         kinds = sorted({m for step in self.pruning for m in _step_methods(step)} |
                        ({"tokens"} if self.token_reduction else set()))
         if not kinds:
@@ -94,6 +103,9 @@ class Run:
         parts = []
         for step in self.pruning:
             params = step.get("params") or step
+            if step.get("kind") == "recover":
+                parts.append(f"recover ({step.get('method')})")
+                continue
             texts = []
             for m in _step_methods(step):
                 ours = step.get("kind") == "prune"

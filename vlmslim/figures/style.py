@@ -77,8 +77,13 @@ PRUNING_MARKERS: dict[str, str] = {
     "layers": "D",
     "tokens": "v",  # fewer image tokens into the language model (vlmslim.tokens)
     "combined": "P",
+    "recovered": "h",  # last step `vlmslim recover`, whatever was pruned before it
 }
 UNKNOWN_MARKER = "X"
+# Legend text where the registry key alone would not say what it is.
+PRUNING_LABELS: dict[str, str] = {"recovered": "recovered (vlmslim recover)"}
+# Pruned → recovered arrows: Okabe-Ito's reddish purple, the one colour no precision or line uses.
+RECOVERY_COLOR = "#CC79A7"
 
 DPI = 150
 FRONTIER_FIGSIZE = (9.0, 5.5)
