@@ -93,3 +93,20 @@ def test_inspect_of_a_vlmslim_checkpoint_imports_no_torch(tmp_path):
     info = json.loads(r.output)
     assert info["census"]["total_params"] == sum(p.numel() for p in model.parameters())
     assert info["shapes"]["language"]["num_hidden_layers"] == 2 and info["manifest"] is None
+
+
+@pytest.mark.slow  # two real benches of the demo on 20 scenes (~40 s)
+def test_bench_help_example_runs_as_written(tmp_path, monkeypatch):
+    """Every line of `vlmslim bench -h`'s example, run in order in an empty dir (it once named checkpoints
+    it never made)."""
+    import shlex
+
+    monkeypatch.chdir(tmp_path)
+    text = CliRunner().invoke(cli, ["bench", "-h"]).output
+    lines = [line.strip() for line in text.splitlines() if line.strip().startswith("vlmslim ")]
+    assert len(lines) == 4 and lines[-1].startswith("vlmslim bench ckpt/glu30")
+    for line in lines:
+        res = CliRunner().invoke(cli, shlex.split(line)[1:])
+        assert res.exit_code == 0, (line, res.output)
+    summary = json.loads((tmp_path / "results" / "glu30" / "summary.json").read_text())
+    assert summary["n_samples"] == 20 and summary["paired_vs_baseline"] is not None

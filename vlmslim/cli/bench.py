@@ -84,7 +84,8 @@ def bench(ctx, models, data, out, task, limit, batch_size, max_new_tokens, promp
     \b
     vlmslim data synthetic --out data/shapes --n 20
     vlmslim bench demo --data data/shapes --out results/base --no-bertscore
-    vlmslim bench ckpt/glu30 ckpt/glu30-nf4 --data data/shapes --out results --baseline results/base
+    vlmslim prune demo --out ckpt/glu30 --glu 0.3
+    vlmslim bench ckpt/glu30 --data data/shapes --out results/glu30 --baseline results/base --no-bertscore
 
     Writes config.yaml, samples.jsonl (one row per sample, flushed per batch), sessions.jsonl,
     summary.json and summary.csv; an interrupted run resumes where it stopped (with any --processes).
