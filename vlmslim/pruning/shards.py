@@ -97,13 +97,13 @@ class ShardWriter:
     `directory`; `write(model_key, tensor)` puts one tensor in place. `model_keys()` lists what must be
     written (tied copies are not), `close()` checks that every one was."""
 
-    def __init__(self, skeleton: nn.Module, directory: str | os.PathLike):
+    def __init__(self, skeleton: nn.Module, directory: str | os.PathLike, max_shard_size: str = SAVE_MAX_SHARD_SIZE):
         state = remove_tied_weights_from_state_dict(skeleton.state_dict(), skeleton)
         by_id = {id(t): k for k, t in state.items()}
         saved = revert_weight_conversion(skeleton, state)  # model keys -> the keys save_pretrained writes
         self.saved_key = {by_id[id(t)]: k for k, t in saved.items()}
         split = split_torch_state_dict_into_shards(saved, filename_pattern="model{suffix}.safetensors",
-                                                   max_shard_size=SAVE_MAX_SHARD_SIZE)
+                                                   max_shard_size=max_shard_size)
         directory = Path(directory)
         self._slots: dict[str, tuple[Path, int, torch.dtype, torch.Size]] = {}  # saved key -> file, offset, ...
         for filename, names in split.filename_to_tensors.items():

@@ -16,6 +16,7 @@ logits: those need the whole model in memory).
 from __future__ import annotations
 
 import copy
+import ctypes
 import logging
 import os
 import time
@@ -40,6 +41,7 @@ from vlmslim.pruning.surgery import sync_config
 
 logger = logging.getLogger(__name__)
 
+_LIBC = ctypes.CDLL(None)
 RELOAD_CHECK = "shapes"  # the manifest's record of what the streaming path verified after writing
 
 
@@ -53,6 +55,15 @@ def streaming_refusal(config: PruneConfig) -> str | None:
     if config.trim_vision:
         return "--streaming does not trim vision layers (yet); run --trim-vision without --streaming"
     return None
+
+
+def _release_freed_memory() -> None:
+    """Hand freed heap memory back to the OS. glibc keeps freed blocks below its (adaptive) mmap threshold
+    in its heaps: without this, layer after layer of freed 25 MB tensors grew the RSS of a 7B streaming
+    prune from ~1 to 3.7 GiB (measured). A no-op where the C library has no malloc_trim."""
+    trim = getattr(_LIBC, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
 
 
 def _load_dtype(src: str, model_config, source: SourceShards) -> torch.dtype:
@@ -94,6 +105,7 @@ def _check_written(directory: Path, target: nn.Module, manifest: dict) -> None:
     shapes and names written, and every shard's header fits its file."""
     arch = manifest["architecture"] if not manifest["stock_loadable"] else None
     rebuilt = empty_model(load_config(str(directory)), arch, cls=type(target))
+    rebuilt.tie_weights()
     want = {k: tuple(v.shape) for k, v in target.state_dict().items()}
     if {k: tuple(v.shape) for k, v in rebuilt.state_dict().items()} != want:
         raise PruningError("internal: the written config does not rebuild the pruned shapes")
@@ -119,10 +131,12 @@ def prune_streaming(src: str | os.PathLike, out: str | os.PathLike, config: Prun
     model_config = load_config(src)
     arch = prior["architecture"] if prior and not prior.get("stock_loadable", True) else None
     source_model = empty_model(model_config, arch)
+    source_model.tie_weights()  # tied parameters count once, as in the loaded model
     family = check_request(source_model, config)
     source = SourceShards(src, source_model)
     source_model.to(_load_dtype(src, model_config, source))
     target = empty_model(copy.deepcopy(model_config), arch, cls=type(source_model)).to(source_model.dtype)
+    target.tie_weights()  # as from_pretrained leaves the in-memory model: a tied lm_head is not written
     plan = make_plan(source_model, family, config, None, None)  # uniform: shapes decide the counts
     tc = family.get_text_config(source_model.config)
     for i, layer in enumerate(family.decoder_layers(target)):  # the output's shapes (which units: later)
@@ -147,6 +161,7 @@ def prune_streaming(src: str | os.PathLike, out: str | os.PathLike, config: Prun
                 if prefix + name in writer.saved_key:
                     writer.write(prefix + name, t)
             layer.to("meta")  # frees this layer's tensors
+            _release_freed_memory()
         rest = [k for k in writer.model_keys() if not k.startswith(layer_prefix)]
         buffers = dict(target.named_buffers())
         for key in tqdm(rest, desc="other tensors", unit="tensor", disable=None):
@@ -156,6 +171,7 @@ def prune_streaming(src: str | os.PathLike, out: str | os.PathLike, config: Prun
             tensor = source.read([key])[key].to(target.get_parameter_or_buffer(key).dtype)
             writer.write(key, tensor)
             del tensor
+            _release_freed_memory()
         writer.close()
 
         _write_config(target, src, staging)
