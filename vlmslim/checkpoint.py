@@ -45,12 +45,18 @@ def write_checkpoint(model, processor, directory: str | os.PathLike, manifest: d
         raise ValueError(f"not a vlmslim manifest ({problem}): build one with "
                          "vlmslim.manifest.new_manifest(source, model.config), and add a step's record with "
                          "that step's record_step")
-    family = get_family(model)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory)
     if processor is not None:
         processor.save_pretrained(directory)
+    return finish_checkpoint(model, directory, manifest)
+
+
+def finish_checkpoint(model, directory: Path, manifest: dict) -> Path:
+    """Manifest + model card next to weights/config/processor files already in `directory`. `model` may be an
+    empty (meta) skeleton of the saved shapes and dtypes (streaming pruning): only its census is read."""
+    family = get_family(model)
     manifest = dict(manifest)
     manifest["family"] = family.model_type
     manifest["census"] = census(model)

@@ -68,19 +68,23 @@ def inspect_cmd(model: str, as_json: bool) -> None:
 @click.option("--teacher-tokens", type=int, default=32, show_default=True,
               help="Max new tokens of the model's own greedy answers (the loss of taylor and sensitivity).")
 @click.option("--plan-only", is_flag=True, help="Print the per-layer plan and the parameter/byte budget; write nothing.")
+@click.option("--streaming", is_flag=True,
+              help="Read, score, cut and write one decoder layer at a time from MODEL's safetensors shards (CPU, "
+                   "memory ~ one layer + embeddings); weight criteria, uniform allocation; same output.")
 @click.option("--device", default="cpu", show_default=True,
               help="cpu, cuda, cuda:1, ..., or auto (cuda if available, else cpu).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Picks the calibration subset.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out directory.")
 @handle_errors
 def prune_cmd(model, out, glu, heads, head_mode, drop_layers, trim_vision, importance, head_importance, calibration,
-              calibration_samples, round_to, allocation, max_layer_ratio, teacher_tokens, plan_only, device, seed,
-              overwrite):
+              calibration_samples, round_to, allocation, max_layer_ratio, teacher_tokens, plan_only, streaming, device,
+              seed, overwrite):
     """Structurally prune MODEL (hub id, HF dir or vlmslim checkpoint) into a new checkpoint.
 
     \b
     vlmslim prune llava-hf/llava-1.5-7b-hf --out ckpt/glu30-h25 --glu 0.3 --heads 0.25 --device cuda
     vlmslim prune demo --glu 0.8 --importance taylor --allocation sensitivity --calibration calib --plan-only
+    vlmslim prune ckpt/llava-34b --out ckpt/llava-34b-glu30 --glu 0.3 --streaming
     """
     from vlmslim.pruning.config import PruneConfig, parse_drop_layers
     from vlmslim.pruning.step import plan_checkpoint, prune_checkpoint
@@ -104,11 +108,13 @@ def prune_cmd(model, out, glu, heads, head_mode, drop_layers, trim_vision, impor
 
         click.echo(plan_text(plan_checkpoint(model, config, device=device)))
         return
-    path, manifest = prune_checkpoint(model, out, config, device=device, overwrite=overwrite)
+    path, manifest = prune_checkpoint(model, out, config, device=device, overwrite=overwrite, streaming=streaming)
     step = manifest["steps"][-1]
     before, after = sum(step["params_before"].values()), sum(step["params_after"].values())
+    check = (f"reload max |dlogit| {step['reload_max_abs_diff']:.2g}" if "reload_max_abs_diff" in step
+             else f"reload check: {step['reload_check']} (streaming)")
     click.echo(f"{path}: {step['method']} {before:,} -> {after:,} params ({1 - after / before:.1%} removed); "
-               f"stock loadable: {step['stock_loadable']}; reload max |dlogit| {step['reload_max_abs_diff']:.2g}")
+               f"stock loadable: {step['stock_loadable']}; {check}")
 
 
 

@@ -138,6 +138,20 @@ def checkpoint_state(src: str, model: nn.Module) -> dict[str, torch.Tensor]:
     conversion mapping renames them back, as `from_pretrained` does.
     """
     from safetensors.torch import load_file
+
+    files = sorted(Path(src).glob("*.safetensors"))
+    if not files:
+        raise ModelLoadError(f"{src} has no *.safetensors weights")
+    rename = key_renamer(model)
+    state = {}
+    for f in files:
+        for key, tensor in load_file(f).items():
+            state[rename(key)] = tensor
+    return state
+
+
+def key_renamer(model: nn.Module):
+    """checkpoint key -> `model.state_dict()` key, by transformers' own conversion mapping (renames only)."""
     from transformers.conversion_mapping import get_model_conversion_mapping
     from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
 
@@ -146,15 +160,8 @@ def checkpoint_state(src: str, model: nn.Module) -> dict[str, torch.Tensor]:
     converters = [c for c in conversions if isinstance(c, WeightConverter)]
     if converters:  # tensor-merging conversions (fused MoE experts) are not a key rename
         raise ModelLoadError(f"{type(model).__name__} checkpoints need weight conversions vlmslim cannot rebuild")
-    files = sorted(Path(src).glob("*.safetensors"))
-    if not files:
-        raise ModelLoadError(f"{src} has no *.safetensors weights")
     meta = model.state_dict()
-    state = {}
-    for f in files:
-        for key, tensor in load_file(f).items():
-            state[rename_source_key(key, renamings, [], model.base_model_prefix, meta)[0]] = tensor
-    return state
+    return lambda key: rename_source_key(key, renamings, [], model.base_model_prefix, meta)[0]
 
 
 def load_bnb_state(model: nn.Module, state: dict[str, torch.Tensor], device: str = "cpu") -> None:

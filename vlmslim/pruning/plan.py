@@ -49,15 +49,27 @@ def score_layers(model: nn.Module, family: Family, config: PruneConfig, stats: C
     tc = family.get_text_config(model.config)
     glu, heads = ([] if config.glu else None), ([] if config.heads else None)
     for i, layer in enumerate(family.decoder_layers(model)):
+        g, h = score_layer(family, layer, tc, config, stats, i)
         if config.glu:
-            glu.append(NEURON_IMPORTANCE[config.importance].fn(glu_weights(family, layer.get_submodule(family.mlp)),
-                                                               stats.neurons.get(i) if stats else None))
+            glu.append(g)
         if config.heads:
-            attn, hd, _, _ = _attn(family, layer, tc)
-            o_weight = attn.get_submodule(family.o_proj).weight  # (hidden, H * hd)
-            heads.append(HEAD_IMPORTANCE[config.head_importance].fn(o_weight, hd,
-                                                                    stats.heads.get(i) if stats else None))
+            heads.append(h)
     return LayerScores(glu, heads)
+
+
+def score_layer(family: Family, layer: nn.Module, text_config, config: PruneConfig, stats: CalibrationStats | None,
+                i: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(I,) neuron scores and (H,) head scores of decoder layer `i` (None for a component not pruned).
+    Streaming pruning calls it with only this layer's weights in memory."""
+    glu = heads = None
+    if config.glu:
+        glu = NEURON_IMPORTANCE[config.importance].fn(glu_weights(family, layer.get_submodule(family.mlp)),
+                                                      stats.neurons.get(i) if stats else None)
+    if config.heads:
+        attn, hd, _, _ = _attn(family, layer, text_config)
+        o_weight = attn.get_submodule(family.o_proj).weight  # (hidden, H * hd)
+        heads = HEAD_IMPORTANCE[config.head_importance].fn(o_weight, hd, stats.heads.get(i) if stats else None)
+    return glu, heads
 
 
 # ---------------------------------------------------------------- units per layer

@@ -129,22 +129,39 @@ def cut_to_plan(model: nn.Module, family: Family, plan: dict, scores: LayerScore
     tc = family.get_text_config(model.config)
     kept_mlp, kept_attn = [], []
     for i, layer in enumerate(tqdm(family.decoder_layers(model), desc="pruning layers", unit="layer", disable=None)):
-        row = plan["layers"][i]
-        if plan["glu"]:
-            mlp = layer.get_submodule(family.mlp)
-            s = scores.glu[i] if scores else torch.zeros(glu_width(family, mlp))
-            keep = top_k_sorted(s, row["intermediate_size"])
-            prune_glu(family, mlp, keep)
-            kept_mlp.append({"layer": i, "kept": keep.numel(), "sha256": indices_sha256(keep)})
-        if plan["heads"]:
-            attn = layer.get_submodule(family.attn)
-            hd = head_dim(attn, tc)
-            n_q, n_kv = head_counts(family, attn, hd)
-            s = scores.heads[i] if scores else torch.zeros(n_q)
-            keep_q, keep_kv = select_head_counts(s, n_kv, row["num_attention_heads"], row["num_key_value_heads"],
-                                                 head_mode)
-            prune_heads(family, attn, keep_q, keep_kv, hd)
-            kept_attn.append({"layer": i, "q_heads": keep_q.tolist(), "kv_heads": keep_kv.tolist(), "head_dim": hd})
+        mlp, attn = cut_layer(family, layer, tc, plan, i, scores.glu[i] if scores and plan["glu"] else None,
+                              scores.heads[i] if scores and plan["heads"] else None, head_mode)
+        kept_mlp += [mlp] if mlp else []
+        kept_attn += [attn] if attn else []
+    return kept_records(kept_mlp, kept_attn)
+
+
+def cut_layer(family: Family, layer: nn.Module, text_config, plan: dict, i: int, glu_scores: torch.Tensor | None,
+              head_scores: torch.Tensor | None, head_mode: str) -> tuple[dict | None, dict | None]:
+    """Cut decoder layer `i` to its planned counts, keeping the highest-scoring units (the first ones when
+    the scores are None: shapes only). Returns its (mlp, attention) kept records (None: not pruned)."""
+    row = plan["layers"][i]
+    kept_mlp = kept_attn = None
+    if plan["glu"]:
+        mlp = layer.get_submodule(family.mlp)
+        s = glu_scores if glu_scores is not None else torch.zeros(glu_width(family, mlp))
+        keep = top_k_sorted(s, row["intermediate_size"])
+        prune_glu(family, mlp, keep)
+        kept_mlp = {"layer": i, "kept": keep.numel(), "sha256": indices_sha256(keep)}
+    if plan["heads"]:
+        attn = layer.get_submodule(family.attn)
+        hd = head_dim(attn, text_config)
+        n_q, n_kv = head_counts(family, attn, hd)
+        s = head_scores if head_scores is not None else torch.zeros(n_q)
+        keep_q, keep_kv = select_head_counts(s, n_kv, row["num_attention_heads"], row["num_key_value_heads"],
+                                             head_mode)
+        prune_heads(family, attn, keep_q, keep_kv, hd)
+        kept_attn = {"layer": i, "q_heads": keep_q.tolist(), "kv_heads": keep_kv.tolist(), "head_dim": hd}
+    return kept_mlp, kept_attn
+
+
+def kept_records(kept_mlp: list[dict], kept_attn: list[dict]) -> tuple[list[dict], list[dict]]:
+    """The manifest's kept records of every layer (warns about attention widths bnb 4-bit refuses)."""
     odd = sorted({len(a["q_heads"]) * a["head_dim"] for a in kept_attn if len(a["q_heads"]) * a["head_dim"] % 64})
     if odd:
         logger.warning("kept attention widths %s (heads x head_dim) are not multiples of 64: bitsandbytes 4-bit "
@@ -174,12 +191,7 @@ def prune(model: nn.Module, processor, config: PruneConfig, calibration=None) ->
     before = param_counts(model)
     family, stats, scores, plan = _planned(model, processor, config, calibration, need_scores=True)
     kept_mlp, kept_attn = cut_to_plan(model, family, plan, scores, config.head_mode)
-    step: dict = {"kind": "prune", "method": _method(config), "params": config.to_dict(),
-                  "criterion": {"neurons": config.importance if config.glu else None,
-                                "heads": config.head_importance if config.heads else None},
-                  "calibration": stats.record if stats else None,
-                  "plan": plan,
-                  "kept": {"mlp": kept_mlp, "attention": kept_attn}}
+    step = step_record(config, stats, plan, kept_mlp, kept_attn)
     if config.drop_layers:
         drop = _layers_to_drop(config, stats)
         if not isinstance(config.drop_layers, tuple):
@@ -216,6 +228,17 @@ def plan_pruning(model: nn.Module, processor, config: PruneConfig, calibration=N
     return {"plan": plan, "dropped_layers": drop, "vision_layers_removed": vision, "dtype": str(dtype).split(".")[-1],
             "before": sizes(before), "after": sizes(after),
             "calibration": stats.record if stats else None, "params": config.to_dict()}
+
+
+def step_record(config: PruneConfig, stats: CalibrationStats | None, plan: dict, kept_mlp: list[dict],
+                kept_attn: list[dict]) -> dict:
+    """The manifest step of a prune, before depth surgery, config sync and parameter counts."""
+    return {"kind": "prune", "method": _method(config), "params": config.to_dict(),
+            "criterion": {"neurons": config.importance if config.glu else None,
+                          "heads": config.head_importance if config.heads else None},
+            "calibration": stats.record if stats else None,
+            "plan": plan,
+            "kept": {"mlp": kept_mlp, "attention": kept_attn}}
 
 
 def _method(config: PruneConfig) -> str:

@@ -22,6 +22,7 @@ from vlmslim.manifest import new_manifest, read_manifest
 from vlmslim.pruning.calibrate import calibration_count, load_calibration
 from vlmslim.pruning.config import PruneConfig
 from vlmslim.pruning.prune import check_request, plan_pruning, prune, record_step
+from vlmslim.pruning.streaming import prune_streaming, streaming_refusal
 
 logger = logging.getLogger(__name__)
 
@@ -46,12 +47,17 @@ def _preflight(src: str, config: PruneConfig):
 
 @holds_output
 def prune_checkpoint(src: str | os.PathLike, out: str | os.PathLike, config: PruneConfig, device: str = "cpu",
-                     overwrite: bool = False) -> tuple[Path, dict]:
+                     overwrite: bool = False, streaming: bool = False) -> tuple[Path, dict]:
     """Load `src`, prune, save to `out` (atomic), verify the reload; returns (out, manifest).
-    `device` "auto": cuda if available, else cpu."""
+    `device` "auto": cuda if available, else cpu. `streaming`: one decoder layer at a time from the safetensors
+    shards on the CPU (weight criteria only; `vlmslim.pruning.streaming`), same output."""
     device = resolve_device(device)
+    if streaming and streaming_refusal(config):  # before the preflight's "pass --calibration DIR"
+        raise PruningError(streaming_refusal(config))
     src = resolve_source(src)
     _preflight(src, config)
+    if streaming:
+        return prune_streaming(src, out, config, overwrite=overwrite)
     calibration = load_calibration(config.calibration) if config.needs_calibration else None
     if calibration is not None:
         calibration_count(config.calibration_samples, calibration)  # refuse before loading the model
