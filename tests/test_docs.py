@@ -63,7 +63,7 @@ INPUTS = {
     "photos": "photos",
     "data/coco-val500": "caption", "data/coco-val": "caption", "data/coco-captions": "caption",
     "data/shapes": "caption", "data/textvqa": "vqa",
-    "ckpt/llava": "base", "ckpt/llava-glu25": "glu", "ckpt/glu25": "glu", "ckpt/glu25-nf4": "glu-nf4",
+    "ckpt/llava": "base", "ckpt/llava-glu25": "glu", "ckpt/glu25": "glu", "ckpt/glu30": "glu", "ckpt/glu25-nf4": "glu-nf4",
     "results/base": "results-base", "results/llava-7b": "results-base", "results/llava-7b-glu30": "results-glu",
     "results/llava-7b-nf4": "results-nf4", "results/llava-7b-glu30-nf4": "results-glu-nf4",
     "results/a": "results-base", "results/b": "results-glu",

@@ -373,7 +373,33 @@ def test_error_while_meteor_runs_stops_the_jvm(monkeypatch):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(cap.meteor, "MeteorJar", recording_jar)
+    monkeypatch.setattr(cap.meteor, "_MEMO", {})  # captions scored by earlier tests would need no JVM
     monkeypatch.setattr(cap.cider, "build_stats", boom)
     with pytest.raises(RuntimeError, match="boom"):
         score_captions(PREDS, REFS, n_bootstrap=5)
     assert len(started) == 1 and started[0]._proc.poll() is not None
+
+
+@pytest.mark.slow  # three METEOR JVMs (~4 s each)
+def test_meteor_statistics_are_remembered_per_line_and_equal_a_fresh_jvm(monkeypatch):
+    """A second scoring of the same captions starts no JVM and gives the same METEOR as a fresh process."""
+    monkeypatch.setattr(cap.meteor, "_MEMO", {})
+    started = []
+    real = cap.meteor.MeteorJar
+
+    def recording_jar():
+        started.append(real())
+        return started[-1]
+
+    monkeypatch.setattr(cap.meteor, "MeteorJar", recording_jar)
+    subset = dict(list(PREDS.items())[:6])
+    first = score_captions(subset, REFS, n_bootstrap=5, metrics=("meteor",))
+    assert len(started) == 1
+    again = score_captions(subset, REFS, n_bootstrap=5, metrics=("meteor",))
+    assert len(started) == 1 and again.metrics == first.metrics and again.per_sample == first.per_sample
+    changed = {**subset, next(iter(subset)): "a completely different caption"}
+    third = score_captions(changed, REFS, n_bootstrap=5, metrics=("meteor",))
+    assert len(started) == 2 and third.metrics["meteor"] != first.metrics["meteor"]
+    with real() as jar:  # the remembered rows are what a fresh jar computes for the same lines
+        lines = list(cap.meteor._MEMO)
+        np.testing.assert_array_equal(jar.submit_lines(lines).result(), cap.meteor.recall(lines))

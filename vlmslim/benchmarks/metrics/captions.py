@@ -120,8 +120,6 @@ def prepare_statistics(pred_lists: list[list[str]], refs: list[list[str]], famil
         prep.notes["tokenizer"] = TOKENIZER_PTB if use_java else TOKENIZER_FALLBACK
     with contextlib.ExitStack() as stack:
         t0 = time.perf_counter()
-        # start the METEOR JVM first: it loads its paraphrase table while the PTB JVM tokenizes
-        jar = stack.enter_context(meteor.MeteorJar()) if "meteor" in families and use_java else None
         tok_hyps: list[list[str]] = []
         if need_tokens:
             n = len(refs)
@@ -132,9 +130,13 @@ def prepare_statistics(pred_lists: list[list[str]], refs: list[list[str]], famil
             tok_refs = [[next(it) for _ in rs] for rs in refs]
         prep.timings["tokenize"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        pending = None
-        if jar is not None:
-            pending = jar.submit([h for hyps in tok_hyps for h in hyps], tok_refs * len(pred_lists))
+        pending, lines, missing = None, [], []
+        if "meteor" in families and use_java:
+            lines = [meteor.score_line(h, r) for h, r in zip([h for hyps in tok_hyps for h in hyps],
+                                                              tok_refs * len(pred_lists))]
+            missing = meteor.unseen(lines)
+            if missing:  # the JVM starts only for captions this process has not scored before
+                pending = stack.enter_context(meteor.MeteorJar()).submit_lines(missing)
         for stats, hyps, raw in zip(prep.stats, tok_hyps or [None] * len(pred_lists), pred_lists):
             if "bleu" in families:
                 stats.bleu = bleu.stats_matrix(hyps, tok_refs)
@@ -146,8 +148,10 @@ def prepare_statistics(pred_lists: list[list[str]], refs: list[list[str]], famil
                 stats.rouge_score = rouge.rouge_score_scores(raw, refs)
             if "length" in families:
                 stats.lengths = np.array([len(p.split()) for p in raw], dtype=np.float64)
-        if pending is not None:
-            all_meteor = pending.result()
+        if lines:
+            if pending is not None:
+                meteor.remember(missing, pending.result())
+            all_meteor = meteor.recall(lines)
             for j, stats in enumerate(prep.stats):
                 stats.meteor = all_meteor[j * len(refs):(j + 1) * len(refs)]
         prep.timings["stats"] = time.perf_counter() - t0

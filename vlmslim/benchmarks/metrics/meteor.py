@@ -92,7 +92,10 @@ class MeteorJar:
 
     def submit(self, hyps: list[str], refs: list[list[str]]) -> Future:
         """Start scoring in background threads; `.result()` is the (n, 23) statistics matrix."""
-        lines = [score_line(h, r) for h, r in zip(hyps, refs)]
+        return self.submit_lines([score_line(h, r) for h, r in zip(hyps, refs)])
+
+    def submit_lines(self, lines: list[str]) -> Future:
+        """`submit` of ready-made `score_line`s."""
         # writing and reading in separate threads: the pipes would deadlock if we wrote everything first
         self._pending = [self._pool.submit(self._write, lines), self._pool.submit(self._read, len(lines))]
         return self._pending[1]
@@ -119,6 +122,29 @@ class MeteorJar:
                 raise BenchmarkError(f"METEOR jar gave {line!r} for segment {i}; stderr: {err}")
             out[i] = [float(x) for x in fields]
         return out
+
+
+# A segment's statistics depend on its SCORE line alone (hypothesis + references, the jar scores each line on
+# its own), so one process remembers them: a sweep's paired differences and its variants that repeat the
+# baseline's captions then skip the ~4 s JVM start. Bounded: cleared when it reaches _MEMO_MAX lines.
+_MEMO: dict[str, np.ndarray] = {}
+_MEMO_MAX = 500_000
+
+
+def unseen(lines: list[str]) -> list[str]:
+    """The distinct lines of `lines` whose statistics this process has not computed yet, in first-seen order."""
+    return list(dict.fromkeys(line for line in lines if line not in _MEMO))
+
+
+def remember(lines: list[str], stats: np.ndarray) -> None:
+    if len(_MEMO) + len(lines) > _MEMO_MAX:
+        _MEMO.clear()
+    _MEMO.update(zip(lines, stats))
+
+
+def recall(lines: list[str]) -> np.ndarray:
+    """(n, 23) statistics of lines all `remember`ed."""
+    return np.stack([_MEMO[line] for line in lines]) if lines else np.empty((0, N_STATS))
 
 
 def aggregate(stats: np.ndarray, counts: np.ndarray) -> np.ndarray:

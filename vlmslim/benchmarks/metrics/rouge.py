@@ -60,12 +60,23 @@ class _CachedTokenizer(tokenizers.Tokenizer):
         return self._cached(text)
 
 
+# (hypothesis, references) -> its scores, for this process: a sweep re-scores the baseline's captions for
+# every paired difference. Cleared when it reaches _MEMO_MAX entries.
+_MEMO: dict[tuple[str, tuple[str, ...]], tuple[float, ...]] = {}
+_MEMO_MAX = 500_000
+
+
 def rouge_score_scores(hyps: list[str], refs: list[list[str]]) -> dict[str, np.ndarray]:
     """Per-sample rouge1/rouge2/rougeL_f (F-measure of the best reference, `RougeScorer.score_multi`)."""
     scorer = rouge_scorer.RougeScorer(list(ROUGE_SCORE_KEYS), tokenizer=_CachedTokenizer())
     out = {key: np.empty(len(hyps)) for key in ROUGE_SCORE_KEYS.values()}
+    if len(_MEMO) + len(hyps) > _MEMO_MAX:
+        _MEMO.clear()
     for i, (h, r) in enumerate(zip(hyps, refs)):
-        best = scorer.score_multi(r, h)
-        for rtype, key in ROUGE_SCORE_KEYS.items():
-            out[key][i] = best[rtype].fmeasure
+        key = (h, tuple(r))
+        if key not in _MEMO:
+            best = scorer.score_multi(r, h)
+            _MEMO[key] = tuple(best[rtype].fmeasure for rtype in ROUGE_SCORE_KEYS)
+        for value, name in zip(_MEMO[key], ROUGE_SCORE_KEYS.values()):
+            out[name][i] = value
     return out
