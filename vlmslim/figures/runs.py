@@ -18,13 +18,13 @@ from typing import Any, Callable, Optional, Sequence
 import yaml
 
 from vlmslim.errors import FiguresError
-from vlmslim.figures.style import ENERGY_BASIS, short_label
+from vlmslim.figures.style import ENERGY_BASIS, PRECISION_COLORS, short_label
 
 logger = logging.getLogger(__name__)
 
 REQUIRED_KEYS = ("model", "task", "n_samples", "metrics", "efficiency")
 REQUIRED_MODEL_KEYS = ("name", "precision")
-KNOWN_PRECISIONS = ("32-bit", "16-bit", "int8", "nf4", "fp4")
+KNOWN_PRECISIONS = tuple(PRECISION_COLORS)  # one list: what has a colour is known
 
 
 @dataclass

@@ -66,6 +66,7 @@ PRECISION_COLORS: dict[str, str] = {
     "int8": "#E69F00",
     "nf4": "#009E73",
     "fp4": "#D55E00",
+    "int4wo": "#F0E442",  # 4-bit weight-only on ATen tinygemm (quantization recipe `int4wo`)
 }
 UNKNOWN_COLOR = "#7F7F7F"
 
