@@ -77,13 +77,15 @@ def test_reduced_batch_is_left_padding_invariant_and_exactly_k(demo, method):
             assert torch.equal(alone[0], together[i]), f"row {i} changed by batching"
 
 
-def test_compiled_engine_gives_eager_tokens_on_reduced_inputs(demo):
+@pytest.mark.parametrize("compile_step", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_compiled_engine_gives_eager_tokens_on_reduced_inputs(demo, compile_step):
+    """The engine's static-cache decode (and, slow, its torch.compile'd step) on 16 VisionZip tokens."""
     model, proc = demo
     spec = TokenSpec(16, "visionzip")
     batch = _reduced(model, proc, _inputs(model, proc, [CAPTION_PROMPT, "a red circle"]), spec)
     with torch.no_grad(), reducing(model, spec):
         ref = model.generate(**batch, max_new_tokens=10, do_sample=False)[:, batch["input_ids"].shape[1]:]
-        dec = CompiledDecoder(model, batch_size=2, max_cache_len=128, compile=False)
+        dec = CompiledDecoder(model, batch_size=2, max_cache_len=128, compile=compile_step)
         out = dec.decode(batch, 10, eos_token_id=None, ignore_eos=True)
     assert torch.equal(out.tokens, ref)
 
