@@ -144,6 +144,14 @@ def test_read_only_parent_is_one_line(command, base, dataset, results, disk, mon
     assert list(disk.iterdir()) == []
 
 
+def test_read_only_advice_is_not_free_space(dataset, disk, monkeypatch):
+    """`data synthetic` on a read-only parent: the catch-all write error says what helps (another --out)."""
+    read_only(monkeypatch, disk)
+    r = run("data", "synthetic", "--out", disk / "sub" / "out", "--n", "2")
+    one_error_line(r, "read-only file system", "choose an --out on a writable disk")
+    assert "free space" not in r.output
+
+
 def test_safetensors_full_disk_is_an_oserror(base, tmp_path, monkeypatch):
     from safetensors import SafetensorError
     from transformers import PreTrainedModel

@@ -67,8 +67,10 @@ def handle_errors(fn):
                 raise
             # A failed write() on an open file carries no file name: name the command's output instead.
             path = e.filename or kwargs.get("out") or "the output"
-            raise click.ClickException(f"cannot write {path}: {os.strerror(e.errno)}; free space (or choose "
-                                       "another --out) and re-run the same command") from e
+            full = e.errno in (errno.ENOSPC, errno.EDQUOT)  # else read-only or not permitted: space won't help
+            advice = "free space (or choose another --out)" if full else "choose an --out on a writable disk"
+            raise click.ClickException(f"cannot write {path}: {os.strerror(e.errno)}; {advice} and re-run the "
+                                       "same command") from e
 
     return wrapper
 
