@@ -2,6 +2,8 @@
 
     python -m studies.pruning_allocation --out /tmp/pruning-allocation      # ~1 h on a 2-core CPU
     python -m studies.pruning_allocation --out /tmp/pa --components glu --criteria maw,taylor
+    python -m studies.pruning_allocation --out /tmp/pa --components glu --criteria activation --allocations owl \
+        --recover-steps 60 --results docs/results/allocation_recovery_glu      # then recover each and re-bench
 
 For each component (GLU 80 %, heads 25 %) every {criterion} x {allocation} run prunes the shipped demo
 model (`vlmslim.load_model("demo")`) with `--round-to 32` and the same global budget (an allocation only
@@ -9,6 +11,11 @@ moves units between layers, so all runs of a component have the same parameter c
 benches it on the demo's eval set (synthetic seed 0, n 100) with paired bootstrap differences vs the
 uniform weight-criterion run of that component. Calibration: synthetic seed 7, n 32 (as the demo).
 Writes docs/results/pruning_allocation.{json,md} (the markdown table docs/pruning.md quotes).
+
+`--recover-steps N` then distils every pruned checkpoint toward the demo (`recover_checkpoint`, kd, N steps of
+16, lr 1e-3, on 500 synthetic scenes of seed 1 held out from the eval set: the demo's recovery settings) and
+benches it again, paired vs the recovered uniform weight-criterion run: does the allocation's gain survive
+recovery?
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from vlmslim.data import make_synthetic
 from vlmslim.io import write_json
 from vlmslim.loading import resolve_source
 from vlmslim.pruning import PruneConfig, prune_checkpoint
+from vlmslim.recovery import RecoverConfig, recover_checkpoint
 
 logger = logging.getLogger("pruning_allocation")
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,6 +97,21 @@ def _markdown(rows: list[dict], meta: dict) -> str:
                        f"{r['cider']:.3f} [{lo:.3f}, {hi:.3f}] | {delta} | {r['bleu4']:.3f} | "
                        f"{r['caption_len']:.1f} | {r['prune_s']:.1f} |")
         out.append("")
+    recovered = [r for r in rows if r.get("recovered")]
+    if recovered:
+        out += [f"**After `vlmslim recover`** (kd, {meta['recover_steps']} steps of 16 on 500 scenes of seed 1; Δ vs the "
+                "recovered uniform weight-criterion run of the same component)", "",
+                "| component | criterion | allocation | CIDEr-D pruned | CIDEr-D recovered (95 % CI) | "
+                "Δ vs uniform, recovered (95 % CI) | recover s |", "|---|---|---|---:|---:|---:|---:|"]
+        for r in recovered:
+            rec = r["recovered"]
+            lo, hi = rec["cider_ci"]
+            d = rec["delta_cider"]
+            delta = "baseline" if d is None else (f"{d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
+                                                  + (" ✓" if d["lo"] > 0 or d["hi"] < 0 else ""))
+            out.append(f"| {r['component']} | {r['criterion']} | {r['allocation']} | {r['cider']:.3f} | "
+                       f"{rec['cider']:.3f} [{lo:.3f}, {hi:.3f}] | {delta} | {rec['seconds']:.0f} |")
+        out.append("")
     return "\n".join(out)
 
 
@@ -102,10 +125,11 @@ def _markdown(rows: list[dict], meta: dict) -> str:
 @click.option("--calibration-seed", default=7, show_default=True)
 @click.option("--round-to", default=32, show_default=True)
 @click.option("--max-layer-ratio", default=0.9, show_default=True)
+@click.option("--recover-steps", default=0, show_default=True, help="Also recover each run (kd) and re-bench.")
 @click.option("--results", default=str(ROOT / "docs" / "results" / "pruning_allocation"), show_default=True,
               help="Writes <results>.json and <results>.md.")
 def main(out, components, criteria, allocations, n, calibration_n, calibration_seed, round_to, max_layer_ratio,
-         results):
+         recover_steps, results):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("transformers", "codecarbon", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -117,6 +141,9 @@ def main(out, components, criteria, allocations, n, calibration_n, calibration_s
         make_synthetic(eval_dir, n=n, seed=0)
     if not (calib_dir / "meta.json").exists():
         make_synthetic(calib_dir, n=calibration_n, seed=calibration_seed)
+    train_dir = root / "data" / "recover-train"
+    if recover_steps and not (train_dir / "meta.json").exists():
+        make_synthetic(train_dir, n=500, seed=1)
     base = resolve_source("demo")
     rows = []
     for comp in (COMPONENTS[c] for c in components.split(",")):
@@ -134,6 +161,9 @@ def main(out, components, criteria, allocations, n, calibration_n, calibration_s
                             baseline=None if res == baseline else str(baseline))
             manifest = json.loads((ckpt / "vlmslim.json").read_text())
             rows.append(_row(name, comp, criterion, allocation, manifest, summary))
+            if recover_steps:
+                rows[-1]["recovered"] = _recovered(root, name, ckpt, eval_dir, train_dir, recover_steps,
+                                                   baseline=root / "results" / f"{comp.name}-{comp.weight_criterion}-uniform-kd")
             logger.info("%s: CIDEr-D %.3f, kept %s", name, rows[-1]["cider"], rows[-1]["kept_per_layer"])
         params = {r["params_language"] for r in rows if r["component"] == comp.name}
         if len(params) != 1:
@@ -141,11 +171,27 @@ def main(out, components, criteria, allocations, n, calibration_n, calibration_s
     meta = {"date": dt.date.today().isoformat(), "machine": f"{platform.processor() or platform.machine()}, "
             f"{torch.get_num_threads()} torch threads, torch {torch.__version__}",
             "n": n, "calibration_n": calibration_n, "calibration_seed": calibration_seed, "round_to": round_to,
-            "max_layer_ratio": max_layer_ratio,
+            "max_layer_ratio": max_layer_ratio, "recover_steps": recover_steps,
             "command": "python -m studies.pruning_allocation --out " + str(out)}
     write_json(Path(results + ".json"), {"meta": meta, "rows": rows})
     Path(results + ".md").write_text(_markdown(rows, meta) + "\n")
     click.echo(_markdown(rows, meta))
+
+
+def _recovered(root: Path, name: str, ckpt: Path, eval_dir: Path, train_dir: Path, steps: int, baseline: Path) -> dict:
+    """Recover `ckpt` toward the demo (the demo's recovery settings) and bench it; the CIDEr-D row."""
+    out, res = root / "checkpoints" / f"{name}-kd", root / "results" / f"{name}-kd"
+    if not (out / "vlmslim.json").exists():
+        recover_checkpoint(str(ckpt), "demo", str(train_dir), str(out),
+                           RecoverConfig(method="kd", steps=steps, batch_size=16, lr=1e-3, heldout=(str(eval_dir),),
+                                         cache_dir=str(root / "cache"), progress=False))
+    summary = bench(str(out), str(eval_dir), str(res), name=f"{name}-kd", batch_size=20, bootstrap=1000, seed=0,
+                    energy=False, bertscore_model=None, progress=False,
+                    baseline=None if res == baseline else str(baseline))
+    step = json.loads((out / "vlmslim.json").read_text())["steps"][-1]
+    paired = (summary.get("paired_vs_baseline") or {}).get("differences", {}).get("cider")
+    return {"cider": summary["metrics"]["cider"], "cider_ci": summary["ci"]["cider"], "delta_cider": paired,
+            "seconds": step["seconds"], "final_losses": step["final_losses"]}
 
 
 if __name__ == "__main__":
