@@ -86,7 +86,7 @@ def test_synthetic_inputs_forward(blip):
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(glu=0.5), "--glu: blip has no GLU MLP"),
-    (dict(heads=0.5), "--heads: not supported for blip: BLIP's text attention derives head_dim"),
+    (dict(heads=0.5), "--heads: not supported for blip: BLIP's text self-attention keeps its width"),
 ])
 def test_pruning_refusals_are_clear(blip, kwargs, message):
     with pytest.raises(PruningError, match=message):
@@ -135,3 +135,16 @@ def test_cli_bench_captions_with_quantized_blip(int8_ckpt, tmp_path, monkeypatch
     # the prefix is the prompt, not part of the answer; at most 5 new tokens (generation stops at [SEP])
     assert all(0 < row["tokens"] <= 5 for row in rows), rows
     assert not any(row["prediction"].startswith("a picture of") for row in rows)
+
+
+def test_drop_layers_works_where_heads_do_not(ckpt, tmp_path):
+    """The refusals point at --drop-layers: it must work (layer 0 dropped: the kept layer's cache index moves)."""
+    from vlmslim.inputs import fixed_inputs
+    from vlmslim.loading import load_model
+
+    r = CliRunner().invoke(cli, ["prune", str(ckpt), "--out", str(tmp_path / "o"), "--drop-layers", "0,"])
+    assert r.exit_code == 0, r.output
+    model, processor = load_model(tmp_path / "o")
+    assert len(get_family(model).decoder_layers(model)) == 1
+    out = model.generate(**fixed_inputs(model, processor), max_new_tokens=4, min_new_tokens=4)
+    assert out.shape[1] == 4 + 4  # [DEC] a picture of + 4 new tokens
