@@ -148,3 +148,22 @@ def test_drop_layers_works_where_heads_do_not(ckpt, tmp_path):
     assert len(get_family(model).decoder_layers(model)) == 1
     out = model.generate(**fixed_inputs(model, processor), max_new_tokens=4, min_new_tokens=4)
     assert out.shape[1] == 4 + 4  # [DEC] a picture of + 4 new tokens
+
+
+def test_cpu_study_runs_on_the_tiny_config(blip, tmp_path, monkeypatch):
+    from studies import blip_cpu
+
+    config = tmp_path / "tiny-blip.json"
+    config.write_text(json.dumps(blip[0].config.to_dict()))
+    out = tmp_path / "r.json"
+    # 1 thread: with 2 threads on 2 busy cores the tiny study took ~75 s (OpenMP threads wait for each other)
+    monkeypatch.setattr(sys, "argv", ["blip_cpu", "--out", str(out), "--config", str(config), "--threads", "1",
+                                      "--new-tokens", "4"])
+    blip_cpu.main()
+    result = json.loads(out.read_text())
+    rows = {r["variant"]: r for r in result["rows"]}
+    assert set(rows) | set(result["skipped"]) == {"fp32", "quantize_dynamic", "int8dq", "bnb int8 (all)",
+                                                   "bnb int8 (language)"}
+    assert rows["fp32"]["speedup_vs_fp32"] == 1.0 and all(len(r["latency_s_runs"]) == 5 for r in rows.values())
+    assert all(r["bytes"] < rows["fp32"]["bytes"] for n, r in rows.items() if n != "fp32")
+    assert result["torch_threads"] == 1 and result["versions"]["torch"]
