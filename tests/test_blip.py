@@ -167,3 +167,9 @@ def test_cpu_study_runs_on_the_tiny_config(blip, tmp_path, monkeypatch):
     assert rows["fp32"]["speedup_vs_fp32"] == 1.0 and all(len(r["latency_s_runs"]) == 5 for r in rows.values())
     assert all(r["bytes"] < rows["fp32"]["bytes"] for n, r in rows.items() if n != "fp32")
     assert result["torch_threads"] == 1 and result["versions"]["torch"]
+
+
+def test_inspect_blip_base_counts_the_tied_head_once():
+    r = CliRunner().invoke(cli, ["inspect", "random:blip-image-captioning-base"])
+    assert r.exit_code == 0, r.output
+    assert "223,971,644" in r.output and "text_decoder.cls.predictions.decoder.weight" in r.output
