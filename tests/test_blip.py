@@ -173,3 +173,13 @@ def test_inspect_blip_base_counts_the_tied_head_once():
     r = CliRunner().invoke(cli, ["inspect", "random:blip-image-captioning-base"])
     assert r.exit_code == 0, r.output
     assert "223,971,644" in r.output and "text_decoder.cls.predictions.decoder.weight" in r.output
+
+
+def test_random_weights_bench_runs_blip(blip, tmp_path):
+    config = tmp_path / "tiny-blip.json"
+    config.write_text(json.dumps(blip[0].config.to_dict()))
+    r = CliRunner().invoke(cli, ["bench", str(config), "--random-weights", "--out", str(tmp_path / "arch"), "--device",
+                                 "cpu", "--dtype", "float32", "--max-new-tokens", "4"])
+    assert r.exit_code == 0, r.output
+    s = json.loads((tmp_path / "arch" / "summary.json").read_text())
+    assert s["engines"][0]["new_tokens"] == 4 and s["efficiency"]["decode_ms_per_token"] > 0
