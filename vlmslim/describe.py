@@ -81,7 +81,10 @@ def _from_transformers(src: str) -> tuple[object, str, dict]:
     from vlmslim.loading.sources import load_config, model_class
 
     config = load_config(src)
-    return config, model_class(config).__name__, census(empty_model(config))
+    model = empty_model(config)
+    # built under init_empty_weights, a tied head (BLIP, PaliGemma) is not tied yet: it would count twice
+    model.tie_weights()
+    return config, model_class(config).__name__, census(model)
 
 
 def describe(src: str | os.PathLike) -> dict:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable
 
 from vlmslim.errors import UnsupportedFamilyError
+from vlmslim.prompts import CAPTION_PROMPT
 
 if TYPE_CHECKING:  # annotations only: the registry itself is torch-free (`vlmslim inspect` reads it)
     import torch
@@ -49,6 +50,10 @@ def _query_tokens(config) -> int:
     return config.num_query_tokens  # BLIP-2's Q-Former output length
 
 
+def _no_image_tokens(config) -> int:
+    return 0  # BLIP: the text decoder cross-attends to the vision output; no placeholders in the text
+
+
 @dataclass(frozen=True)
 class Family:
     model_type: str
@@ -81,6 +86,15 @@ class Family:
     compiled_decode: bool = True
     # `--image-tokens K` (vlmslim.tokens): one square grid of image tokens per image, cut after the projector.
     token_reduction: bool = False
+    # Why `--heads` cannot prune this family (None: it can). Checked before any scoring.
+    heads_unsupported: str | None = None
+    # BLIP captioning: no instruction, only a text prefix that the decoder continues (HF's model card
+    # uses "a picture of"); any other task (VQA) needs another model class and is refused.
+    caption_prefix: str | None = None
+    # BERT-style text (BLIP): the processor wraps the text in [CLS] ... [SEP]; the model's own `generate`
+    # swaps [CLS] for the [DEC] bos, drops [SEP], passes pad_token_id / eos_token_id (= sep_token_id) to
+    # the decoder itself (a second pad_token_id is a TypeError) and echoes that edited prompt.
+    bert_prompt: bool = False
 
     @property
     def has_glu(self) -> bool:
@@ -124,11 +138,40 @@ class Family:
                 continue
         raise UnsupportedFamilyError(f"{self.model_type}: no vision layer list at {' or '.join(candidates)}")
 
+    @property
+    def image_in_text(self) -> bool:
+        """Image placeholder tokens in input_ids (False: the decoder cross-attends to the vision output)."""
+        return self.image_tokens is not _no_image_tokens
+
     def get_text_config(self, config):
         return getattr(config, self.text_config)
 
+    def echoed_prompt(self, input_ids: torch.Tensor, config) -> torch.Tensor:
+        """The prompt ids (B, L') that `model.generate` returns before the answer, from the processor's ids."""
+        if not self.bert_prompt:
+            return input_ids  # decoder-only generate returns prompt + answer
+        ids = input_ids[:, :-1].clone()  # [SEP] dropped
+        ids[:, 0] = self.get_text_config(config).bos_token_id  # [CLS] -> [DEC]
+        return ids
+
+    def generate_kwargs(self, pad_token_id: int | None) -> dict:
+        """Special ids to pass to `model.generate` (none where the model's generate sets them itself)."""
+        return {} if self.bert_prompt else {"pad_token_id": pad_token_id}
+
+    def stop_token_ids(self, config) -> set[int] | None:
+        """The ids generation stops at where the family fixes them (None: the generation config's EOS)."""
+        if self.bert_prompt:
+            return {int(self.get_text_config(config).sep_token_id)}
+        return None
+
     def build_prompt(self, processor, instruction: str) -> str:
         """The text the processor needs for one image + instruction, ending where the answer starts."""
+        if self.caption_prefix is not None:
+            if instruction != CAPTION_PROMPT:
+                raise UnsupportedFamilyError(
+                    f"{self.model_type}: this captioning model takes no instruction, only the caption task "
+                    f"(its text prefix {self.caption_prefix!r}); VQA needs BlipForQuestionAnswering, not wired")
+            return self.caption_prefix
         if not self.chat_template:
             return instruction
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": instruction}]}]
@@ -191,6 +234,37 @@ FAMILIES: dict[str, Family] = {
             chat_template=False,
             image_tokens=_query_tokens,
             compiled_decode=False,
+        ),
+        Family(
+            # BlipForConditionalGeneration (Salesforce/blip-image-captioning-*): ViT vision tower whose
+            # output the BERT-style text decoder reads through cross-attention in every layer; no projector.
+            model_type="blip",
+            vision=("vision_model",),
+            projector=(),
+            language="text_decoder.bert",
+            lm_head="text_decoder.cls",  # transform (dense + LayerNorm) + decoder tied to word_embeddings
+            layers="encoder.layer",
+            vision_layers="vision_model.encoder.layers",
+            attn="attention",  # BlipTextAttention: .self (query/key/value) + .output.dense
+            q_proj="self.query",
+            k_proj="self.key",
+            v_proj="self.value",
+            o_proj="output.dense",
+            mlp="intermediate",  # BERT MLP: intermediate.dense -> gelu -> output.dense (siblings, no GLU)
+            gate_proj=None,
+            up_proj=None,
+            down_proj=None,
+            chat_template=False,
+            image_tokens=_no_image_tokens,
+            compiled_decode=False,  # cross-attention to the image + BERT layer list: not the static step
+            # Feasible later: the forward reshapes with -1 heads but reads `attention.self.all_head_size`,
+            # which `shapes.set_head_attributes` does not set, and the config's head count is shared with
+            # the cross-attention (so a pruned checkpoint is never stock-loadable). Refused until wired+tested.
+            heads_unsupported=(
+                "BLIP's text self-attention keeps its width in attention.self.all_head_size and shares "
+                "num_attention_heads with the cross-attention; vlmslim's head surgery does not handle either yet"),
+            caption_prefix="a picture of",
+            bert_prompt=True,
         ),
     ]
 }

@@ -42,7 +42,7 @@ def synthetic_inputs(model, batch_size: int = 1, prompt_len: int = 16, seed: int
     g = torch.Generator().manual_seed(seed)
     n_img = family.image_tokens(config)
     image_token = getattr(config, "image_token_id", None)
-    if image_token is None:
+    if image_token is None and family.image_in_text:
         image_token = config.image_token_index
     # Text tokens from the low end of the vocabulary, away from the special image/pad ids.
     text = torch.randint(5, min(text_cfg.vocab_size, 1000), (batch_size, prompt_len), generator=g)
@@ -51,7 +51,9 @@ def synthetic_inputs(model, batch_size: int = 1, prompt_len: int = 16, seed: int
                 "vision_end_token_id", "pad_token_id")]
     for sid in {s for s in special if s is not None}:
         text[text == sid] = 5  # a stray placeholder id would change the image-token count
-    img = torch.full((batch_size, n_img), image_token, dtype=torch.long)
+    img = torch.full((batch_size, n_img), image_token if family.image_in_text else 0, dtype=torch.long)
+    if family.bert_prompt:  # [CLS] text [SEP], as BERT-style processors build it (cross-attention: no image ids)
+        text[:, 0], text[:, -1] = text_cfg.bos_token_id, text_cfg.sep_token_id
     if family.image_wrap:
         start = torch.full((batch_size, 1), config.vision_start_token_id)
         end = torch.full((batch_size, 1), config.vision_end_token_id)

@@ -8,7 +8,7 @@ LLaVA model has 8 query heads over 4 KV heads so GQA code paths run.
 from __future__ import annotations
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
 BASE_WORDS = (
@@ -153,12 +153,50 @@ def tiny_blip2(seed: int = 0):
     return Blip2ForConditionalGeneration(config).eval(), None
 
 
+def bert_word_tokenizer(words) -> PreTrainedTokenizerFast:
+    """A word-level BERT-style tokenizer: "[CLS] text [SEP]" like BLIP's BertTokenizer, with [DEC] as bos
+    (BLIP's generate swaps [CLS] for it); ids 0-5 are [PAD], [UNK], [CLS], [SEP], [MASK], [DEC]."""
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"]
+    vocab: dict[str, int] = {}
+    for tok in [*specials, *PUNCT, *words]:
+        vocab.setdefault(tok, len(vocab))
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tk.decoder = decoders.WordPiece(prefix="##")
+    tk.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+    return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]", bos_token="[DEC]")
+
+
+def tiny_blip(seed: int = 0):
+    """BlipForConditionalGeneration (captioning): ViT tower + BERT-style decoder cross-attending to it; with
+    an offline BlipProcessor (32 px images, word-level BERT-style tokenizer)."""
+    from transformers import BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
+
+    tok = bert_word_tokenizer(BASE_WORDS)
+    proc = BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tok)
+    ids = {t: tok.convert_tokens_to_ids(t) for t in ("[PAD]", "[SEP]", "[DEC]")}
+    config = BlipConfig(
+        vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        # eos = sep: BLIP's generate stops at sep_token_id (the hub config's eos_token_id 2 is unused there)
+        text_config=dict(vocab_size=_vocab(tok), hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=128, pad_token_id=ids["[PAD]"],
+                         bos_token_id=ids["[DEC]"], sep_token_id=ids["[SEP]"], eos_token_id=ids["[SEP]"]),
+    )
+    torch.manual_seed(seed)
+    return BlipForConditionalGeneration(config).eval(), proc
+
+
 TINY_MODELS = {
     "llava": tiny_llava,
     "idefics3": tiny_idefics3,
     "paligemma": tiny_paligemma,
     "qwen2_5_vl": tiny_qwen2_5_vl,
     "blip-2": tiny_blip2,
+    "blip": tiny_blip,
 }
 
 

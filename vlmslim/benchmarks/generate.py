@@ -73,6 +73,9 @@ class FirstTokenTimer(LogitsProcessor):
 
 
 def eos_token_ids(model, tokenizer) -> set[int]:
+    fixed = get_family(model).stop_token_ids(model.config)
+    if fixed is not None:
+        return fixed
     eos = getattr(model.generation_config, "eos_token_id", None)
     if eos is None:
         eos = tokenizer.eos_token_id
@@ -116,6 +119,7 @@ def generate_batch(model, processor, images, instructions: list[str], max_new_to
                    sync: Callable[[], None] | None = None, tokens: TokenSpec | None = None) -> BatchOutput:
     sync = sync or device_sync(model)
     tokenizer = getattr(processor, "tokenizer", processor)
+    family = get_family(model)
     sync()
     t0 = time.perf_counter()
     inputs = build_inputs(model, processor, images, instructions, tokens)
@@ -124,12 +128,14 @@ def generate_batch(model, processor, images, instructions: list[str], max_new_to
     timer = FirstTokenTimer(sync)
     with reducing(model, tokens):
         out = model.generate(**inputs, **GREEDY, max_new_tokens=max_new_tokens,
-                             logits_processor=LogitsProcessorList([timer]), pad_token_id=tokenizer.pad_token_id)
+                             logits_processor=LogitsProcessorList([timer]), 
+                             **family.generate_kwargs(tokenizer.pad_token_id))
     sync()
     t_end = time.perf_counter()
     sequences = out if isinstance(out, torch.Tensor) else out.sequences
-    input_len = inputs["input_ids"].shape[1]
-    if not torch.equal(sequences[:, :input_len].cpu(), inputs["input_ids"].cpu()):
+    prompt = family.echoed_prompt(inputs["input_ids"], model.config)  # what generate returns first
+    input_len = prompt.shape[1]
+    if not torch.equal(sequences[:, :input_len].cpu(), prompt.cpu()):
         # Slicing at input_len is only right if generate echoes the prompt (decoder-only models do);
         # anything else would leak prompt tokens into answers or cut real ones.
         raise BenchmarkError(f"{type(model).__name__}.generate did not return the prompt ids first; "

@@ -105,16 +105,18 @@ def eager_decode(model, inputs, n: int, device: torch.device):
     """(tokens (B, n), prefill s, decode s per step, scores (B, n, V)) from plain `generate`."""
     from transformers import LogitsProcessorList
 
+    family = get_family(model)
     timer = FirstTokenTimer(lambda: sync(device))
     sync(device)
     t0 = time.perf_counter()
     out = model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False, num_beams=1,
-                         logits_processor=LogitsProcessorList([timer]), pad_token_id=0,
+                         logits_processor=LogitsProcessorList([timer]), **family.generate_kwargs(0),
                          output_scores=True, return_dict_in_generate=True)
     sync(device)
     t1 = time.perf_counter()
     scores = torch.stack(out.scores, dim=1).float()
-    return (out.sequences[:, inputs["input_ids"].shape[1]:], timer.first - t0,
+    prompt_len = family.echoed_prompt(inputs["input_ids"], model.config).shape[1]
+    return (out.sequences[:, prompt_len:], timer.first - t0,
             (t1 - timer.first) / max(1, timer.steps - 1), scores)
 
 

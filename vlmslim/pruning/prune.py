@@ -52,8 +52,12 @@ def check_request(model: nn.Module, config: PruneConfig) -> Family:
         raise PruningError(f"the model is quantized ({', '.join(quantized) or 'quantization_config'}); "
                            "prune the 16-bit checkpoint, then quantize the pruned one")
     if config.glu and not family.has_glu:
-        raise PruningError(f"--glu: {family.model_type} has no GLU MLP (its decoder MLP is fc1/fc2); "
-                           "use --heads or --drop-layers")
+        alternative = "--drop-layers" if family.heads_unsupported else "--heads or --drop-layers"
+        raise PruningError(f"--glu: {family.model_type} has no GLU MLP (its decoder MLP is a plain 2-layer MLP); "
+                           f"use {alternative}")
+    if config.heads and family.heads_unsupported:
+        raise PruningError(f"--heads: not supported for {family.model_type}: {family.heads_unsupported}; "
+                           "use --drop-layers")
     tc = family.get_text_config(model.config)
     layers = family.decoder_layers(model)
     for layer in layers:
