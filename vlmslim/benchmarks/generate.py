@@ -128,7 +128,7 @@ def generate_batch(model, processor, images, instructions: list[str], max_new_to
     timer = FirstTokenTimer(sync)
     with reducing(model, tokens):
         out = model.generate(**inputs, **GREEDY, max_new_tokens=max_new_tokens,
-                             logits_processor=LogitsProcessorList([timer]), 
+                             logits_processor=LogitsProcessorList([timer]),
                              **family.generate_kwargs(tokenizer.pad_token_id))
     sync()
     t_end = time.perf_counter()
