@@ -61,8 +61,9 @@ def holds_output(step):
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
         out = Path(bound.arguments["out"])
-        with output_lock(out), write_errors(out):
-            clean_stale(out)
+        with output_lock(out):
+            with write_errors(out):  # only the output's own files here: the step's other writes name theirs
+                clean_stale(out)
             _check_replaceable(out, bound.arguments["overwrite"])
             _CLAIMED.add(out.absolute())
             try:
