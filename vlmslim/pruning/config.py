@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from vlmslim.pruning.importance import HEAD_IMPORTANCE, NEURON_IMPORTANCE
+from vlmslim.pruning.select import ALLOCATIONS
+
 HEAD_MODES = ("groups", "query")
-# The registries below (importance, select) import torch; they are imported inside the methods that
-# validate against them so that building a PruneConfig in the CLI (`vlmslim prune -h`) stays torch-free.
 # Calibration samples when --calibration-samples is not given; a smaller set is used whole (with a
 # warning), while an explicit count larger than the set is refused (`calibrate.calibration_count`).
 DEFAULT_CALIBRATION_SAMPLES = 32
@@ -54,8 +55,6 @@ class PruneConfig:
     teacher_tokens: int = 32  # max new tokens of the unpruned model's greedy answers (Taylor / sensitivity loss)
 
     def __post_init__(self) -> None:
-        from vlmslim.pruning.importance import HEAD_IMPORTANCE, NEURON_IMPORTANCE
-
         for name in ("glu", "heads"):
             r = getattr(self, name)
             if not isinstance(r, (int, float)) or not 0 <= r < 1:
@@ -82,7 +81,6 @@ class PruneConfig:
         if self.calibration_samples is not None and (not isinstance(self.calibration_samples, int)
                                                      or self.calibration_samples < 1):
             raise ValueError(f"--calibration-samples must be >= 1, got {self.calibration_samples!r}")
-        from vlmslim.pruning.select import ALLOCATIONS
 
         if self.allocation not in ALLOCATIONS:
             raise ValueError(f"--allocation must be one of {', '.join(sorted(ALLOCATIONS))}, got {self.allocation!r}")
@@ -105,7 +103,6 @@ class PruneConfig:
     @property
     def calibration_reason(self) -> str | None:
         """The option that needs calibration activations, or None when weights alone suffice."""
-        from vlmslim.pruning.importance import HEAD_IMPORTANCE, NEURON_IMPORTANCE
 
         if self.glu and NEURON_IMPORTANCE[self.importance].needs_calibration:
             return f"--importance {self.importance}"
@@ -120,8 +117,6 @@ class PruneConfig:
     @property
     def needs_teacher(self) -> bool:
         """Whether the unpruned model's greedy answers are needed (gradient criteria, sensitivity allocation)."""
-        from vlmslim.pruning.importance import HEAD_IMPORTANCE, NEURON_IMPORTANCE
-        from vlmslim.pruning.select import ALLOCATIONS
 
         return bool((self.glu and NEURON_IMPORTANCE[self.importance].needs_gradients)
                     or (self.heads and HEAD_IMPORTANCE[self.head_importance].needs_gradients)
