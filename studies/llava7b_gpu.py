@@ -42,9 +42,13 @@ VARIANTS = {
     "int8": ({}, "int8"),
     "nf4": ({}, "nf4"),
     "glu30+nf4": ({"glu": 0.3}, "nf4"),
-    "int4wo": ({}, "int4wo"),  # vlmslim.int4: ATen tinygemm, group size 128
+    "int4wo": ({}, "int4wo"),  # vlmslim.int4, group size 128: decode on vlmslim.gemv (Triton)
+    "int4wo-tinygemm": ({}, "int4wo"),  # the same weights, decode on ATen tinygemm (KERNELS)
     "glu30+int4wo": ({"glu": 0.3}, "int4wo"),
+    "fp8": ({}, "fp8"),  # vlmslim.fp8: e4m3 weight-only on vlmslim.gemv
+    "glu30+fp8": ({"glu": 0.3}, "fp8"),
 }
+KERNELS = {"int4wo-tinygemm": "tinygemm"}  # variant -> Int4WeightOnlyLinear.kernel
 NEW_TOKENS = 64
 
 
@@ -53,7 +57,12 @@ def build(name: str, target: str = "language"):
 
     prune_opts, quant = VARIANTS[name]
     spec = QuantSpec(make_recipe(quant), target=target) if quant else None
-    return arch.build(arch.ArchBenchConfig("llava-1.5-7b", out="-", prune=prune_opts, quant=spec))
+    model = arch.build(arch.ArchBenchConfig("llava-1.5-7b", out="-", prune=prune_opts, quant=spec))
+    if name in KERNELS:
+        for m in model.modules():
+            if hasattr(m, "kernel"):
+                m.kernel = KERNELS[name]
+    return model
 
 
 def measure(model, batch: int, engines: list[str], backend: str, bandwidth: float) -> list[dict]:

@@ -10,8 +10,11 @@ after warm-up) and the weight bandwidth it reaches:
 - int8 weight-only `torch._weight_int8pack_mm` (ATen), where this torch has a CUDA kernel;
 - int4 weight-only `torch._weight_int4pack_mm` (ATen tinygemm; bf16, group size 128);
 - fp8 e4m3 `torch._scaled_mm` with row-wise scales (Hopper), M padded to 16;
-- int4 weight-only, our own minimal Triton GEMV (unpack two nibbles per byte, group scales, fp32 accumulate).
-Every candidate's output is checked against the float reference of the same dequantised weights.
+- int4 and fp8 weight-only through vlmslim's Triton GEMVs (`vlmslim.gemv`, tuned per shape on first use).
+Every candidate's output is checked against the float reference of the same dequantised weights. Each
+timed call reads a different copy of the weights (enough copies to exceed 4x the L2 cache), so small
+matrices are timed from HBM as in a real decode step, not from L2. The fused shapes (q|k|v, gate|up)
+show what one launch instead of three / two would give.
 """
 
 from __future__ import annotations
@@ -28,19 +31,25 @@ import torch.nn.functional as F
 
 logger = logging.getLogger("studies.lowbit_kernels")
 
-SHAPES = {"qkvo": (4096, 4096), "gate_up": (11008, 4096), "down": (4096, 11008), "lm_head": (32064, 4096)}
+SHAPES = {"qkvo": (4096, 4096), "gate_up": (11008, 4096), "down": (4096, 11008), "lm_head": (32064, 4096),
+          "qkv_fused": (12288, 4096), "gate_up_fused": (22016, 4096)}
+L2_BYTES = 60 * 2**20  # H200 (50 MB on an H100): rotate weight copies past 4x this
 GROUP = 128
 
 
-def timed(fn, iters: int = 200) -> float:
-    """Median-free mean kernel time (s) of `fn()` over back-to-back calls, CUDA events."""
-    for _ in range(10):
-        fn()
+def copies_for(weight_bytes: int) -> int:
+    return max(1, -(-4 * L2_BYTES // weight_bytes))
+
+
+def timed(fns, iters: int = 200) -> float:
+    """Mean kernel time (s) of back-to-back calls cycling through `fns` (one per weight copy), CUDA events."""
+    for f in fns[:10]:
+        f()
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
-    for _ in range(iters):
-        fn()
+    for i in range(iters):
+        fns[i % len(fns)]()
     end.record()
     torch.cuda.synchronize()
     return start.elapsed_time(end) / 1000 / iters
@@ -56,122 +65,83 @@ def quantize_int4(w: torch.Tensor, group: int = GROUP):
     return q.view(n, k), scale.squeeze(-1), lo.squeeze(-1)
 
 
-def triton_int4_gemv():
-    import triton
-    import triton.language as tl
+def study(shapes: list[str], rows: tuple[int, ...]) -> dict:
+    from vlmslim import gemv as vgemv
+    from vlmslim.int4 import pack
 
-    @triton.jit
-    def kernel(x_ptr, w_ptr, s_ptr, z_ptr, y_ptr, N, K, M: tl.constexpr, GROUP: tl.constexpr,
-               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-        # y (M, N) = x (M, K) @ dequant(w)^T; w packed (N, K/2) uint8: low nibble = even k, high = odd k.
-        pid = tl.program_id(0)
-        rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-        acc = tl.zeros((BLOCK_N, M), dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            rk = k0 // 2 + tl.arange(0, BLOCK_K // 2)
-            packed = tl.load(w_ptr + rn[:, None] * (K // 2) + rk[None, :])  # (BLOCK_N, BLOCK_K/2)
-            lo = (packed & 0xF).to(tl.float32)
-            hi = (packed >> 4).to(tl.float32)
-            gi = k0 // GROUP
-            s = tl.load(s_ptr + rn * (K // GROUP) + gi)[:, None]
-            z = tl.load(z_ptr + rn * (K // GROUP) + gi)[:, None]
-            w_lo = lo * s + z  # (BLOCK_N, BLOCK_K/2) weights of even k
-            w_hi = hi * s + z
-            for m in tl.static_range(M):
-                xe = tl.load(x_ptr + m * K + k0 + 2 * tl.arange(0, BLOCK_K // 2)).to(tl.float32)
-                xo = tl.load(x_ptr + m * K + k0 + 2 * tl.arange(0, BLOCK_K // 2) + 1).to(tl.float32)
-                part = tl.sum(w_lo * xe[None, :] + w_hi * xo[None, :], axis=1)  # (BLOCK_N,)
-                sel = (tl.arange(0, M) == m).to(tl.float32)
-                acc += part[:, None] * sel[None, :]
-        for m in tl.static_range(M):
-            sel = (tl.arange(0, M) == m).to(tl.float32)
-            tl.store(y_ptr + m * N + rn, tl.sum(acc * sel[None, :], axis=1).to(tl.float16))
-
-    def run(x, packed, scales, zeros, n, k, block_n=32, block_k=GROUP):
-        m = x.shape[0]
-        y = torch.empty(m, n, dtype=torch.float16, device=x.device)
-        kernel[(n // block_n,)](x, packed, scales, zeros, y, n, k, M=m, GROUP=GROUP, BLOCK_N=block_n,
-                                BLOCK_K=block_k, num_warps=4)
-        return y
-
-    return run
-
-
-def study() -> dict:
     dev = torch.device("cuda")
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
-               "rows": []}
-    gemv = None
-    try:
-        gemv = triton_int4_gemv()
-    except ImportError as e:
-        logger.warning("no triton: %s", e)
-    for name, (n, k) in SHAPES.items():
+               "triton": getattr(vgemv.triton, "__version__", None), "rows": [], "configs": {}}
+    for name in shapes:
+        n, k = SHAPES[name]
         w = torch.randn(n, k, device=dev, dtype=torch.float16) * 0.02
         q, scale, zero = quantize_int4(w)
         w_deq = (q.float().view(n, k // GROUP, GROUP) * scale[..., None] + zero[..., None]).view(n, k)
-        for m in (1, 8):
+        c16, c4, c8 = copies_for(2 * n * k), copies_for(n * k // 2), copies_for(n * k)
+        wb = [w.bfloat16()] + [w.bfloat16().clone() for _ in range(c16 - 1)]
+        w16 = [w] + [w.clone() for _ in range(c16 - 1)]
+        # int4 tinygemm (bf16, asymmetric, group 128)
+        packed_u8 = (q[:, ::2] << 4 | q[:, 1::2]).contiguous()  # tinygemm wants (N, K/2) uint8, even k high
+        w4 = torch._convert_weight_to_int4pack(packed_u8, 8)
+        w4s = [w4] + [w4.clone() for _ in range(c4 - 1)]
+        sz = torch.stack([scale, zero + 8 * scale], dim=-1).transpose(0, 1).contiguous().bfloat16()
+        # vlmslim.gemv int4: our storage (even k low nibble), bf16 scales / zeros
+        ours = pack(q)
+        ours_s = [(ours.clone(), scale.bfloat16(), zero.bfloat16()) for _ in range(c4)]
+        deq_ours = (q.float().view(n, k // GROUP, GROUP) * scale.bfloat16().float()[..., None]
+                    + zero.bfloat16().float()[..., None]).view(n, k)
+        # fp8 e4m3 row-wise
+        sw = w.float().abs().amax(1, keepdim=True) / 448
+        w8f = (w.float() / sw).to(torch.float8_e4m3fn)
+        w8fs = [w8f] + [w8f.clone() for _ in range(c8 - 1)]
+        sw_flat = sw.squeeze(1).contiguous()
+        for m in rows:
             x = torch.randn(m, k, device=dev, dtype=torch.float16)
+            xb = x.bfloat16()
             ref = x.float() @ w_deq.t()
             row = {"shape": name, "n": n, "k": k, "m": m}
 
-            def record(key, fn, weight_bytes, check=None):
+            def record(key, fns, weight_bytes, check=None):
                 try:
-                    out = fn()
+                    out = fns[0]()
                     err = None
                     if check is not None:
                         err = float(((out.float() - check).norm() / check.norm()).item())
-                    t = timed(fn)
+                    t = timed(fns)
                     row[key] = {"us": round(1e6 * t, 2), "gb_s": round(weight_bytes / t / 1e9, 1), "rel_err": err}
                 except (RuntimeError, TypeError, AttributeError, NotImplementedError) as e:
                     row[key] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"}
 
-            record("fp16", lambda: F.linear(x, w), 2 * n * k, x.float() @ w.float().t())
-            wb, xb = w.bfloat16(), x.bfloat16()
-            record("bf16", lambda: F.linear(xb, wb), 2 * n * k)
-            # int8 weight-only, per-row scales
-            s8 = w.float().abs().amax(1) / 127
-            w8 = (w.float() / s8[:, None]).round().clamp(-127, 127).to(torch.int8)
-            record("int8wo_aten", lambda: torch._weight_int8pack_mm(x, w8, s8.half()), n * k,
-                   x.float() @ (w8.float() * s8[:, None]).t())
-            # int4 tinygemm (bf16, asymmetric, group 128)
-            try:
-                packed_u8 = (q[:, ::2] << 4 | q[:, 1::2]).contiguous()  # tinygemm wants (N, K/2) uint8, even k high
-                w4 = torch._convert_weight_to_int4pack(packed_u8, 8)
-                sz = torch.stack([scale, zero + 8 * scale], dim=-1).transpose(0, 1).contiguous().bfloat16()
-                record("int4wo_tinygemm", lambda: torch._weight_int4pack_mm(xb, w4, GROUP, sz), n * k // 2, ref)
-            except (RuntimeError, TypeError, AttributeError) as e:
-                row["int4wo_tinygemm"] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"}
-            # fp8 e4m3 row-wise
-            try:
-                sw = w.float().abs().amax(1, keepdim=True) / 448
-                w8f = (w.float() / sw).to(torch.float8_e4m3fn)
+            record("fp16", [lambda w=w: F.linear(x, w) for w in w16], 2 * n * k, x.float() @ w.float().t())
+            record("bf16", [lambda w=w: F.linear(xb, w) for w in wb], 2 * n * k)
+            record("int4wo_tinygemm", [lambda w=w: torch._weight_int4pack_mm(xb, w, GROUP, sz) for w in w4s],
+                   n * k // 2, ref)
+            record("int4wo_gemv", [lambda t=t: torch.ops.vlmslim.int4_gemv(xb, *t, GROUP) for t in ours_s],
+                   n * k // 2, xb.float() @ deq_ours.t())
+            record("fp8wo_gemv", [lambda w=w: torch.ops.vlmslim.fp8_gemv(xb, w, sw_flat) for w in w8fs], n * k,
+                   xb.float() @ (w8f.float() * sw).t())
+            if m <= 16:
                 xp = torch.zeros(16, k, device=dev, dtype=torch.float16)
                 xp[:m] = x
                 sx = xp.float().abs().amax(1, keepdim=True).clamp(min=1e-8) / 448
                 x8 = (xp.float() / sx).to(torch.float8_e4m3fn)
-                record("fp8_scaled_mm", lambda: torch._scaled_mm(x8, w8f.t(), scale_a=sx, scale_b=sw.t(),
-                                                                 out_dtype=torch.bfloat16)[:m], n * k,
-                       x.float() @ (w8f.float() * sw).t())
-            except (RuntimeError, TypeError, AttributeError) as e:
-                row["fp8_scaled_mm"] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"}
-            if gemv is not None:
-                packed_lohi = (q[:, 0::2] | (q[:, 1::2] << 4)).contiguous()  # our layout: even k in the low nibble
-                sc, zc = scale.contiguous().float(), zero.contiguous().float()
-                for bn in (16, 32, 64):
-                    record(f"int4wo_triton_bn{bn}",
-                           lambda bn=bn: gemv(x, packed_lohi, sc, zc, n, k, block_n=bn), n * k // 2, ref)
+                record("fp8_scaled_mm", [lambda w=w: torch._scaled_mm(x8, w.t(), scale_a=sx, scale_b=sw.t(),
+                                                                      out_dtype=torch.bfloat16)[:m] for w in w8fs],
+                       n * k, x.float() @ (w8f.float() * sw).t())
             results["rows"].append(row)
             logger.info("%s", row)
+    results["configs"] = {str(key): vars(cfg) for key, cfg in vgemv._BEST.items()}
     return results
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out-dir", type=Path, default=Path("."))
+    ap.add_argument("--shapes", default=",".join(SHAPES), help=f"Comma list of {', '.join(SHAPES)}.")
+    ap.add_argument("--rows", default="1,8", help="Rows of x (batch at decode), comma list.")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    results = study()
+    results = study(args.shapes.split(","), tuple(int(r) for r in args.rows.split(",")))
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "lowbit_kernels.json").write_text(json.dumps(results, indent=2))
     click.echo(f"wrote {args.out_dir}/lowbit_kernels.json")

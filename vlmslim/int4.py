@@ -1,7 +1,10 @@
-"""Int4 weight-only Linear on ATen's tinygemm kernels (`torch._weight_int4pack_mm`, CUDA and CPU).
+"""Int4 weight-only Linear: vlmslim's Triton GEMV on CUDA (`vlmslim.gemv`), ATen's tinygemm elsewhere.
 
-Measured on one H200 (docs/lowbit_kernels.md): at batch 1 these kernels halve every LLaVA-7B GEMV, and
-they ship with torch itself, so no torchao version has to match the installed torch.
+Decode rows (at most `gemv.MAX_ROWS`) go through `vlmslim.gemv.int4_gemv` where Triton and a GPU are
+there, else through ATen's tinygemm (`torch._weight_int4pack_mm`, CUDA and CPU; it ships with torch, so
+no torchao version has to match the installed torch). Measured on one H200 (docs/lowbit_kernels.md):
+tinygemm halves each LLaVA-7B GEMV but reaches only 763-1728 GB/s. Prefill rows are a GEMM on
+dequantised bf16 weights.
 
 Storage (what `save_pretrained` writes; device independent), per Linear of shape (N, K), group size G:
     weight  (N, K/2) uint8   two 4-bit codes per byte, even k in the low nibble (named `weight` so that a
@@ -15,6 +18,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+from vlmslim import gemv
 
 GROUP_SIZES = (32, 64, 128, 256)
 # tinygemm is a GEMV kernel: measured on an H200 it makes a 592-token LLaVA prefill 4.6x slower than fp16
@@ -58,6 +63,7 @@ class Int4WeightOnlyLinear(nn.Module):
                      if bias else None)
         self._packed: torch.Tensor | None = None  # the kernel's layout on the current device (not saved)
         self._scales_zeros: torch.Tensor | None = None
+        self.kernel = "auto"  # decode GEMV: "auto" (Triton on CUDA where installed), "triton" or "tinygemm"
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, group_size: int = 128) -> "Int4WeightOnlyLinear":
@@ -104,6 +110,8 @@ class Int4WeightOnlyLinear(nn.Module):
         x2 = x.reshape(-1, shape[-1]).to(torch.bfloat16)  # (M, K)
         if x2.shape[0] > GEMV_MAX_ROWS:  # prefill: compute-bound, a GEMM on dequantised bf16 weights
             y = torch.nn.functional.linear(x2, self.dequantized(torch.bfloat16))
+        elif self._use_triton(x2):
+            y = torch.ops.vlmslim.int4_gemv(x2, self.weight, self.scales, self.zeros, self.group_size)
         elif x2.device.type == "cuda":
             y = torch._weight_int4pack_mm(x2, self._packed, self.group_size, self._scales_zeros)
         else:
@@ -111,6 +119,13 @@ class Int4WeightOnlyLinear(nn.Module):
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
+
+    def _use_triton(self, x2: torch.Tensor) -> bool:
+        if self.kernel == "tinygemm" or x2.shape[0] > gemv.MAX_ROWS:
+            return False
+        if self.kernel == "triton" and not gemv.available(x2.device):
+            raise RuntimeError(f"int4wo kernel 'triton' needs Triton and a CUDA device (input on {x2.device})")
+        return gemv.available(x2.device)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}"

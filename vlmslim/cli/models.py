@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from vlmslim.cli import (ALLOCATIONS, COMPUTE_DTYPES, DEFAULT_CALIBRATION_SAMPLES, DEFAULT_TARGET, HEAD_CRITERIA,
-                         HEAD_MODES, NEURON_CRITERIA, QUANT_RECIPES, QUANT_TARGETS, cli, handle_errors)
+                         BNB_RECIPES, HEAD_MODES, NEURON_CRITERIA, QUANT_RECIPES, QUANT_TARGETS, cli, handle_errors)
 
 
 # --- inspect -------------------------------------------------------------------------------
@@ -126,7 +126,9 @@ def prune_cmd(model, out, glu, heads, head_mode, drop_layers, trim_vision, impor
 @click.argument("model")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output checkpoint directory.")
 @click.option("--recipe", type=click.Choice(QUANT_RECIPES),
-              help="int8 / nf4 / fp4: bitsandbytes; int4wo: 4-bit weight-only on ATen tinygemm (fast GPU decode).")
+              help="int8 / nf4 / fp4: bitsandbytes; int4wo: 4-bit weight-only (Triton GEMV / tinygemm, fast GPU "
+                   "decode); fp8: e4m3 weight-only (Ada/Hopper GPUs); int8dq: int8 weights and dynamic int8 "
+                   "activations (fast CPU inference).")
 @click.option("--bits", type=click.Choice(["8", "4"]), help="bitsandbytes by width: 8 = int8; 4 = nf4 (default) or fp4.")
 @click.option("--group-size", type=int, default=None, help="int4wo: inputs per scale/zero [default: 128].")
 @click.option("--quant-type", type=click.Choice(["nf4", "fp4"]), default=None, help="4-bit data type [default: nf4].")
@@ -146,7 +148,7 @@ def prune_cmd(model, out, glu, heads, head_mode, drop_layers, trim_vision, impor
 @handle_errors
 def quantize(model, out, recipe, bits, group_size, quant_type, double_quant, compute_dtype, int8_threshold, target, keep,
              also, device, overwrite):
-    """Quantize MODEL's Linear layers (bitsandbytes or int4 weight-only); save a checkpoint that reloads.
+    """Quantize MODEL's Linear layers (bitsandbytes, int4/fp8 weight-only, int8 dynamic); save a checkpoint that reloads.
 
     \b
     vlmslim quantize ckpt/llava-glu25 --out ckpt/llava-glu25-nf4 --bits 4 --double-quant --target language
@@ -163,14 +165,16 @@ def quantize(model, out, recipe, bits, group_size, quant_type, double_quant, com
     try:
         if recipe in ("nf4", "fp4") and quant_type not in (None, recipe):
             raise ValueError(f"--recipe {recipe} with --quant-type {quant_type}: pass one of them")
-        if recipe is not None and recipe != "int4wo":  # a bnb recipe by name: the --bits path with its type
+        if recipe in BNB_RECIPES:  # a bnb recipe by name: the --bits path with its type
             bits, quant_type = ("8", quant_type) if recipe == "int8" else ("4", quant_type or recipe)
-        if recipe == "int4wo":
+        if recipe is not None and recipe not in BNB_RECIPES:  # vlmslim's own kernels
             for given, flag in ((quant_type, "--quant-type"), (double_quant, "--double-quant"),
                                 (compute_dtype, "--compute-dtype"), (int8_threshold, "--int8-threshold")):
                 if given:
-                    raise ValueError(f"{flag} applies to bitsandbytes recipes, not int4wo")
-            chosen = make_recipe("int4wo", **({} if group_size is None else {"group_size": group_size}))
+                    raise ValueError(f"{flag} applies to bitsandbytes recipes, not {recipe}")
+            if group_size is not None and recipe != "int4wo":
+                raise ValueError("--group-size applies to --recipe int4wo only")
+            chosen = make_recipe(recipe, **({} if group_size is None else {"group_size": group_size}))
         else:
             if group_size is not None:
                 raise ValueError("--group-size applies to --recipe int4wo only")

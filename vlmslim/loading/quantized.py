@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vlmslim import fp8, int8dq
 from vlmslim.errors import ModelLoadError
 from vlmslim.int4 import Int4WeightOnlyLinear
 from vlmslim.loading.skeleton import empty_model
@@ -50,6 +51,8 @@ for _name, _prefix in _BNB_NOISE.items():  # on the emitting loggers, before bit
 
 
 INT4_QUANT_METHOD = "vlmslim-int4wo"  # config.json marker of vlmslim.int4 checkpoints (stock loading refuses it)
+# vlmslim's own formats: always rebuilt from the manifest (their markers make stock from_pretrained refuse)
+OWN_QUANT_METHODS = {INT4_QUANT_METHOD: "int4wo", fp8.QUANT_METHOD: "fp8", int8dq.QUANT_METHOD: "int8dq"}
 
 
 def _quant_method(config) -> str | None:
@@ -62,13 +65,14 @@ def load_saved_quantized(src: str, cls, config, manifest: dict | None, dtype=Non
                          device_map: str | None = None, max_memory: dict | None = None):
     """A saved bnb checkpoint on `device`; float parts in `dtype` (None: as saved). `device_map` spreads a
     stock-loadable one over devices (rebuilt ones — pruned shapes, int4wo — load on one device)."""
+    own = OWN_QUANT_METHODS.get(_quant_method(config))
     if device_map is not None and not (manifest is None or manifest.get("stock_loadable", True)) \
-            or device_map is not None and _quant_method(config) == INT4_QUANT_METHOD:
+            or device_map is not None and own:
         raise ModelLoadError(f"{src}: --device-map needs a stock-loadable quantized checkpoint; this one is rebuilt "
                              "from its manifest and loads on one device (use --device)")
-    if _quant_method(config) == INT4_QUANT_METHOD:
+    if own:
         if manifest is None:
-            raise ModelLoadError(f"{src} is an int4wo checkpoint without its vlmslim.json; it cannot be rebuilt")
+            raise ModelLoadError(f"{src} is an {own} checkpoint without its vlmslim.json; it cannot be rebuilt")
         return rebuild_quantized(src, cls, config, manifest, dtype, device)
     if manifest is None or manifest.get("stock_loadable", True):
         # device_map pins the model where asked: without it transformers puts bnb models on cuda:0 if present.
@@ -83,11 +87,17 @@ def load_saved_quantized(src: str, cls, config, manifest: dict | None, dtype=Non
 def empty_bnb_linear(params: dict, linear: nn.Linear) -> nn.Module:
     """The empty (meta) quantized module that replaces `linear` under a recipe's `params()` record
     ({"name": "int8", "int8_threshold": 6.0}, {"name": "nf4"|"fp4", "double_quant", "compute_dtype"}, or
-    {"name": "int4wo", "group_size"}: vlmslim's own, not bitsandbytes)."""
+    {"name": "int4wo", "group_size"} / {"name": "fp8" | "int8dq"}: vlmslim's own, not bitsandbytes)."""
     bias = linear.bias is not None
     if params["name"] == "int4wo":
         return Int4WeightOnlyLinear(linear.in_features, linear.out_features, bias, int(params["group_size"]),
                                     device="meta", bias_dtype=linear.weight.dtype)
+    if params["name"] == "fp8":
+        return fp8.Fp8WeightOnlyLinear(linear.in_features, linear.out_features, bias, device="meta",
+                                       bias_dtype=linear.weight.dtype)
+    if params["name"] == "int8dq":
+        return int8dq.Int8DynamicLinear(linear.in_features, linear.out_features, bias, device="meta",
+                                        bias_dtype=linear.weight.dtype)
     import bitsandbytes as bnb  # imported late: it logs at import and is only needed for quantized models
 
     if params["name"] == "int8":
@@ -118,7 +128,7 @@ def rebuild_quantized(src: str, cls, config, manifest: dict, dtype=None, device:
     from transformers import BitsAndBytesConfig
 
     saved = config.quantization_config  # what config.json holds: the skip list that rebuilds these modules
-    if _quant_method(config) == INT4_QUANT_METHOD:
+    if _quant_method(config) in OWN_QUANT_METHODS:
         model.config.quantization_config = copy.deepcopy(saved)
     else:
         model.config.quantization_config = (BitsAndBytesConfig.from_dict(saved) if isinstance(saved, dict)

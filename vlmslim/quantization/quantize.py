@@ -17,12 +17,12 @@ from tqdm.auto import tqdm
 
 from vlmslim.census import QUANT_KINDS, linear_layers
 from vlmslim.errors import QuantizationError
-from vlmslim.quantization.recipes import FourBitRecipe, Int4WeightOnlyRecipe, Int8Recipe, Recipe, make_recipe
+from vlmslim.quantization.recipes import RECIPE_CLASSES, Recipe, make_recipe
 from vlmslim.quantization.targets import DEFAULT_TARGET, TARGETS, Target, check_shapes, resolve_target
 
 logger = logging.getLogger(__name__)
 
-_BNB_CLASSES = ("Linear4bit", "Linear8bitLt", "Int4WeightOnlyLinear")
+_BNB_CLASSES = ("Linear4bit", "Linear8bitLt", "Int4WeightOnlyLinear", "Fp8WeightOnlyLinear", "Int8DynamicLinear")
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class QuantSpec:
     also: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self):
-        if not isinstance(self.recipe, (Int8Recipe, FourBitRecipe, Int4WeightOnlyRecipe)):
+        if not isinstance(self.recipe, tuple(set(RECIPE_CLASSES.values()))):
             raise ValueError(f"recipe must be a vlmslim.quantization recipe, got {self.recipe!r}")
         if self.target not in TARGETS:
             raise ValueError(f"target (--target) must be one of {sorted(TARGETS)}, got {self.target!r}")
@@ -99,6 +99,8 @@ def quantize_model(model: nn.Module, quant="nf4", device=None) -> Quantized:
     device = torch.device(device) if device is not None else next(model.parameters()).device
     if device.type == "meta":
         raise QuantizationError("cannot quantize on the meta device; load real weights first")
+    if (why := recipe.device_error(device)) is not None:
+        raise QuantizationError(why)
     logger.info("quantizing %d Linear layers (target %s) with %s on %s", len(target.quantize), target.name,
                 recipe.params(), device)
     for name in tqdm(target.quantize, desc=f"quantize {recipe.name}", leave=False, disable=None):
@@ -107,6 +109,6 @@ def quantize_model(model: nn.Module, quant="nf4", device=None) -> Quantized:
         model.to(device)  # the float remainder (embeddings, norms, skipped layers)
     check_census(model, target, recipe)
     # bnb: stock from_pretrained rebuilds the same modules from this (save_pretrained writes it to config.json);
-    # int4wo: a marker that makes stock loading refuse (vlmslim.load_model rebuilds it from the manifest).
+    # int4wo / fp8 / int8dq: a marker that makes stock loading refuse (vlmslim.load_model rebuilds it from the manifest).
     model.config.quantization_config = recipe.quantization_config(target.skip_modules)
     return Quantized(recipe, target)

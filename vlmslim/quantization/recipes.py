@@ -1,4 +1,5 @@
-"""Quantization recipes: what one bitsandbytes method does to one exact `nn.Linear`, as validated settings.
+"""Quantization recipes: what one method (bitsandbytes, or vlmslim's own int4wo / fp8 / int8dq modules)
+does to one exact `nn.Linear`, as validated settings.
 
 A recipe knows (1) the bnb module that replaces a Linear (quantized when moved to the device), (2) the
 `BitsAndBytesConfig` that makes stock `from_pretrained` rebuild the same modules on reload, (3) the
@@ -17,6 +18,7 @@ from typing import ClassVar, Union
 import torch
 from torch import nn
 
+from vlmslim import fp8, int8dq
 from vlmslim.int4 import GROUP_SIZES, Int4WeightOnlyLinear
 from vlmslim.int4 import KIND as INT4_KIND
 from vlmslim.loading.quantized import INT4_QUANT_METHOD, empty_bnb_linear
@@ -84,6 +86,9 @@ class Int8Recipe:
 
     def shape_error(self, out_features: int, in_features: int) -> str | None:
         return None  # measured: bnb 0.50 int8 runs any shape on CPU and GPU
+
+    def device_error(self, device: torch.device) -> str | None:
+        return None
 
     def empty_module(self, linear: nn.Linear) -> nn.Module:
         return empty_bnb_linear(self.params(), linear)
@@ -158,6 +163,9 @@ class FourBitRecipe:
             return f"{out_features}x{in_features}"
         return None
 
+    def device_error(self, device: torch.device) -> str | None:
+        return None
+
     def _torch_compute_dtype(self):
         return COMPUTE_DTYPES[self.compute_dtype] if self.compute_dtype else None
 
@@ -226,13 +234,16 @@ class Int4WeightOnlyRecipe:
         return INT4_KIND
 
     def params(self) -> dict:
-        return {"name": self.name, "bits": 4, "group_size": self.group_size, "backend": "aten-tinygemm"}
+        return {"name": self.name, "bits": 4, "group_size": self.group_size, "backend": "vlmslim-triton/aten-tinygemm"}
 
     def resolved(self, model_dtype: torch.dtype) -> "Int4WeightOnlyRecipe":
         return self
 
     def shape_error(self, out_features: int, in_features: int) -> str | None:
         return f"{out_features}x{in_features}" if in_features % self.group_size or out_features % 8 else None
+
+    def device_error(self, device: torch.device) -> str | None:
+        return None  # tinygemm has CPU and CUDA kernels; the Triton GEMV is used where it runs
 
     def empty_module(self, linear: nn.Linear) -> nn.Module:
         return empty_bnb_linear(self.params(), linear)
@@ -250,15 +261,101 @@ class Int4WeightOnlyRecipe:
         return {"weight": out_features * in_features // 2, "scales": 2 * 2 * out_features * groups, "metadata": 0}
 
 
-Recipe = Union[Int8Recipe, FourBitRecipe, Int4WeightOnlyRecipe]
+@dataclass(frozen=True)
+class Fp8WeightOnlyRecipe:
+    """Fp8 e4m3 weight-only (`vlmslim.fp8`): one fp32 scale per output row, bf16 activations, decode on
+    vlmslim's Triton GEMV. Needs an Ada / Hopper or newer GPU; reloads through `vlmslim.load_model`."""
+
+    bits: ClassVar[int] = 8
+    shape_rule: ClassVar[str] = "any shape"
+
+    @property
+    def name(self) -> str:
+        return "fp8"
+
+    @property
+    def kind(self) -> str:
+        return fp8.KIND
+
+    def params(self) -> dict:
+        return {"name": self.name, "bits": 8, "backend": "vlmslim-triton"}
+
+    def resolved(self, model_dtype: torch.dtype) -> "Fp8WeightOnlyRecipe":
+        return self
+
+    def shape_error(self, out_features: int, in_features: int) -> str | None:
+        return None
+
+    def device_error(self, device: torch.device) -> str | None:
+        return fp8.device_error(device)
+
+    def empty_module(self, linear: nn.Linear) -> nn.Module:
+        return empty_bnb_linear(self.params(), linear)
+
+    def quantize_linear(self, linear: nn.Linear, device) -> nn.Module:
+        return fp8.Fp8WeightOnlyLinear.from_linear(linear.to(device))
+
+    def quantization_config(self, skip_modules) -> dict:
+        return {"quant_method": fp8.QUANT_METHOD, "modules_to_not_convert": list(skip_modules)}
+
+    def linear_bytes(self, out_features: int, in_features: int, weight_dtype: torch.dtype) -> dict[str, int]:
+        return {"weight": out_features * in_features, "scales": 4 * out_features, "metadata": 0}
+
+
+@dataclass(frozen=True)
+class Int8DynamicRecipe:
+    """Int8 weights (one fp32 scale per row) with int8 activations quantized per call (`vlmslim.int8dq`):
+    PyTorch's x86/fbgemm dynamic kernel on the CPU (seed 003's `quantize_dynamic`, saved and reloadable);
+    emulated in bf16 on GPUs (right numbers, no speed-up). Reloads through `vlmslim.load_model`."""
+
+    bits: ClassVar[int] = 8
+    shape_rule: ClassVar[str] = "any shape"
+
+    @property
+    def name(self) -> str:
+        return "int8dq"
+
+    @property
+    def kind(self) -> str:
+        return int8dq.KIND
+
+    def params(self) -> dict:
+        return {"name": self.name, "bits": 8, "backend": "torch-x86-dynamic"}
+
+    def resolved(self, model_dtype: torch.dtype) -> "Int8DynamicRecipe":
+        return self
+
+    def shape_error(self, out_features: int, in_features: int) -> str | None:
+        return None
+
+    def device_error(self, device: torch.device) -> str | None:
+        return None
+
+    def empty_module(self, linear: nn.Linear) -> nn.Module:
+        return empty_bnb_linear(self.params(), linear)
+
+    def quantize_linear(self, linear: nn.Linear, device) -> nn.Module:
+        return int8dq.Int8DynamicLinear.from_linear(linear.to(device))
+
+    def quantization_config(self, skip_modules) -> dict:
+        return {"quant_method": int8dq.QUANT_METHOD, "modules_to_not_convert": list(skip_modules)}
+
+    def linear_bytes(self, out_features: int, in_features: int, weight_dtype: torch.dtype) -> dict[str, int]:
+        return {"weight": out_features * in_features, "scales": 4 * out_features, "metadata": 0}
+
+
+Recipe = Union[Int8Recipe, FourBitRecipe, Int4WeightOnlyRecipe, Fp8WeightOnlyRecipe, Int8DynamicRecipe]
 
 RECIPES = {
     "int8": Int8Recipe,
     "nf4": lambda **kw: FourBitRecipe(quant_type="nf4", **kw),
     "fp4": lambda **kw: FourBitRecipe(quant_type="fp4", **kw),
     "int4wo": Int4WeightOnlyRecipe,
+    "fp8": Fp8WeightOnlyRecipe,
+    "int8dq": Int8DynamicRecipe,
 }
-_RECIPE_CLASS = {"int8": Int8Recipe, "nf4": FourBitRecipe, "fp4": FourBitRecipe, "int4wo": Int4WeightOnlyRecipe}
+RECIPE_CLASSES = {"int8": Int8Recipe, "nf4": FourBitRecipe, "fp4": FourBitRecipe, "int4wo": Int4WeightOnlyRecipe,
+                 "fp8": Fp8WeightOnlyRecipe, "int8dq": Int8DynamicRecipe}
 
 
 def make_recipe(name: str, **options) -> Recipe:
@@ -266,7 +363,7 @@ def make_recipe(name: str, **options) -> Recipe:
     (seed 004 put 4-bit keys into its 8-bit config)."""
     if name not in RECIPES:
         raise ValueError(f"unknown quantization recipe {name!r}; choose from {', '.join(sorted(RECIPES))}")
-    allowed = {f.name for f in fields(_RECIPE_CLASS[name])} - {"quant_type"}
+    allowed = {f.name for f in fields(RECIPE_CLASSES[name])} - {"quant_type"}
     for key in options:
         if key not in allowed:
             flag = "--" + key.replace("_", "-")

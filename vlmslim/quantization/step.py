@@ -36,6 +36,8 @@ def load_quantized(src, quant, dtype=None, device: str = "cpu"):
     spec = as_spec(quant)
     if device == "auto":
         raise QuantizationError("quantize-at-load needs one device ('cpu', 'cuda', 'cuda:1'), not 'auto'")
+    if (why := spec.recipe.device_error(torch.device(device))) is not None:
+        raise QuantizationError(why)  # before loading anything
     src = resolve_source(src)
     if not is_random(src):
         refuse_quantized(load_config(src), src)
@@ -51,6 +53,8 @@ def quantize(src, out, quant, device: str = "cpu", overwrite: bool = False) -> d
     `device` "auto": cuda if available, else cpu (quantization needs one device)."""
     device = resolve_device(device)
     spec = as_spec(quant)
+    if (why := spec.recipe.device_error(torch.device(device))) is not None:
+        raise QuantizationError(why)  # before loading anything
     src = resolve_source(src)
     config = load_config(src)
     refuse_quantized(config, src)
