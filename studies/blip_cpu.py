@@ -12,10 +12,12 @@ Variants, each a copy of the same fp32 model:
 - fp32;
 - `quantize_dynamic`: `torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, torch.qint8)` on the whole
   model, as seed 003 did (every Linear, the tied LM head included: it gets its own int8 copy);
-- `int8dq`: torchao `Int8DynamicActivationInt8WeightConfig` on the same Linears (skipped, with the reason, when
-  torchao is missing or fails here);
-- `bnb int8`: vlmslim's `int8` recipe (bitsandbytes LLM.int8) with `--target all` (every Linear but the LM
-  head, which vlmslim never quantizes by target) and, as `bnb int8 (language)`, the CLI default target.
+- `int8dq`: vlmslim's `int8dq` recipe (`vlmslim.int8dq`: the same x86 dynamic kernel, as a recipe whose
+  checkpoints save and reload) with `--target all`: every Linear but the LM head, which is tied to the
+  word embeddings (vlmslim refuses to quantize a tied weight; quantize_dynamic gives it an int8 copy);
+- `int8dq (language)`: the CLI default target (text decoder only);
+- `bnb int8 (all)`: vlmslim's `int8` recipe (bitsandbytes LLM.int8) with `--target all` (every Linear but
+  the LM head).
 
 Timing: `--warmup` untimed rounds, then `--runs` timed rounds; every round runs all variants in turn
 (ABCD ABCD ...), so the machine's load (2 shared cores) affects them alike. Median and min per variant.
@@ -61,26 +63,16 @@ def state_bytes(model: nn.Module) -> int:
     return buf.getbuffer().nbytes
 
 
-def torchao_int8dq(model: nn.Module) -> nn.Module:
-    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
-
-    quantize_(model, Int8DynamicActivationInt8WeightConfig(), filter_fn=lambda m, _: type(m) is nn.Linear)
-    return model
-
-
 def build_variants(base: nn.Module) -> tuple[dict[str, nn.Module], dict[str, str]]:
     """{name: model} and {name: why it is missing}."""
     variants = {"fp32": base}
     skipped = {}
     variants["quantize_dynamic"] = torch.ao.quantization.quantize_dynamic(copy.deepcopy(base), {nn.Linear},
                                                                           dtype=torch.qint8)
-    try:
-        variants["int8dq"] = torchao_int8dq(copy.deepcopy(base))
-    except ImportError as e:
-        skipped["int8dq"] = f"torchao not importable: {e}"
-    for name, target in (("bnb int8 (all)", "all"), ("bnb int8 (language)", "language")):
+    for name, recipe, target in (("int8dq (all)", "int8dq", "all"), ("int8dq (language)", "int8dq", "language"),
+                                 ("bnb int8 (all)", "int8", "all")):
         model = copy.deepcopy(base)
-        quantize_model(model, QuantSpec(make_recipe("int8"), target=target), device="cpu")
+        quantize_model(model, QuantSpec(make_recipe(recipe), target=target), device="cpu")
         variants[name] = model
     return variants, skipped
 
@@ -115,17 +107,9 @@ def main() -> None:
     for name, why in skipped.items():
         logger.warning("%s skipped: %s", name, why)
 
-    reference = None
     tokens: dict[str, torch.Tensor] = {}
-    for name in list(variants):  # the first call per variant also checks it runs; torchao may fail here
-        try:
-            tokens[name] = caption(variants[name], inputs, args.new_tokens)
-        except (RuntimeError, NotImplementedError) as e:
-            if name != "int8dq":
-                raise
-            skipped[name] = f"generate failed: {type(e).__name__}: {str(e).splitlines()[0]}"
-            logger.warning("%s skipped: %s", name, skipped[name])
-            del variants[name]
+    for name in list(variants):  # the first call per variant also checks it runs
+        tokens[name] = caption(variants[name], inputs, args.new_tokens)
     reference = tokens["fp32"]
     times: dict[str, list[float]] = {name: [] for name in variants}
     for r in range(args.warmup + args.runs):
@@ -152,7 +136,7 @@ def main() -> None:
         "image_px": size, "batch_size": 1, "new_tokens": args.new_tokens, "runs": args.runs, "warmup": args.warmup,
         "order": "interleaved: every round runs all variants in turn",
         "torch_threads": torch.get_num_threads(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
-        "versions": {**library_versions(), "torchao": _version("torchao")}, "vlmslim_git": git_revision(),
+        "versions": library_versions(), "vlmslim_git": git_revision(),
         "date": now_utc(), "load_average_1_5_15min": {"start": load_before, "end": os.getloadavg()},
         "fp32_bytes": state_bytes(base), "rows": rows, "skipped": skipped,
     }
@@ -163,15 +147,6 @@ def main() -> None:
                     row["latency_s_median"], row["speedup_vs_fp32"], row["bytes"] / 1e6, row["tokens_equal_to_fp32"],
                     args.new_tokens)
     logger.info("wrote %s", args.out)
-
-
-def _version(package: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return None
 
 
 if __name__ == "__main__":

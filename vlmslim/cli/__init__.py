@@ -33,7 +33,7 @@ TOKEN_METHODS = ("pool", "random", "visionzip")
 QUANT_RECIPES = ("fp4", "fp8", "int4wo", "int8", "int8dq", "nf4")
 BNB_RECIPES = ("fp4", "int8", "nf4")
 DEMO_VARIANTS = ("base", "glu30", "glu50", "glu70", "glu80", "heads25", "heads50", "glu30-heads25", "drop1",
-                 "heads25-kd", "drop1-kd", "glu80-kd", "int8", "nf4", "glu30-nf4", "int4wo", "tokens36", "tokens16", "tokens16-visionzip", "tokens16-random", "tokens4",
+                 "heads25-kd", "drop1-kd", "glu80-kd", "int8", "nf4", "glu30-nf4", "int4wo", "int8dq", "tokens36", "tokens16", "tokens16-visionzip", "tokens16-random", "tokens4",
                  "glu30-nf4-tokens16")
 
 

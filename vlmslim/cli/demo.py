@@ -26,7 +26,7 @@ def demo(out, n, batch_size, bootstrap, device, variants, no_energy):
 
     Runs the shipped recipe vlmslim/recipes/demo.yaml (= `vlmslim sweep demo`): makes a held-out
     synthetic caption set, prunes (GLU 30/50/70/80 %, heads 25/50 %, combined, a layer drop), recovers
-    three prunes by distillation, quantizes (int8, nf4, pruned + nf4, int4wo), reduces image tokens, benchmarks every variant with bootstrap CIs, draws
+    three prunes by distillation, quantizes (int8, nf4, pruned + nf4, int4wo, int8dq), reduces image tokens, benchmarks every variant with bootstrap CIs, draws
     the figures and prints a summary table. Re-running skips finished steps.
     """
     from vlmslim.cli.render import table

@@ -66,7 +66,9 @@ PRECISION_COLORS: dict[str, str] = {
     "int8": "#E69F00",
     "nf4": "#009E73",
     "fp4": "#D55E00",
-    "int4wo": "#F0E442",  # 4-bit weight-only on ATen tinygemm (quantization recipe `int4wo`)
+    "int4wo": "#F0E442",  # 4-bit weight-only (quantization recipe `int4wo`)
+    "int8dq": "#CC79A7",  # int8 weights + dynamic int8 activations (`int8dq`)
+    "fp8wo": "#000000",  # e4m3 weight-only (`fp8`)
 }
 UNKNOWN_COLOR = "#7F7F7F"
 
