@@ -8,6 +8,7 @@ CI's CPU environment); on a GPU `studies.lowbit_kernels` checks them against the
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -38,6 +39,11 @@ def test_int8dq_module_is_the_dynamic_int8_product_and_keeps_its_precision():
     assert y.shape == (4, 3, 96)
     assert ((y.reshape(-1, 96) - ref).norm() / ref.norm()).item() < 1e-5
     assert 1e-3 < ((y - lin(x)).norm() / lin(x).norm()).item() < 3e-2  # quantized, not a copy of fp32
+    twin = copy.deepcopy(m)  # its own packed weight, not its original's
+    twin.weight_scale.mul_(2)
+    twin.prepare()
+    assert torch.allclose(twin(x), 2 * (y - lin.bias.detach()) + lin.bias.detach(), rtol=1e-4, atol=1e-4)
+    assert torch.equal(m(x), y)
     m.half()
     assert m.weight.dtype == torch.int8 and m.weight_scale.dtype == torch.float32
     assert sorted(m.state_dict()) == ["bias", "weight", "weight_scale"]
@@ -139,3 +145,13 @@ def test_triton_gemv_kernels_in_the_interpreter():
     assert out.returncode == 0, out.stderr[-2000:]
     worst, count = out.stdout.split()
     assert int(count) >= 10 and float(worst) < 1e-5  # ragged N and K, split-K atomics, 1 and 3 rows
+
+
+@pytest.mark.parametrize("recipe", ["int4wo", "int8dq"])
+def test_compiled_decode_step_is_one_graph(recipe):
+    from studies.graph_breaks import explain_step
+    from vlmslim.quantization import load_quantized
+
+    model, processor = load_quantized("demo", recipe)
+    row = explain_step(model.eval(), processor, "cpu")
+    assert (row["graphs"], row["graph_breaks"]) == (1, 0), row["break_reasons"]

@@ -15,7 +15,9 @@ The kernel's packed form is derived whenever the module moves (`_apply`) and is 
 
 from __future__ import annotations
 
+import itertools
 import warnings
+import weakref
 
 import torch
 from torch import nn
@@ -45,6 +47,23 @@ def fake_quantize(x: torch.Tensor) -> torch.Tensor:
     return ((x / scale + zero).round().clamp(0, ACT_LEVELS) - zero) * scale
 
 
+# The x86 kernel takes its packed weight as a TorchScript object, which torch.compile cannot trace: the
+# custom op below carries an integer handle instead (a constant to dynamo), so a decode step stays one graph.
+_MODULES: dict[int, weakref.ref] = {}
+_HANDLES = itertools.count()
+
+
+@torch.library.custom_op("vlmslim::int8dq_linear", mutates_args=())
+def int8dq_linear(x: torch.Tensor, handle: int, out_features: int) -> torch.Tensor:
+    """x (M, K) fp32 -> (M, N) fp32 through the packed weight of module `handle` (bias included)."""
+    return torch.ops.quantized.linear_dynamic(x, _MODULES[handle]()._packed, True)
+
+
+@int8dq_linear.register_fake
+def _(x, handle, out_features):
+    return x.new_empty(x.shape[0], out_features)
+
+
 class Int8DynamicLinear(nn.Module):
     """y = dynamic_int8(x) @ (codes * scale)^T + b."""
 
@@ -57,6 +76,8 @@ class Int8DynamicLinear(nn.Module):
         self.bias = (nn.Parameter(torch.zeros(out_features, dtype=bias_dtype, device=device), requires_grad=False)
                      if bias else None)
         self._packed = None  # the x86/fbgemm kernel's packed weight on the CPU (not saved)
+        self._handle = next(_HANDLES)
+        _MODULES[self._handle] = weakref.ref(self)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> "Int8DynamicLinear":
@@ -100,7 +121,10 @@ class Int8DynamicLinear(nn.Module):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         if self._packed is not None and x2.device.type == "cpu":
-            y = torch.ops.quantized.linear_dynamic(x2.float().contiguous(), self._packed, True)  # bias included
+            if _MODULES[self._handle]() is not self:  # a deepcopy carries its original's handle: take its own
+                self._handle = next(_HANDLES)
+                _MODULES[self._handle] = weakref.ref(self)
+            y = torch.ops.vlmslim.int8dq_linear(x2.float().contiguous(), self._handle, self.out_features)
         else:
             y = torch.nn.functional.linear(fake_quantize(x2.float()).to(torch.bfloat16),
                                            self.dequantized(torch.bfloat16)).float()

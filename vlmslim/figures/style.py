@@ -67,7 +67,7 @@ PRECISION_COLORS: dict[str, str] = {
     "nf4": "#009E73",
     "fp4": "#D55E00",
     "int4wo": "#F0E442",  # 4-bit weight-only (quantization recipe `int4wo`)
-    "int8dq": "#CC79A7",  # int8 weights + dynamic int8 activations (`int8dq`)
+    "int8dq": "#882255",  # int8 weights + dynamic int8 activations (`int8dq`); not #CC79A7, the recovery arrows
     "fp8wo": "#000000",  # e4m3 weight-only (`fp8`)
 }
 UNKNOWN_COLOR = "#7F7F7F"

@@ -163,7 +163,9 @@ def check_shapes(model: nn.Module, target: Target, recipe) -> None:
     bad = shape_errors(model, target.quantize, recipe)
     if bad:
         shown = ", ".join(bad[:6]) + (f" and {len(bad) - 6} more" if len(bad) > 6 else "")
+        multiple = max(64, getattr(recipe, "group_size", 64))  # a pruned width of this multiple fits
         raise QuantizationError(
             f"{recipe.name} needs {recipe.shape_rule} for every quantized Linear; {len(bad)} layer(s) do not: "
-            f"{shown}. Prune with --round-to 64 (or 128), leave them out with --keep, or use --bits 8"
+            f"{shown}. Prune with --round-to {multiple}, leave them out with --keep, or use a recipe that takes "
+            "any shape (int8, int8dq, fp8)"
         )
