@@ -42,13 +42,13 @@ VARIANTS = {
     "int8": ({}, "int8"),
     "nf4": ({}, "nf4"),
     "glu30+nf4": ({"glu": 0.3}, "nf4"),
-    "int4wo": ({}, "int4wo"),  # vlmslim.int4, group size 128: decode on vlmslim.gemv (Triton)
-    "int4wo-tinygemm": ({}, "int4wo"),  # the same weights, decode on ATen tinygemm (KERNELS)
+    "int4wo": ({}, "int4wo"),  # vlmslim.int4, group size 128: decode on ATen tinygemm
+    "int4wo-triton": ({}, "int4wo"),  # the same weights, decode on vlmslim.gemv's Triton kernel (KERNELS)
     "glu30+int4wo": ({"glu": 0.3}, "int4wo"),
     "fp8": ({}, "fp8"),  # vlmslim.fp8: e4m3 weight-only on vlmslim.gemv
     "glu30+fp8": ({"glu": 0.3}, "fp8"),
 }
-KERNELS = {"int4wo-tinygemm": "tinygemm"}  # variant -> Int4WeightOnlyLinear.kernel
+KERNELS = {"int4wo-triton": "triton"}  # variant -> Int4WeightOnlyLinear.kernel
 NEW_TOKENS = 64
 
 

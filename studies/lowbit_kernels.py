@@ -4,8 +4,8 @@
 
 Decode at batch 1-8 is a matrix-vector product per Linear: its time is the weight bytes read. Per
 LLaVA-1.5-7B language-model shape (q/k/v/o 4096x4096, gate/up 11008x4096, down 4096x11008, lm_head
-32064x4096) and M in (1, 8) rows, each candidate's kernel time (CUDA events over 200 back-to-back calls
-after warm-up) and the weight bandwidth it reaches:
+32064x4096) and M in (1, 8) rows, each candidate's kernel time (CUDA-graph replays of 40 calls, `timed`)
+and the weight bandwidth it reaches:
 - fp16 / bf16 `F.linear` (cuBLAS): the reference;
 - int8 weight-only `torch._weight_int8pack_mm` (ATen), where this torch has a CUDA kernel;
 - int4 weight-only `torch._weight_int4pack_mm` (ATen tinygemm; bf16, group size 128);
@@ -41,18 +41,15 @@ def copies_for(weight_bytes: int) -> int:
     return max(1, -(-4 * L2_BYTES // weight_bytes))
 
 
-def timed(fns, iters: int = 200) -> float:
-    """Mean kernel time (s) of back-to-back calls cycling through `fns` (one per weight copy), CUDA events."""
-    for f in fns[:10]:
-        f()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for i in range(iters):
-        fns[i % len(fns)]()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / 1000 / iters
+def timed(fns) -> float:
+    """Device time (s) per call, cycling through `fns` (one per weight copy) inside one CUDA graph: eager
+    back-to-back calls would time the Python launch path (tens of us) rather than the kernels."""
+    from vlmslim.gemv import graph_time_ms
+
+    for f in fns[:2]:
+        f()  # first calls: compile / tune outside the capture
+    calls = [fns[i % len(fns)] for i in range(max(len(fns), 40))]
+    return graph_time_ms(calls) / 1000
 
 
 def quantize_int4(w: torch.Tensor, group: int = GROUP):

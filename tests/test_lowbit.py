@@ -124,13 +124,13 @@ _INTERPRETED = textwrap.dedent("""
         mod = int4.Int4WeightOnlyLinear.from_linear(lin, g)
         x = torch.randn(m, k).to(torch.bfloat16)
         ref = x.float() @ mod.dequantized().t()
-        for cfg in gemv.CONFIGS[:4] + (gemv.LaunchConfig(32, 512, 3, 4),):
+        for cfg in gemv.CONFIGS["int4"][:3] + (gemv.LaunchConfig(32, 64, 3, 4), gemv.LaunchConfig(16, 128, 2, 4)):
             if gemv._fits(cfg, gemv._block_m(m), g):
                 y = gemv._launch("int4", cfg, x, (mod.weight.view(torch.int32), mod.scales, mod.zeros), n, k, g)
                 errs.append(float((y - ref).norm() / ref.norm()))
         w8, s = fp8.quantize_weight(lin.weight)
         ref8 = x.float() @ (w8.float() * s[:, None]).t()
-        y8 = gemv._launch("fp8", gemv.LaunchConfig(8, 128, 2, 4), x, (w8, s), n, k, None)
+        y8 = gemv._launch("fp8", gemv.LaunchConfig(16, 128, 3, 4), x, (w8, s), n, k, None)
         errs.append(float((y8 - ref8).norm() / ref8.norm()))
     print(max(errs), len(errs))
 """)

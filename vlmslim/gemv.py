@@ -4,7 +4,7 @@ Why our own kernel: at batch 1 every decode-step Linear is a GEMV whose time is 
 (docs/lowbit_kernels.md) ATen's int4 tinygemm reaches 763-1728 GB/s and cuBLAS' fp8 GEMM is no faster
 than fp16, so neither turns 4x / 2x fewer bytes into 4x / 2x less time. These kernels read the packed
 weights once, unpack in registers and reduce in fp32; a few launch configurations per shape are timed
-on first use (`_tune`) and the fastest is kept for that (kind, rows, N, K, group) key.
+on first use (`_tune`, CUDA-graph timing) and the fastest is kept for that (kind, rows, N, K, group) key.
 
 Formats (row-major, N outputs x K inputs):
     int4: weight (N, K/2) uint8 read as (N, K/8) int32 (nibble i of word j is input 8j+i, as
@@ -38,20 +38,27 @@ def available(device: torch.device) -> bool:
 @dataclass(frozen=True)
 class LaunchConfig:
     block_n: int  # output rows per program
-    block_k: int  # inputs per loop step
+    block_k: int  # inputs per loop step (int4: at most one group, so one scale / zero per row and step)
     split_k: int  # programs sharing one row block (fp32 atomics combine them)
     num_warps: int
     num_stages: int = 3
 
 
-# Candidates for a memory-bound GEMV on Hopper: enough programs to fill 132 SMs a few times over for
-# N = 4096 (block_n x split_k), long contiguous reads per row (block_k / 2 bytes for int4).
-CONFIGS = tuple(LaunchConfig(*c) for c in (
-    (8, 512, 1, 4), (16, 256, 1, 4), (16, 512, 1, 4), (16, 256, 2, 4), (16, 512, 2, 8), (32, 256, 1, 4),
-    (32, 256, 2, 4), (32, 256, 4, 4), (32, 512, 2, 8), (64, 256, 2, 8), (64, 128, 4, 4), (16, 128, 8, 4),
-    (8, 1024, 1, 4), (32, 128, 8, 4),
-    (8, 128, 8, 4), (8, 256, 4, 4), (16, 128, 4, 4),  # small tiles for 2-8 rows (the product is rows x tile)
-))
+# Candidates for a memory-bound GEMV on Hopper. Each program streams `block_n` rows through a K loop
+# (software-pipelined `num_stages` deep); the weight tile stays 2-D (rows x inputs) in registers, x rows
+# are re-read per tile from L1/L2 (x is KBs, W is MBs).
+CONFIGS = {
+    "int4": tuple(LaunchConfig(*c) for c in (
+        (32, 128, 1, 4), (64, 128, 1, 4), (128, 128, 1, 4), (128, 128, 1, 8), (256, 128, 1, 8),
+        (64, 128, 2, 4), (128, 128, 2, 8), (32, 128, 2, 4), (64, 128, 4, 4), (64, 64, 1, 4), (128, 64, 1, 4),
+        (256, 64, 1, 8), (64, 256, 1, 4), (128, 256, 1, 8), (128, 128, 1, 4, 4), (64, 128, 1, 4, 4),
+    )),
+    "fp8": tuple(LaunchConfig(*c) for c in (
+        (16, 256, 1, 4), (32, 256, 1, 4), (32, 128, 1, 4), (64, 128, 1, 4), (16, 512, 1, 4), (32, 512, 1, 8),
+        (64, 256, 1, 8), (32, 256, 2, 4), (16, 256, 2, 4), (64, 128, 2, 4), (128, 64, 1, 4), (8, 512, 1, 4),
+        (32, 256, 1, 4, 4), (64, 128, 1, 4, 4),
+    )),
+}
 _BEST: dict[tuple, LaunchConfig] = {}
 
 
@@ -65,34 +72,50 @@ if triton is not None:
         pid_k = tl.program_id(1)
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         rm = tl.arange(0, BLOCK_M)
+        rj = tl.arange(0, BLOCK_K // 8)
         n_ok = rn < N
-        m_ok = rm < M
-        G_PER: tl.constexpr = BLOCK_K // GROUP
         groups = K // GROUP
         words = K // 8
-        shifts = tl.arange(0, 8) * 4
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for t in range(0, tl.cdiv(K, SPLIT_K * BLOCK_K)):  # this program's K tiles: pid_k, pid_k + SPLIT_K, ...
-            k0 = (t * SPLIT_K + pid_k) * BLOCK_K
-            rw = k0 // 8 + tl.arange(0, BLOCK_K // 8)
-            w = tl.load(w_ptr + rn[:, None] * words + rw[None, :], mask=n_ok[:, None] & (rw < words)[None, :],
-                        other=0)  # (BN, BK/8) int32
-            q = (w[:, :, None] >> shifts[None, None, :]) & 0xF  # (BN, BK/8, 8): input 8j+i
-            q = tl.reshape(q, (BLOCK_N, G_PER, GROUP)).to(tl.float32)
-            rk = k0 + tl.arange(0, BLOCK_K)
-            x = tl.load(x_ptr + rm[:, None] * K + rk[None, :], mask=m_ok[:, None] & (rk < K)[None, :],
-                        other=0.0).to(tl.float32)
-            x = tl.reshape(x, (BLOCK_M, G_PER, GROUP))
-            rg = k0 // GROUP + tl.arange(0, G_PER)
-            sz_off = rn[:, None] * groups + rg[None, :]
-            sz_ok = n_ok[:, None] & (rg < groups)[None, :]
-            s = tl.load(s_ptr + sz_off, mask=sz_ok, other=0.0).to(tl.float32)  # (BN, G_PER)
-            z = tl.load(z_ptr + sz_off, mask=sz_ok, other=0.0).to(tl.float32)
-            qx = tl.sum(q[None, :, :, :] * x[:, None, :, :], axis=3)  # (BM, BN, G_PER)
-            xs = tl.sum(x, axis=2)  # (BM, G_PER): the zero's share of each group
-            acc += tl.sum(qx * s[None, :, :] + xs[:, None, :] * z[None, :, :], axis=2)
+        if BLOCK_M == 1:
+            # One row of x: products accumulate element-wise in a (BN, BK/8) tile and are reduced across
+            # threads once, after the K loop (a per-step reduction costs more than the loads).
+            acc1 = tl.zeros((BLOCK_N, BLOCK_K // 8), dtype=tl.float32)
+            for t in range(0, tl.cdiv(K, SPLIT_K * BLOCK_K)):
+                k0 = (t * SPLIT_K + pid_k) * BLOCK_K
+                kw = k0 // 8 + rj
+                w = tl.load(w_ptr + rn[:, None] * words + kw[None, :],
+                            mask=n_ok[:, None] & (kw < words)[None, :], other=0)
+                g = k0 // GROUP
+                s = tl.load(s_ptr + rn * groups + g, mask=n_ok & (g < groups), other=0.0).to(tl.float32)[:, None]
+                z = tl.load(z_ptr + rn * groups + g, mask=n_ok & (g < groups), other=0.0).to(tl.float32)[:, None]
+                for i in tl.static_range(8):
+                    kx = k0 + 8 * rj + i
+                    xi = tl.load(x_ptr + kx, mask=kx < K, other=0.0).to(tl.float32)
+                    acc1 += (((w >> (4 * i)) & 0xF).to(tl.float32) * s + z) * xi[None, :]
+            acc = tl.sum(acc1, axis=1)[None, :]  # (1, BN)
+        else:
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for t in range(0, tl.cdiv(K, SPLIT_K * BLOCK_K)):  # this program's K tiles: pid_k, pid_k + SPLIT_K, ...
+                k0 = (t * SPLIT_K + pid_k) * BLOCK_K
+                kw = k0 // 8 + rj
+                w = tl.load(w_ptr + rn[:, None] * words + kw[None, :], mask=n_ok[:, None] & (kw < words)[None, :],
+                            other=0)  # (BN, BK/8) int32: nibble i of word j is input k0 + 8j + i
+                g = k0 // GROUP  # BLOCK_K divides GROUP: one scale and zero per row for the whole tile
+                s = tl.load(s_ptr + rn * groups + g, mask=n_ok & (g < groups), other=0.0).to(tl.float32)
+                z = tl.load(z_ptr + rn * groups + g, mask=n_ok & (g < groups), other=0.0).to(tl.float32)
+                dot = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+                xs = tl.zeros((BLOCK_M,), dtype=tl.float32)
+                for i in tl.static_range(8):
+                    q = ((w >> (4 * i)) & 0xF).to(tl.float32)  # (BN, BK/8)
+                    kx = k0 + 8 * rj + i
+                    for m in tl.static_range(BLOCK_M):
+                        xm = tl.load(x_ptr + m * K + kx, mask=(kx < K) & (m < M), other=0.0).to(tl.float32)
+                        part = tl.sum(q * xm[None, :], axis=1)  # (BN,)
+                        dot += tl.where((rm == m)[:, None], part[None, :], 0.0)
+                        xs += tl.where(rm == m, tl.sum(xm, axis=0), 0.0)
+                acc += dot * s[None, :] + xs[:, None] * z[None, :]  # sum_k (q s + z) x = s (q . x) + z sum x
         y_off = rm[:, None] * N + rn[None, :]
-        y_ok = m_ok[:, None] & n_ok[None, :]
+        y_ok = (rm < M)[:, None] & n_ok[None, :]
         if SPLIT_K == 1:
             tl.store(y_ptr + y_off, acc, mask=y_ok)
         else:
@@ -106,20 +129,31 @@ if triton is not None:
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         rm = tl.arange(0, BLOCK_M)
         n_ok = rn < N
-        m_ok = rm < M
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for t in range(0, tl.cdiv(K, SPLIT_K * BLOCK_K)):  # this program's K tiles: pid_k, pid_k + SPLIT_K, ...
-            k0 = (t * SPLIT_K + pid_k) * BLOCK_K
-            rk = k0 + tl.arange(0, BLOCK_K)
-            k_ok = rk < K
-            w = tl.load(w_ptr + rn[:, None] * K + rk[None, :], mask=n_ok[:, None] & k_ok[None, :],
-                        other=0.0).to(tl.float32)  # (BN, BK)
-            x = tl.load(x_ptr + rm[:, None] * K + rk[None, :], mask=m_ok[:, None] & k_ok[None, :],
-                        other=0.0).to(tl.float32)  # (BM, BK)
-            acc += tl.sum(w[None, :, :] * x[:, None, :], axis=2)
+        if BLOCK_M == 1:  # as in _int4_kernel: reduce once, after the K loop
+            acc1 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+            for t in range(0, tl.cdiv(K, SPLIT_K * BLOCK_K)):
+                k0 = (t * SPLIT_K + pid_k) * BLOCK_K
+                rk = k0 + tl.arange(0, BLOCK_K)
+                k_ok = rk < K
+                w = tl.load(w_ptr + rn[:, None] * K + rk[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+                xk = tl.load(x_ptr + rk, mask=k_ok, other=0.0).to(tl.float32)
+                acc1 += w.to(tl.float32) * xk[None, :]
+            acc = tl.sum(acc1, axis=1)[None, :]
+        else:
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for t in range(0, tl.cdiv(K, SPLIT_K * BLOCK_K)):
+                k0 = (t * SPLIT_K + pid_k) * BLOCK_K
+                rk = k0 + tl.arange(0, BLOCK_K)
+                k_ok = rk < K
+                w = tl.load(w_ptr + rn[:, None] * K + rk[None, :], mask=n_ok[:, None] & k_ok[None, :],
+                            other=0.0).to(tl.float32)  # (BN, BK)
+                for m in tl.static_range(BLOCK_M):
+                    xm = tl.load(x_ptr + m * K + rk, mask=k_ok & (m < M), other=0.0).to(tl.float32)  # (BK,)
+                    part = tl.sum(w * xm[None, :], axis=1)
+                    acc += tl.where((rm == m)[:, None], part[None, :], 0.0)
         acc = acc * tl.load(s_ptr + rn, mask=n_ok, other=0.0)[None, :]
         y_off = rm[:, None] * N + rn[None, :]
-        y_ok = m_ok[:, None] & n_ok[None, :]
+        y_ok = (rm < M)[:, None] & n_ok[None, :]
         if SPLIT_K == 1:
             tl.store(y_ptr + y_off, acc, mask=y_ok)
         else:
@@ -131,9 +165,9 @@ def _block_m(m: int) -> int:
 
 
 def _fits(cfg: LaunchConfig, block_m: int, group: int | None) -> bool:
-    if group is not None and (cfg.block_k % group or cfg.block_k < group):
+    if group is not None and (group % cfg.block_k or cfg.block_k > group):
         return False
-    return block_m * cfg.block_n * cfg.block_k <= 16384  # the (BM, BN, BK) product lives in registers
+    return True
 
 
 def _launch(kind: str, cfg: LaunchConfig, x: torch.Tensor, tensors: tuple, n: int, k: int,
@@ -152,20 +186,60 @@ def _launch(kind: str, cfg: LaunchConfig, x: torch.Tensor, tensors: tuple, n: in
     return y
 
 
+def graph_time_ms(calls: list, replays: int = 5) -> float:
+    """Device time (ms) per call: `calls` captured once into a CUDA graph, median of `replays` replays.
+
+    Launching from Python costs tens of microseconds per call, more than a decode GEMV takes on the GPU,
+    so timing eager calls back to back would time the host; a decode step replays CUDA graphs too."""
+    import statistics
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the capture stream (compiles, allocates)
+        for c in calls:
+            c()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for c in calls:
+            c()
+    graph.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(replays):
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / len(calls))
+    return statistics.median(times)
+
+
+def _copies(tensors: tuple, device: torch.device) -> list[tuple]:
+    """Enough copies of the weights that each timed call reads from HBM, as in a decode step (where every
+    layer's weights are new), not from L2."""
+    size = sum(t.numel() * t.element_size() for t in tensors)
+    l2 = torch.cuda.get_device_properties(device).L2_cache_size
+    n = min(32, max(2, -(-4 * l2 // size)))
+    return [tensors] + [tuple(t.clone() for t in tensors) for _ in range(n - 1)]
+
+
 def _tune(kind: str, x: torch.Tensor, tensors: tuple, n: int, k: int, group: int | None) -> LaunchConfig:
-    """The fastest fitting config for this shape (median of CUDA-event timings, L2 flushed between runs)."""
+    """The fastest fitting config for this shape (CUDA-graph replays over rotating weight copies)."""
     block_m = _block_m(x.shape[0])
+    sets = _copies(tensors, x.device)
     timed = []
-    for cfg in CONFIGS:
+    for cfg in CONFIGS[kind]:
         if not _fits(cfg, block_m, group):
             continue
         try:
-            ms = triton.testing.do_bench(lambda: _launch(kind, cfg, x, tensors, n, k, group),
-                                         warmup=5, rep=20, return_mode="median")
+            ms = graph_time_ms([lambda t=t, cfg=cfg: _launch(kind, cfg, x, t, n, k, group) for t in sets])
         except Exception as e:  # noqa: BLE001 - a config the compiler rejects (registers, shared memory)
             logger.debug("gemv %s config %s failed: %s", kind, cfg, e)
             continue
         timed.append((ms, cfg))
+    del sets
     if not timed:
         raise RuntimeError(f"no {kind} GEMV launch config compiled for {x.shape[0]}x{k} @ {n}x{k}")
     ms, best = min(timed, key=lambda t: t[0])
@@ -179,7 +253,7 @@ def _gemv(kind: str, x: torch.Tensor, tensors: tuple, n: int, k: int, group: int
     if cfg is None:
         if torch.cuda.is_current_stream_capturing():  # tuning synchronises: impossible inside a CUDA graph
             raise RuntimeError(f"gemv {kind} {n}x{k} reached for the first time inside CUDA-graph capture; "
-                               "run the model once eagerly first")
+                               "run the model once eagerly first (CompiledDecoder does)")
         cfg = _BEST[key] = _tune(kind, x, tensors, n, k, group)
     return _launch(kind, cfg, x, tensors, n, k, group)
 

@@ -1,10 +1,10 @@
-"""Int4 weight-only Linear: vlmslim's Triton GEMV on CUDA (`vlmslim.gemv`), ATen's tinygemm elsewhere.
+"""Int4 weight-only Linear on ATen's tinygemm kernels (or vlmslim's Triton GEMV, `kernel = "triton"`).
 
-Decode rows (at most `gemv.MAX_ROWS`) go through `vlmslim.gemv.int4_gemv` where Triton and a GPU are
-there, else through ATen's tinygemm (`torch._weight_int4pack_mm`, CUDA and CPU; it ships with torch, so
-no torchao version has to match the installed torch). Measured on one H200 (docs/lowbit_kernels.md):
-tinygemm halves each LLaVA-7B GEMV but reaches only 763-1728 GB/s. Prefill rows are a GEMM on
-dequantised bf16 weights.
+Decode rows go through ATen's tinygemm (`torch._weight_int4pack_mm`, CUDA and CPU; it ships with torch,
+so no torchao version has to match the installed torch), or, with `kernel = "triton"`, through
+`vlmslim.gemv.int4_gemv`. Measured (docs/lowbit_kernels.md) tinygemm is the faster of the two on an H100;
+it halves each LLaVA-7B GEMV but reaches only 700-1700 GB/s. Prefill rows are a GEMM on dequantised bf16
+weights.
 
 Storage (what `save_pretrained` writes; device independent), per Linear of shape (N, K), group size G:
     weight  (N, K/2) uint8   two 4-bit codes per byte, even k in the low nibble (named `weight` so that a
@@ -63,7 +63,8 @@ class Int4WeightOnlyLinear(nn.Module):
                      if bias else None)
         self._packed: torch.Tensor | None = None  # the kernel's layout on the current device (not saved)
         self._scales_zeros: torch.Tensor | None = None
-        self.kernel = "auto"  # decode GEMV: "auto" (Triton on CUDA where installed), "triton" or "tinygemm"
+        # decode GEMV: "tinygemm" (default; measured faster, docs/lowbit_kernels.md) or "triton" (vlmslim.gemv)
+        self.kernel = "tinygemm"
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, group_size: int = 128) -> "Int4WeightOnlyLinear":
@@ -121,11 +122,11 @@ class Int4WeightOnlyLinear(nn.Module):
         return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
 
     def _use_triton(self, x2: torch.Tensor) -> bool:
-        if self.kernel == "tinygemm" or x2.shape[0] > gemv.MAX_ROWS:
+        if self.kernel != "triton" or x2.shape[0] > gemv.MAX_ROWS:
             return False
-        if self.kernel == "triton" and not gemv.available(x2.device):
+        if not gemv.available(x2.device):
             raise RuntimeError(f"int4wo kernel 'triton' needs Triton and a CUDA device (input on {x2.device})")
-        return gemv.available(x2.device)
+        return True
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}"

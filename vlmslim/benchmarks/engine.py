@@ -63,6 +63,10 @@ class CompiledDecoder:
             step = torch.compile(step, mode="reduce-overhead" if self.device.type == "cuda" else "default",
                                  fullgraph=False, dynamic=False)
         self.step = step
+        # The first decode runs one step eagerly before the compiled one: kernels that tune themselves on
+        # first use (vlmslim.gemv) do so outside CUDA-graph capture. Same token, same position: it writes
+        # the cache entry the compiled step then writes again.
+        self._warm = not (compile and self.device.type == "cuda")
 
     def _step(self, tok: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor, cache) -> torch.Tensor:
         # tok (B, 1), position_ids (B, 1), mask (B, max_cache_len) -> next token (B,)
@@ -101,6 +105,9 @@ class CompiledDecoder:
                     break
             mask[:, length + i] = 1
             pos = pos + 1
+            if not self._warm:
+                self._step(tok[:, None], pos, mask, cache)
+                self._warm = True
             # clone(): the CUDA-graph output buffer is overwritten by the next replay.
             tok = self.step(tok[:, None], pos, mask, cache).clone()
             if not ignore_eos and eos_token_id is not None:
