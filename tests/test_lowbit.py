@@ -119,12 +119,13 @@ _INTERPRETED = textwrap.dedent("""
     from vlmslim import fp8, gemv, int4
     torch.manual_seed(0)
     errs = []
-    for m, n, k, g in [(1, 48, 512, 128), (3, 48, 768, 64), (1, 32, 1280, 256)]:
+    for m, n, k, g in [(1, 48, 512, 128), (3, 48, 768, 64), (1, 32, 1280, 256), (1, 48, 1280, 64)]:
         lin = torch.nn.Linear(k, n, bias=False)
         mod = int4.Int4WeightOnlyLinear.from_linear(lin, g)
         x = torch.randn(m, k).to(torch.bfloat16)
         ref = x.float() @ mod.dequantized().t()
-        for cfg in gemv.CONFIGS["int4"][:3] + (gemv.LaunchConfig(32, 64, 3, 4), gemv.LaunchConfig(16, 128, 2, 4)):
+        for cfg in gemv.CONFIGS["int4", 8][:3] + (gemv.LaunchConfig(32, 64, 3, 4), gemv.LaunchConfig(16, 128, 2, 4),
+                                               gemv.LaunchConfig(8, 1024, 1, 4)):  # a tile over 4-16 groups
             if gemv._fits(cfg, gemv._block_m(m), g):
                 y = gemv._launch("int4", cfg, x, (mod.weight.view(torch.int32), mod.scales, mod.zeros), n, k, g)
                 errs.append(float((y - ref).norm() / ref.norm()))

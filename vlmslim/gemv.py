@@ -38,7 +38,7 @@ def available(device: torch.device) -> bool:
 @dataclass(frozen=True)
 class LaunchConfig:
     block_n: int  # output rows per program
-    block_k: int  # inputs per loop step (int4: at most one group, so one scale / zero per row and step)
+    block_k: int  # inputs per loop step (int4 with several rows: at most one group, one scale per row and step)
     split_k: int  # programs sharing one row block (fp32 atomics combine them)
     num_warps: int
     num_stages: int = 3
@@ -48,15 +48,23 @@ class LaunchConfig:
 # (software-pipelined `num_stages` deep); the weight tile stays 2-D (rows x inputs) in registers, x rows
 # are re-read per tile from L1/L2 (x is KBs, W is MBs).
 CONFIGS = {
-    "int4": tuple(LaunchConfig(*c) for c in (
-        (32, 128, 1, 4), (64, 128, 1, 4), (128, 128, 1, 4), (128, 128, 1, 8), (256, 128, 1, 8),
-        (64, 128, 2, 4), (128, 128, 2, 8), (32, 128, 2, 4), (64, 128, 4, 4), (64, 64, 1, 4), (128, 64, 1, 4),
-        (256, 64, 1, 8), (64, 256, 1, 4), (128, 256, 1, 8), (128, 128, 1, 4, 4), (64, 128, 1, 4, 4),
+    # single row (batch-1 decode): long contiguous reads per row, few rows per program
+    ("int4", 1): tuple(LaunchConfig(*c) for c in (
+        (8, 1024, 1, 4), (16, 512, 1, 4), (16, 1024, 1, 4), (32, 512, 1, 4), (8, 512, 1, 4), (16, 1024, 1, 8),
+        (8, 2048, 1, 4), (8, 1024, 1, 4, 4), (64, 128, 4, 4),
     )),
-    "fp8": tuple(LaunchConfig(*c) for c in (
-        (16, 256, 1, 4), (32, 256, 1, 4), (32, 128, 1, 4), (64, 128, 1, 4), (16, 512, 1, 4), (32, 512, 1, 8),
-        (64, 256, 1, 8), (32, 256, 2, 4), (16, 256, 2, 4), (64, 128, 2, 4), (128, 64, 1, 4), (8, 512, 1, 4),
-        (32, 256, 1, 4, 4), (64, 128, 1, 4, 4),
+    ("fp8", 1): tuple(LaunchConfig(*c) for c in (
+        (8, 512, 1, 4), (16, 256, 1, 4), (32, 256, 1, 4, 4), (8, 512, 1, 4, 4), (8, 1024, 1, 4), (4, 1024, 1, 2),
+        (16, 512, 1, 4, 4), (8, 256, 1, 2, 4),
+    )),
+    # 2-8 rows: the weight tile is reused for every row (int4: one group per tile)
+    ("int4", 8): tuple(LaunchConfig(*c) for c in (
+        (32, 128, 1, 4), (64, 128, 1, 4), (128, 128, 1, 4), (128, 128, 1, 8), (64, 128, 2, 4), (32, 128, 2, 4),
+        (64, 128, 4, 4), (64, 64, 1, 4), (128, 64, 1, 4), (64, 256, 1, 4),
+    )),
+    ("fp8", 8): tuple(LaunchConfig(*c) for c in (
+        (16, 256, 1, 4), (32, 256, 1, 4), (32, 128, 1, 4), (64, 128, 1, 4), (16, 512, 1, 4), (32, 256, 2, 4),
+        (16, 256, 2, 4), (64, 128, 2, 4),
     )),
 }
 _BEST: dict[tuple, LaunchConfig] = {}
@@ -78,16 +86,18 @@ if triton is not None:
         words = K // 8
         if BLOCK_M == 1:
             # One row of x: products accumulate element-wise in a (BN, BK/8) tile and are reduced across
-            # threads once, after the K loop (a per-step reduction costs more than the loads).
+            # threads once, after the K loop (a per-step reduction costs more than the loads). A tile may
+            # span several groups: each packed word (8 inputs, never across a group) gathers its own
+            # scale and zero (L1 hits: neighbouring words share them).
             acc1 = tl.zeros((BLOCK_N, BLOCK_K // 8), dtype=tl.float32)
             for t in range(0, tl.cdiv(K, SPLIT_K * BLOCK_K)):
                 k0 = (t * SPLIT_K + pid_k) * BLOCK_K
                 kw = k0 // 8 + rj
-                w = tl.load(w_ptr + rn[:, None] * words + kw[None, :],
-                            mask=n_ok[:, None] & (kw < words)[None, :], other=0)
-                g = k0 // GROUP
-                s = tl.load(s_ptr + rn * groups + g, mask=n_ok & (g < groups), other=0.0).to(tl.float32)[:, None]
-                z = tl.load(z_ptr + rn * groups + g, mask=n_ok & (g < groups), other=0.0).to(tl.float32)[:, None]
+                ok = n_ok[:, None] & (kw < words)[None, :]
+                w = tl.load(w_ptr + rn[:, None] * words + kw[None, :], mask=ok, other=0)
+                sz = rn[:, None] * groups + (kw * 8 // GROUP)[None, :]
+                s = tl.load(s_ptr + sz, mask=ok, other=0.0).to(tl.float32)  # (BN, BK/8)
+                z = tl.load(z_ptr + sz, mask=ok, other=0.0).to(tl.float32)
                 for i in tl.static_range(8):
                     kx = k0 + 8 * rj + i
                     xi = tl.load(x_ptr + kx, mask=kx < K, other=0.0).to(tl.float32)
@@ -165,8 +175,8 @@ def _block_m(m: int) -> int:
 
 
 def _fits(cfg: LaunchConfig, block_m: int, group: int | None) -> bool:
-    if group is not None and (group % cfg.block_k or cfg.block_k > group):
-        return False
+    if group is not None and block_m > 1 and (group % cfg.block_k or cfg.block_k > group):
+        return False  # the multi-row int4 path takes one scale per row and tile
     return True
 
 
@@ -230,7 +240,7 @@ def _tune(kind: str, x: torch.Tensor, tensors: tuple, n: int, k: int, group: int
     block_m = _block_m(x.shape[0])
     sets = _copies(tensors, x.device)
     timed = []
-    for cfg in CONFIGS[kind]:
+    for cfg in CONFIGS[kind, 1 if block_m == 1 else MAX_ROWS]:
         if not _fits(cfg, block_m, group):
             continue
         try:
