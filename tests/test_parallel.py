@@ -285,3 +285,20 @@ def test_device_map_study_smoke_on_the_cpu(tmp_path, monkeypatch):
     assert [r["device_map"] for r in result["rows"]] == [None, "sequential"]
     assert all(r["decode_ms_per_token"] > 0 for r in result["rows"])
     assert "| device_map sequential | cpu=2GiB |" in (tmp_path / "device_map_gpu.md").read_text()
+
+
+def test_one_gpu_auto_device_map_is_the_sequential_split_the_gpu_study_measured():
+    # studies.device_map_gpu measured `sequential` with 0=8GiB,cpu=100GiB on one GPU (docs/scale.md); with a
+    # single GPU, `auto` / `balanced` resolve to exactly the same placement (20 of the 7B's modules on GPU 0).
+    import logging
+
+    from vlmslim.loading import parse_max_memory
+    from vlmslim.loading.placement import infer_device_map
+    from vlmslim.loading.skeleton import empty_model, load_arch_config
+
+    logging.getLogger("accelerate").setLevel(logging.ERROR)  # "Device 0 is not available" on a CPU box
+    model = empty_model(load_arch_config("llava-1.5-7b"))
+    limit = parse_max_memory("0=8GiB,cpu=100GiB")
+    maps = {s: infer_device_map(model, s, dict(limit), torch.float16) for s in ("sequential", "auto", "balanced")}
+    assert maps["auto"] == maps["sequential"] == maps["balanced"]
+    assert sum(v == 0 for v in maps["auto"].values()) == 20 and "cpu" in maps["auto"].values()
