@@ -30,7 +30,7 @@ logger = logging.getLogger("decode_profile")
 STEPS = 32
 # first match wins; names as CUPTI reports them (cuBLAS, flash / efficient attention, inductor, ours)
 CATEGORIES = (
-    ("linear: vlmslim int4/fp8 GEMV", r"_int4_kernel|_fp8_kernel"),
+    ("linear: vlmslim int4 / 8-bit GEMV", r"_int4_kernel|_w8_kernel|_fp8_kernel"),
     ("linear: tinygemm int4", r"tinygemm|int4pack|_weight_int4"),
     ("linear: cuBLAS GEMV/GEMM", r"gemv|gemm|sm90_xmma|cutlass|Kernel2|splitKreduce|nvjet|xmma"),
     ("attention", r"flash|fmha|attention|sdpa|efficient"),

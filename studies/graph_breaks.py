@@ -27,7 +27,7 @@ from vlmslim.loading import load_model
 
 logger = logging.getLogger("studies.graph_breaks")
 
-RECIPES = ("none", "int8", "nf4", "int4wo", "int8dq", "fp8")
+RECIPES = ("none", "int8", "nf4", "int4wo", "int8wo", "int8dq", "fp8")
 
 
 def explain_step(model, processor, device: str) -> dict:
@@ -53,7 +53,7 @@ def explain_step(model, processor, device: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--recipes", default="none,int8,nf4,int4wo,int8dq")
+    ap.add_argument("--recipes", default="none,int8,nf4,int4wo,int8wo,int8dq")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

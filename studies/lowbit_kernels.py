@@ -115,7 +115,7 @@ def study(shapes: list[str], rows: tuple[int, ...]) -> dict:
                    n * k // 2, ref)
             record("int4wo_gemv", [lambda t=t: torch.ops.vlmslim.int4_gemv(xb, *t, GROUP) for t in ours_s],
                    n * k // 2, xb.float() @ deq_ours.t())
-            record("fp8wo_gemv", [lambda w=w: torch.ops.vlmslim.fp8_gemv(xb, w, sw_flat) for w in w8fs], n * k,
+            record("fp8wo_gemv", [lambda w=w: torch.ops.vlmslim.w8_gemv(xb, w, sw_flat) for w in w8fs], n * k,
                    xb.float() @ (w8f.float() * sw).t())
             if m <= 16:
                 xp = torch.zeros(16, k, device=dev, dtype=torch.float16)

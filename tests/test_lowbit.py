@@ -19,7 +19,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from vlmslim import fp8, int8dq
+from vlmslim import fp8, int8dq, int8wo
 from vlmslim.census import census
 from vlmslim.cli import cli
 from vlmslim.loading import load_model
@@ -49,6 +49,20 @@ def test_int8dq_module_is_the_dynamic_int8_product_and_keeps_its_precision():
     assert sorted(m.state_dict()) == ["bias", "weight", "weight_scale"]
 
 
+def test_int8wo_module_is_the_row_scaled_int8_product():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(256, 96)
+    m = int8wo.Int8WeightOnlyLinear.from_linear(lin)
+    assert m.weight.dtype == torch.int8 and m.weight.shape == (96 * 256,)
+    x = torch.randn(2, 5, 256)
+    ref = x @ m.dequantized().t() + lin.bias.detach()
+    y = m(x)  # ATen's int8 weight-only kernel on the CPU, fp32 activations
+    assert y.shape == (2, 5, 96) and ((y - ref).norm() / ref.norm()).item() < 1e-5
+    assert 1e-4 < ((y - lin(x)).norm() / lin(x).norm()).item() < 1e-2
+    m.half()
+    assert m.weight.dtype == torch.int8 and m.weight_scale.dtype == torch.float32
+
+
 def test_fp8_module_math_on_cpu_and_dtype_kept():
     torch.manual_seed(0)
     lin = torch.nn.Linear(128, 48, bias=False)
@@ -65,18 +79,19 @@ def test_fp8_module_math_on_cpu_and_dtype_kept():
     assert m.weight.dtype == torch.float8_e4m3fn and m.weight_scale.dtype == torch.float32
 
 
-def test_demo_int8dq_reloads_exactly_with_analytic_bytes(tmp_path):
+@pytest.mark.parametrize("recipe", ["int8dq", "int8wo"])
+def test_demo_int8_recipes_reload_exactly_with_analytic_bytes(tmp_path, recipe):
     out = tmp_path / "dq"
-    record = quantize("demo", out, QuantSpec(make_recipe("int8dq"), "language"))
+    record = quantize("demo", out, QuantSpec(make_recipe(recipe), "language"))
     assert record["reload_max_abs_diff"] == 0.0
     assert record["measured_bytes"]["payload"] == record["expected_bytes"]["total"]
     assert record["sqnr_db"] > 15
     model, _ = load_model(out)
     c = census(model)["components"]
-    assert c["language"]["linear"] == {"int8dq": 28} and "int8dq" not in c["vision"]["linear"]
+    assert c["language"]["linear"] == {recipe: 28} and recipe not in c["vision"]["linear"]
     fp, _ = load_model("demo")
     assert c["language"]["params"] == census(fp)["components"]["language"]["params"]
-    assert json.loads((out / "config.json").read_text())["quantization_config"]["quant_method"] == "vlmslim-int8dq"
+    assert json.loads((out / "config.json").read_text())["quantization_config"]["quant_method"] == f"vlmslim-{recipe}"
     from transformers import LlavaForConditionalGeneration
 
     with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):  # flat codes: never loaded as floats
@@ -116,7 +131,7 @@ def test_cli_refuses_fp8_on_cpu_and_wrong_options_writing_nothing(tmp_path):
 
 _INTERPRETED = textwrap.dedent("""
     import torch
-    from vlmslim import fp8, gemv, int4
+    from vlmslim import fp8, gemv, int4, int8wo
     torch.manual_seed(0)
     errs = []
     for m, n, k, g in [(1, 48, 512, 128), (3, 48, 768, 64), (1, 32, 1280, 256), (1, 48, 1280, 64)]:
@@ -131,8 +146,12 @@ _INTERPRETED = textwrap.dedent("""
                 errs.append(float((y - ref).norm() / ref.norm()))
         w8, s = fp8.quantize_weight(lin.weight)
         ref8 = x.float() @ (w8.float() * s[:, None]).t()
-        y8 = gemv._launch("fp8", gemv.LaunchConfig(16, 128, 3, 4), x, (w8, s), n, k, None)
+        y8 = gemv._launch("w8", gemv.LaunchConfig(16, 128, 3, 4), x, (w8, s), n, k, None)
         errs.append(float((y8 - ref8).norm() / ref8.norm()))
+        q8 = int8wo.Int8WeightOnlyLinear.from_linear(lin)  # int8 codes through the same 8-bit kernel
+        ref_q8 = x.float() @ q8.dequantized().t()
+        y_q8 = gemv._launch("w8", gemv.LaunchConfig(8, 256, 1, 4), x, (q8.codes(), q8.weight_scale), n, k, None)
+        errs.append(float((y_q8 - ref_q8).norm() / ref_q8.norm()))
     print(max(errs), len(errs))
 """)
 
@@ -148,7 +167,7 @@ def test_triton_gemv_kernels_in_the_interpreter():
     assert int(count) >= 10 and float(worst) < 1e-5  # ragged N and K, split-K atomics, 1 and 3 rows
 
 
-@pytest.mark.parametrize("recipe", ["int4wo", "int8dq"])
+@pytest.mark.parametrize("recipe", ["int4wo", "int8wo", "int8dq"])
 def test_compiled_decode_step_is_one_graph(recipe):
     from studies.graph_breaks import explain_step
     from vlmslim.quantization import load_quantized
@@ -156,3 +175,17 @@ def test_compiled_decode_step_is_one_graph(recipe):
     model, processor = load_quantized("demo", recipe)
     row = explain_step(model.eval(), processor, "cpu")
     assert (row["graphs"], row["graph_breaks"]) == (1, 0), row["break_reasons"]
+
+
+def test_bench_quantize_at_load_int8dq_runs_and_fp8_is_refused_on_cpu(tmp_path):
+    runner = CliRunner()
+    assert runner.invoke(cli, ["data", "synthetic", "--out", str(tmp_path / "d"), "--n", "4"]).exit_code == 0
+    res = runner.invoke(cli, ["bench", "demo", "--data", str(tmp_path / "d"), "--quant", "fp8",
+                              "--out", str(tmp_path / "f8")])
+    assert res.exit_code == 1 and "fp8 needs an NVIDIA GPU" in res.output
+    assert not (tmp_path / "f8").exists()
+    res = runner.invoke(cli, ["bench", "demo", "--data", str(tmp_path / "d"), "--quant", "int8dq",
+                              "--out", str(tmp_path / "dq"), "--no-bertscore"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "dq" / "summary.json").read_text())
+    assert summary["model"]["precision"] == "int8dq" and summary["metrics"]["cider"] > 6

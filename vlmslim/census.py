@@ -13,7 +13,7 @@ from torch import nn
 
 from vlmslim.families import COMPONENTS, get_family
 
-QUANT_KINDS = ("int8", "nf4", "fp4", "4bit", "int4wo", "fp8wo", "int8dq")  # quantized `linear_kind`s ("4bit": bnb, type unknown)
+QUANT_KINDS = ("int8", "nf4", "fp4", "4bit", "int4wo", "fp8wo", "int8wo", "int8dq")  # quantized `linear_kind`s ("4bit": bnb, type unknown)
 _FLOAT_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}
 
 
@@ -27,6 +27,8 @@ def linear_kind(module: nn.Module) -> str | None:
         return "int8"
     if cls == "Int4WeightOnlyLinear":
         return "int4wo"  # vlmslim.int4: weights are buffers (codes, scales, zeros), not parameters
+    if cls == "Int8WeightOnlyLinear":
+        return "int8wo"  # vlmslim.int8wo: weights are buffers (codes, scales)
     if cls == "Fp8WeightOnlyLinear":
         return "fp8wo"  # vlmslim.fp8: weights are buffers (codes, scales)
     if cls == "Int8DynamicLinear":
@@ -78,7 +80,7 @@ def census(model: nn.Module) -> dict:
         if kind is not None:
             lin = comps[family.component_of(name)]["linear"]
             lin[kind] = lin.get(kind, 0) + 1
-        if kind in ("int4wo", "fp8wo", "int8dq"):  # the (out, in) weight lives in buffers: count the parameters it stands for
+        if kind in ("int4wo", "fp8wo", "int8wo", "int8dq"):  # the (out, in) weight lives in buffers: count the parameters it stands for
             comps[family.component_of(name)]["params"] += module.out_features * module.in_features
     tied = [list(pair) for pair in tied_parameters(model)]
     if comps["other"]["params"] == 0 and not comps["other"]["linear"]:

@@ -9,7 +9,7 @@ on first use (`_tune`, CUDA-graph timing) and the fastest is kept for that (kind
 Formats (row-major, N outputs x K inputs):
     int4: weight (N, K/2) uint8 read as (N, K/8) int32 (nibble i of word j is input 8j+i, as
           `vlmslim.int4.pack` writes it), scales / zeros (N, K/G) bf16: w = code * scale + zero.
-    fp8:  weight (N, K) float8_e4m3fn, scale (N,) fp32: w = code * scale.
+    w8:   weight (N, K) float8_e4m3fn or int8, scale (N,) fp32: w = code * scale (`fp8`, `int8wo`).
 Both return (M, N) fp32. CUDA only (`available`); the CPU paths of the modules do not come here.
 """
 
@@ -53,7 +53,7 @@ CONFIGS = {
         (8, 1024, 1, 4), (16, 512, 1, 4), (16, 1024, 1, 4), (32, 512, 1, 4), (8, 512, 1, 4), (16, 1024, 1, 8),
         (8, 2048, 1, 4), (8, 1024, 1, 4, 4), (64, 128, 4, 4),
     )),
-    ("fp8", 1): tuple(LaunchConfig(*c) for c in (
+    ("w8", 1): tuple(LaunchConfig(*c) for c in (
         (8, 512, 1, 4), (16, 256, 1, 4), (32, 256, 1, 4, 4), (8, 512, 1, 4, 4), (8, 1024, 1, 4), (4, 1024, 1, 2),
         (16, 512, 1, 4, 4), (8, 256, 1, 2, 4),
     )),
@@ -62,7 +62,7 @@ CONFIGS = {
         (32, 128, 1, 4), (64, 128, 1, 4), (128, 128, 1, 4), (128, 128, 1, 8), (64, 128, 2, 4), (32, 128, 2, 4),
         (64, 128, 4, 4), (64, 64, 1, 4), (128, 64, 1, 4), (64, 256, 1, 4),
     )),
-    ("fp8", 8): tuple(LaunchConfig(*c) for c in (
+    ("w8", 8): tuple(LaunchConfig(*c) for c in (
         (16, 256, 1, 4), (32, 256, 1, 4), (32, 128, 1, 4), (64, 128, 1, 4), (16, 512, 1, 4), (32, 256, 2, 4),
         (16, 256, 2, 4), (64, 128, 2, 4),
     )),
@@ -132,7 +132,7 @@ if triton is not None:
             tl.atomic_add(y_ptr + y_off, acc, mask=y_ok)
 
     @triton.jit
-    def _fp8_kernel(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K,
+    def _w8_kernel(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
         pid_n = tl.program_id(0)
         pid_k = tl.program_id(1)
@@ -192,7 +192,7 @@ def _launch(kind: str, cfg: LaunchConfig, x: torch.Tensor, tensors: tuple, n: in
         _int4_kernel[grid](x, w, s, z, y, m, n, k, GROUP=group, **common)
     else:
         w, s = tensors
-        _fp8_kernel[grid](x, w, s, y, m, n, k, **common)
+        _w8_kernel[grid](x, w, s, y, m, n, k, **common)
     return y
 
 
@@ -283,12 +283,12 @@ def _(x, weight, scales, zeros, group):
     return x.new_empty(x.shape[0], weight.shape[0], dtype=torch.float32)
 
 
-@torch.library.custom_op("vlmslim::fp8_gemv", mutates_args=())
-def fp8_gemv(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """x (M, K), weight (N, K) float8_e4m3fn, scale (N,) fp32 -> (M, N) fp32."""
-    return _gemv("fp8", x.contiguous(), (weight, scale), weight.shape[0], weight.shape[1], None)
+@torch.library.custom_op("vlmslim::w8_gemv", mutates_args=())
+def w8_gemv(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x (M, K), weight (N, K) float8_e4m3fn or int8, scale (N,) fp32 -> (M, N) fp32."""
+    return _gemv("w8", x.contiguous(), (weight, scale), weight.shape[0], weight.shape[1], None)
 
 
-@fp8_gemv.register_fake
+@w8_gemv.register_fake
 def _(x, weight, scale):
     return x.new_empty(x.shape[0], weight.shape[0], dtype=torch.float32)

@@ -30,7 +30,7 @@ QUANT_TARGETS = ("all", "language", "vision")
 DEFAULT_TARGET = "language"
 COMPUTE_DTYPES = ("bfloat16", "float16", "float32")
 TOKEN_METHODS = ("pool", "random", "visionzip")
-QUANT_RECIPES = ("fp4", "fp8", "int4wo", "int8", "int8dq", "nf4")
+QUANT_RECIPES = ("fp4", "fp8", "int4wo", "int8", "int8dq", "int8wo", "nf4")
 BNB_RECIPES = ("fp4", "int8", "nf4")
 DEMO_VARIANTS = ("base", "glu30", "glu50", "glu70", "glu80", "heads25", "heads50", "glu30-heads25", "drop1",
                  "heads25-kd", "drop1-kd", "glu80-kd", "int8", "nf4", "glu30-nf4", "int4wo", "int8dq", "tokens36", "tokens16", "tokens16-visionzip", "tokens16-random", "tokens4",

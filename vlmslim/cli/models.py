@@ -126,9 +126,9 @@ def prune_cmd(model, out, glu, heads, head_mode, drop_layers, trim_vision, impor
 @click.argument("model")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output checkpoint directory.")
 @click.option("--recipe", type=click.Choice(QUANT_RECIPES),
-              help="int8 / nf4 / fp4: bitsandbytes; int4wo: 4-bit weight-only (Triton GEMV / tinygemm, fast GPU "
-                   "decode); fp8: e4m3 weight-only (Ada/Hopper GPUs); int8dq: int8 weights and dynamic int8 "
-                   "activations (fast CPU inference).")
+              help="int8 / nf4 / fp4: bitsandbytes; int4wo: 4-bit weight-only (tinygemm, fast GPU decode); "
+                   "fp8: e4m3 weight-only (Ada/Hopper GPUs); int8wo: int8 weight-only; int8dq: int8 weights and "
+                   "dynamic int8 activations (fast CPU inference).")
 @click.option("--bits", type=click.Choice(["8", "4"]), help="bitsandbytes by width: 8 = int8; 4 = nf4 (default) or fp4.")
 @click.option("--group-size", type=int, default=None, help="int4wo: inputs per scale/zero [default: 128].")
 @click.option("--quant-type", type=click.Choice(["nf4", "fp4"]), default=None, help="4-bit data type [default: nf4].")

@@ -69,6 +69,7 @@ PRECISION_COLORS: dict[str, str] = {
     "int4wo": "#F0E442",  # 4-bit weight-only (quantization recipe `int4wo`)
     "int8dq": "#882255",  # int8 weights + dynamic int8 activations (`int8dq`); not #CC79A7, the recovery arrows
     "fp8wo": "#000000",  # e4m3 weight-only (`fp8`)
+    "int8wo": "#999933",  # int8 weight-only (`int8wo`; Tol's olive)
 }
 UNKNOWN_COLOR = "#7F7F7F"
 

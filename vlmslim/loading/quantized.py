@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vlmslim import fp8, int8dq
+from vlmslim import fp8, int8dq, int8wo
 from vlmslim.errors import ModelLoadError
 from vlmslim.int4 import Int4WeightOnlyLinear
 from vlmslim.loading.skeleton import empty_model
@@ -52,7 +52,8 @@ for _name, _prefix in _BNB_NOISE.items():  # on the emitting loggers, before bit
 
 INT4_QUANT_METHOD = "vlmslim-int4wo"  # config.json marker of vlmslim.int4 checkpoints (stock loading refuses it)
 # vlmslim's own formats: always rebuilt from the manifest (their markers make stock from_pretrained refuse)
-OWN_QUANT_METHODS = {INT4_QUANT_METHOD: "int4wo", fp8.QUANT_METHOD: "fp8", int8dq.QUANT_METHOD: "int8dq"}
+OWN_QUANT_METHODS = {INT4_QUANT_METHOD: "int4wo", fp8.QUANT_METHOD: "fp8", int8wo.QUANT_METHOD: "int8wo",
+                     int8dq.QUANT_METHOD: "int8dq"}
 
 
 def _quant_method(config) -> str | None:
@@ -87,7 +88,7 @@ def load_saved_quantized(src: str, cls, config, manifest: dict | None, dtype=Non
 def empty_bnb_linear(params: dict, linear: nn.Linear) -> nn.Module:
     """The empty (meta) quantized module that replaces `linear` under a recipe's `params()` record
     ({"name": "int8", "int8_threshold": 6.0}, {"name": "nf4"|"fp4", "double_quant", "compute_dtype"}, or
-    {"name": "int4wo", "group_size"} / {"name": "fp8" | "int8dq"}: vlmslim's own, not bitsandbytes)."""
+    {"name": "int4wo", "group_size"} / {"name": "fp8" | "int8wo" | "int8dq"}: vlmslim's own, not bitsandbytes)."""
     bias = linear.bias is not None
     if params["name"] == "int4wo":
         return Int4WeightOnlyLinear(linear.in_features, linear.out_features, bias, int(params["group_size"]),
@@ -95,6 +96,9 @@ def empty_bnb_linear(params: dict, linear: nn.Linear) -> nn.Module:
     if params["name"] == "fp8":
         return fp8.Fp8WeightOnlyLinear(linear.in_features, linear.out_features, bias, device="meta",
                                        bias_dtype=linear.weight.dtype)
+    if params["name"] == "int8wo":
+        return int8wo.Int8WeightOnlyLinear(linear.in_features, linear.out_features, bias, device="meta",
+                                           bias_dtype=linear.weight.dtype)
     if params["name"] == "int8dq":
         return int8dq.Int8DynamicLinear(linear.in_features, linear.out_features, bias, device="meta",
                                         bias_dtype=linear.weight.dtype)

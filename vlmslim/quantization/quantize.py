@@ -22,7 +22,8 @@ from vlmslim.quantization.targets import DEFAULT_TARGET, TARGETS, Target, check_
 
 logger = logging.getLogger(__name__)
 
-_BNB_CLASSES = ("Linear4bit", "Linear8bitLt", "Int4WeightOnlyLinear", "Fp8WeightOnlyLinear", "Int8DynamicLinear")
+_BNB_CLASSES = ("Linear4bit", "Linear8bitLt", "Int4WeightOnlyLinear", "Fp8WeightOnlyLinear", "Int8WeightOnlyLinear",
+                "Int8DynamicLinear")
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,6 @@ def quantize_model(model: nn.Module, quant="nf4", device=None) -> Quantized:
         model.to(device)  # the float remainder (embeddings, norms, skipped layers)
     check_census(model, target, recipe)
     # bnb: stock from_pretrained rebuilds the same modules from this (save_pretrained writes it to config.json);
-    # int4wo / fp8 / int8dq: a marker that makes stock loading refuse (vlmslim.load_model rebuilds it from the manifest).
+    # int4wo / fp8 / int8wo / int8dq: a marker that makes stock loading refuse (vlmslim.load_model rebuilds it from the manifest).
     model.config.quantization_config = recipe.quantization_config(target.skip_modules)
     return Quantized(recipe, target)

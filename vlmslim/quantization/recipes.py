@@ -1,4 +1,4 @@
-"""Quantization recipes: what one method (bitsandbytes, or vlmslim's own int4wo / fp8 / int8dq modules)
+"""Quantization recipes: what one method (bitsandbytes, or vlmslim's own int4wo / fp8 / int8wo / int8dq modules)
 does to one exact `nn.Linear`, as validated settings.
 
 A recipe knows (1) the bnb module that replaces a Linear (quantized when moved to the device), (2) the
@@ -18,7 +18,7 @@ from typing import ClassVar, Union
 import torch
 from torch import nn
 
-from vlmslim import fp8, int8dq
+from vlmslim import fp8, int8dq, int8wo
 from vlmslim.int4 import GROUP_SIZES, Int4WeightOnlyLinear
 from vlmslim.int4 import KIND as INT4_KIND
 from vlmslim.loading.quantized import INT4_QUANT_METHOD, empty_bnb_linear
@@ -303,6 +303,47 @@ class Fp8WeightOnlyRecipe:
 
 
 @dataclass(frozen=True)
+class Int8WeightOnlyRecipe:
+    """Int8 weight-only (`vlmslim.int8wo`): one fp32 scale per output row, activations untouched; decode on
+    vlmslim's Triton GEMV on CUDA, ATen's int8 weight-only kernel on CPUs. Reloads through `load_model`."""
+
+    bits: ClassVar[int] = 8
+    shape_rule: ClassVar[str] = "any shape"
+
+    @property
+    def name(self) -> str:
+        return "int8wo"
+
+    @property
+    def kind(self) -> str:
+        return int8wo.KIND
+
+    def params(self) -> dict:
+        return {"name": self.name, "bits": 8, "backend": "vlmslim-triton/aten-cpu"}
+
+    def resolved(self, model_dtype: torch.dtype) -> "Int8WeightOnlyRecipe":
+        return self
+
+    def shape_error(self, out_features: int, in_features: int) -> str | None:
+        return None
+
+    def device_error(self, device: torch.device) -> str | None:
+        return None
+
+    def empty_module(self, linear: nn.Linear) -> nn.Module:
+        return empty_bnb_linear(self.params(), linear)
+
+    def quantize_linear(self, linear: nn.Linear, device) -> nn.Module:
+        return int8wo.Int8WeightOnlyLinear.from_linear(linear.to(device))
+
+    def quantization_config(self, skip_modules) -> dict:
+        return {"quant_method": int8wo.QUANT_METHOD, "modules_to_not_convert": list(skip_modules)}
+
+    def linear_bytes(self, out_features: int, in_features: int, weight_dtype: torch.dtype) -> dict[str, int]:
+        return {"weight": out_features * in_features, "scales": 4 * out_features, "metadata": 0}
+
+
+@dataclass(frozen=True)
 class Int8DynamicRecipe:
     """Int8 weights (one fp32 scale per row) with int8 activations quantized per call (`vlmslim.int8dq`):
     PyTorch's x86/fbgemm dynamic kernel on the CPU (seed 003's `quantize_dynamic`, saved and reloadable);
@@ -344,7 +385,8 @@ class Int8DynamicRecipe:
         return {"weight": out_features * in_features, "scales": 4 * out_features, "metadata": 0}
 
 
-Recipe = Union[Int8Recipe, FourBitRecipe, Int4WeightOnlyRecipe, Fp8WeightOnlyRecipe, Int8DynamicRecipe]
+Recipe = Union[Int8Recipe, FourBitRecipe, Int4WeightOnlyRecipe, Fp8WeightOnlyRecipe, Int8WeightOnlyRecipe,
+               Int8DynamicRecipe]
 
 RECIPES = {
     "int8": Int8Recipe,
@@ -352,10 +394,11 @@ RECIPES = {
     "fp4": lambda **kw: FourBitRecipe(quant_type="fp4", **kw),
     "int4wo": Int4WeightOnlyRecipe,
     "fp8": Fp8WeightOnlyRecipe,
+    "int8wo": Int8WeightOnlyRecipe,
     "int8dq": Int8DynamicRecipe,
 }
 RECIPE_CLASSES = {"int8": Int8Recipe, "nf4": FourBitRecipe, "fp4": FourBitRecipe, "int4wo": Int4WeightOnlyRecipe,
-                 "fp8": Fp8WeightOnlyRecipe, "int8dq": Int8DynamicRecipe}
+                 "fp8": Fp8WeightOnlyRecipe, "int8wo": Int8WeightOnlyRecipe, "int8dq": Int8DynamicRecipe}
 
 
 def make_recipe(name: str, **options) -> Recipe:
