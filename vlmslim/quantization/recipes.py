@@ -212,47 +212,77 @@ class FourBitRecipe:
 
 
 @dataclass(frozen=True)
-class Int4WeightOnlyRecipe:
-    """Int4 weight-only on ATen's tinygemm kernels (`vlmslim.int4`): 4-bit codes with a bf16 scale and zero
-    per `group_size` inputs; activations in bf16. Not bitsandbytes: saved checkpoints reload through
-    `vlmslim.load_model` only (their config's quantization_config makes stock `from_pretrained` refuse)."""
+class _OwnModuleRecipe:
+    """vlmslim's own recipes: one module class (defaults: 1-byte codes, one fp32 scale per output row, any
+    shape), a `quant_method` marker that stock `from_pretrained` refuses; reload via `load_model`."""
 
-    group_size: int = 128
-    bits: ClassVar[int] = 4
-    shape_rule: ClassVar[str] = "in_features % group_size == 0 and out_features % 8 == 0 (tinygemm)"
-
-    def __post_init__(self):
-        if self.group_size not in GROUP_SIZES:
-            raise ValueError(f"group_size (--group-size) must be one of {GROUP_SIZES}, got {self.group_size!r}")
+    bits: ClassVar[int] = 8
+    shape_rule: ClassVar[str] = "any shape"
+    recipe_name: ClassVar[str]
+    backend: ClassVar[str]
+    module_kind: ClassVar[str]  # the census kind of the layers it produces
+    quant_method: ClassVar[str]
+    module: ClassVar[type]
 
     @property
     def name(self) -> str:
-        return "int4wo"
+        return self.recipe_name
 
     @property
     def kind(self) -> str:
-        return INT4_KIND
+        return self.module_kind
 
     def params(self) -> dict:
-        return {"name": self.name, "bits": 4, "group_size": self.group_size, "backend": "vlmslim-triton/aten-tinygemm"}
+        return {"name": self.name, "bits": 8, "backend": self.backend}
 
-    def resolved(self, model_dtype: torch.dtype) -> "Int4WeightOnlyRecipe":
+    def resolved(self, model_dtype: torch.dtype):
         return self
 
     def shape_error(self, out_features: int, in_features: int) -> str | None:
-        return f"{out_features}x{in_features}" if in_features % self.group_size or out_features % 8 else None
+        return None
 
     def device_error(self, device: torch.device) -> str | None:
-        return None  # tinygemm has CPU and CUDA kernels; the Triton GEMV is used where it runs
+        return None
 
     def empty_module(self, linear: nn.Linear) -> nn.Module:
         return empty_bnb_linear(self.params(), linear)
 
     def quantize_linear(self, linear: nn.Linear, device) -> nn.Module:
+        return self.module.from_linear(linear.to(device))
+
+    def quantization_config(self, skip_modules) -> dict:
+        return {"quant_method": self.quant_method, "modules_to_not_convert": list(skip_modules)}
+
+    def linear_bytes(self, out_features: int, in_features: int, weight_dtype: torch.dtype) -> dict[str, int]:
+        return {"weight": out_features * in_features, "scales": 4 * out_features, "metadata": 0}
+
+
+@dataclass(frozen=True)
+class Int4WeightOnlyRecipe(_OwnModuleRecipe):
+    """Int4 weight-only (`vlmslim.int4`): 4-bit codes with a bf16 scale and zero per `group_size` inputs;
+    activations in bf16; decode on ATen's tinygemm (or vlmslim's Triton GEMV, opt-in)."""
+
+    group_size: int = 128
+    bits: ClassVar[int] = 4
+    shape_rule: ClassVar[str] = "in_features % group_size == 0 and out_features % 8 == 0 (tinygemm)"
+    recipe_name: ClassVar[str] = "int4wo"
+    module_kind: ClassVar[str] = INT4_KIND
+    quant_method: ClassVar[str] = INT4_QUANT_METHOD
+
+    def __post_init__(self):
+        if self.group_size not in GROUP_SIZES:
+            raise ValueError(f"group_size (--group-size) must be one of {GROUP_SIZES}, got {self.group_size!r}")
+
+    def params(self) -> dict:
+        return {"name": self.name, "bits": 4, "group_size": self.group_size, "backend": "aten-tinygemm/vlmslim-triton"}
+
+    def shape_error(self, out_features: int, in_features: int) -> str | None:
+        return f"{out_features}x{in_features}" if in_features % self.group_size or out_features % 8 else None
+
+    def quantize_linear(self, linear: nn.Linear, device) -> nn.Module:
         return Int4WeightOnlyLinear.from_linear(linear.to(device), self.group_size)
 
     def quantization_config(self, skip_modules) -> dict:
-        # An unknown quant_method: stock from_pretrained refuses the dir instead of loading garbage weights.
         return {"quant_method": INT4_QUANT_METHOD, "group_size": self.group_size,
                 "modules_to_not_convert": list(skip_modules)}
 
@@ -262,127 +292,43 @@ class Int4WeightOnlyRecipe:
 
 
 @dataclass(frozen=True)
-class Fp8WeightOnlyRecipe:
-    """Fp8 e4m3 weight-only (`vlmslim.fp8`): one fp32 scale per output row, bf16 activations, decode on
-    vlmslim's Triton GEMV. Needs an Ada / Hopper or newer GPU; reloads through `vlmslim.load_model`."""
+class Fp8WeightOnlyRecipe(_OwnModuleRecipe):
+    """Fp8 e4m3 weight-only (`vlmslim.fp8`), bf16 activations, decode on vlmslim's Triton GEMV. Needs an
+    Ada / Hopper or newer GPU."""
 
-    bits: ClassVar[int] = 8
-    shape_rule: ClassVar[str] = "any shape"
-
-    @property
-    def name(self) -> str:
-        return "fp8"
-
-    @property
-    def kind(self) -> str:
-        return fp8.KIND
-
-    def params(self) -> dict:
-        return {"name": self.name, "bits": 8, "backend": "vlmslim-triton"}
-
-    def resolved(self, model_dtype: torch.dtype) -> "Fp8WeightOnlyRecipe":
-        return self
-
-    def shape_error(self, out_features: int, in_features: int) -> str | None:
-        return None
+    recipe_name: ClassVar[str] = "fp8"
+    backend: ClassVar[str] = "vlmslim-triton"
+    module_kind: ClassVar[str] = fp8.KIND
+    quant_method: ClassVar[str] = fp8.QUANT_METHOD
+    module: ClassVar[type] = fp8.Fp8WeightOnlyLinear
 
     def device_error(self, device: torch.device) -> str | None:
         return fp8.device_error(device)
 
-    def empty_module(self, linear: nn.Linear) -> nn.Module:
-        return empty_bnb_linear(self.params(), linear)
 
-    def quantize_linear(self, linear: nn.Linear, device) -> nn.Module:
-        return fp8.Fp8WeightOnlyLinear.from_linear(linear.to(device))
+@dataclass(frozen=True)
+class Int8WeightOnlyRecipe(_OwnModuleRecipe):
+    """Int8 weight-only (`vlmslim.int8wo`), activations untouched: vlmslim's Triton GEMV on CUDA, ATen's
+    int8 weight-only kernel on CPUs."""
 
-    def quantization_config(self, skip_modules) -> dict:
-        return {"quant_method": fp8.QUANT_METHOD, "modules_to_not_convert": list(skip_modules)}
-
-    def linear_bytes(self, out_features: int, in_features: int, weight_dtype: torch.dtype) -> dict[str, int]:
-        return {"weight": out_features * in_features, "scales": 4 * out_features, "metadata": 0}
+    recipe_name: ClassVar[str] = "int8wo"
+    backend: ClassVar[str] = "vlmslim-triton/aten-cpu"
+    module_kind: ClassVar[str] = int8wo.KIND
+    quant_method: ClassVar[str] = int8wo.QUANT_METHOD
+    module: ClassVar[type] = int8wo.Int8WeightOnlyLinear
 
 
 @dataclass(frozen=True)
-class Int8WeightOnlyRecipe:
-    """Int8 weight-only (`vlmslim.int8wo`): one fp32 scale per output row, activations untouched; decode on
-    vlmslim's Triton GEMV on CUDA, ATen's int8 weight-only kernel on CPUs. Reloads through `load_model`."""
+class Int8DynamicRecipe(_OwnModuleRecipe):
+    """Int8 weights with int8 activations quantized per call (`vlmslim.int8dq`): PyTorch's x86 dynamic
+    kernel on the CPU (seed 003's `quantize_dynamic`, saved and reloadable); emulated in bf16 on GPUs
+    (right numbers, no speed-up)."""
 
-    bits: ClassVar[int] = 8
-    shape_rule: ClassVar[str] = "any shape"
-
-    @property
-    def name(self) -> str:
-        return "int8wo"
-
-    @property
-    def kind(self) -> str:
-        return int8wo.KIND
-
-    def params(self) -> dict:
-        return {"name": self.name, "bits": 8, "backend": "vlmslim-triton/aten-cpu"}
-
-    def resolved(self, model_dtype: torch.dtype) -> "Int8WeightOnlyRecipe":
-        return self
-
-    def shape_error(self, out_features: int, in_features: int) -> str | None:
-        return None
-
-    def device_error(self, device: torch.device) -> str | None:
-        return None
-
-    def empty_module(self, linear: nn.Linear) -> nn.Module:
-        return empty_bnb_linear(self.params(), linear)
-
-    def quantize_linear(self, linear: nn.Linear, device) -> nn.Module:
-        return int8wo.Int8WeightOnlyLinear.from_linear(linear.to(device))
-
-    def quantization_config(self, skip_modules) -> dict:
-        return {"quant_method": int8wo.QUANT_METHOD, "modules_to_not_convert": list(skip_modules)}
-
-    def linear_bytes(self, out_features: int, in_features: int, weight_dtype: torch.dtype) -> dict[str, int]:
-        return {"weight": out_features * in_features, "scales": 4 * out_features, "metadata": 0}
-
-
-@dataclass(frozen=True)
-class Int8DynamicRecipe:
-    """Int8 weights (one fp32 scale per row) with int8 activations quantized per call (`vlmslim.int8dq`):
-    PyTorch's x86/fbgemm dynamic kernel on the CPU (seed 003's `quantize_dynamic`, saved and reloadable);
-    emulated in bf16 on GPUs (right numbers, no speed-up). Reloads through `vlmslim.load_model`."""
-
-    bits: ClassVar[int] = 8
-    shape_rule: ClassVar[str] = "any shape"
-
-    @property
-    def name(self) -> str:
-        return "int8dq"
-
-    @property
-    def kind(self) -> str:
-        return int8dq.KIND
-
-    def params(self) -> dict:
-        return {"name": self.name, "bits": 8, "backend": "torch-x86-dynamic"}
-
-    def resolved(self, model_dtype: torch.dtype) -> "Int8DynamicRecipe":
-        return self
-
-    def shape_error(self, out_features: int, in_features: int) -> str | None:
-        return None
-
-    def device_error(self, device: torch.device) -> str | None:
-        return None
-
-    def empty_module(self, linear: nn.Linear) -> nn.Module:
-        return empty_bnb_linear(self.params(), linear)
-
-    def quantize_linear(self, linear: nn.Linear, device) -> nn.Module:
-        return int8dq.Int8DynamicLinear.from_linear(linear.to(device))
-
-    def quantization_config(self, skip_modules) -> dict:
-        return {"quant_method": int8dq.QUANT_METHOD, "modules_to_not_convert": list(skip_modules)}
-
-    def linear_bytes(self, out_features: int, in_features: int, weight_dtype: torch.dtype) -> dict[str, int]:
-        return {"weight": out_features * in_features, "scales": 4 * out_features, "metadata": 0}
+    recipe_name: ClassVar[str] = "int8dq"
+    backend: ClassVar[str] = "torch-x86-dynamic"
+    module_kind: ClassVar[str] = int8dq.KIND
+    quant_method: ClassVar[str] = int8dq.QUANT_METHOD
+    module: ClassVar[type] = int8dq.Int8DynamicLinear
 
 
 Recipe = Union[Int8Recipe, FourBitRecipe, Int4WeightOnlyRecipe, Fp8WeightOnlyRecipe, Int8WeightOnlyRecipe,
