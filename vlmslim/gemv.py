@@ -73,6 +73,16 @@ _BEST: dict[tuple, LaunchConfig] = {}
 if triton is not None:
 
     @triton.jit
+    def _store(y_ptr, acc, rm, rn, M, N, SPLIT_K: tl.constexpr):
+        """acc (BM, BN) into y (M, N) fp32; split-K programs add their partial sums atomically."""
+        y_off = rm[:, None] * N + rn[None, :]
+        y_ok = (rm < M)[:, None] & (rn < N)[None, :]
+        if SPLIT_K == 1:
+            tl.store(y_ptr + y_off, acc, mask=y_ok)
+        else:
+            tl.atomic_add(y_ptr + y_off, acc, mask=y_ok)
+
+    @triton.jit
     def _int4_kernel(x_ptr, w_ptr, s_ptr, z_ptr, y_ptr, M, N, K,
                      GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                      SPLIT_K: tl.constexpr):
@@ -124,16 +134,11 @@ if triton is not None:
                         dot += tl.where((rm == m)[:, None], part[None, :], 0.0)
                         xs += tl.where(rm == m, tl.sum(xm, axis=0), 0.0)
                 acc += dot * s[None, :] + xs[:, None] * z[None, :]  # sum_k (q s + z) x = s (q . x) + z sum x
-        y_off = rm[:, None] * N + rn[None, :]
-        y_ok = (rm < M)[:, None] & n_ok[None, :]
-        if SPLIT_K == 1:
-            tl.store(y_ptr + y_off, acc, mask=y_ok)
-        else:
-            tl.atomic_add(y_ptr + y_off, acc, mask=y_ok)
+        _store(y_ptr, acc, rm, rn, M, N, SPLIT_K)
 
     @triton.jit
     def _w8_kernel(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
         pid_n = tl.program_id(0)
         pid_k = tl.program_id(1)
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -162,12 +167,7 @@ if triton is not None:
                     part = tl.sum(w * xm[None, :], axis=1)
                     acc += tl.where((rm == m)[:, None], part[None, :], 0.0)
         acc = acc * tl.load(s_ptr + rn, mask=n_ok, other=0.0)[None, :]
-        y_off = rm[:, None] * N + rn[None, :]
-        y_ok = (rm < M)[:, None] & n_ok[None, :]
-        if SPLIT_K == 1:
-            tl.store(y_ptr + y_off, acc, mask=y_ok)
-        else:
-            tl.atomic_add(y_ptr + y_off, acc, mask=y_ok)
+        _store(y_ptr, acc, rm, rn, M, N, SPLIT_K)
 
 
 def _block_m(m: int) -> int:
