@@ -29,12 +29,6 @@ class Int8WeightOnlyLinear(Fp8WeightOnlyLinear):
     def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return quantize_weight(w)
 
-    def _apply(self, fn, recurse=True):
-        out = super(Fp8WeightOnlyLinear, self)._apply(fn, recurse)  # int8 is not floating: .half() leaves it
-        if self.weight_scale.dtype != torch.float32:
-            self.weight_scale = self.weight_scale.float()
-        return out
-
     def _dense(self, x2: torch.Tensor) -> torch.Tensor:
         if x2.device.type == "cpu":  # fp32 activations, as the float model had them
             return torch._weight_int8pack_mm(x2.float(), self.codes(), self.weight_scale)
