@@ -26,6 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]  # the checkout (outputs default below it)
 
 from vlmslim.benchmarks import random_weights as arch
+from vlmslim.fusion import fuse_projections
 from vlmslim.benchmarks.efficiency import measure_bandwidth_gb_s
 from vlmslim.census import census
 from vlmslim.inputs import synthetic_inputs
@@ -49,6 +50,8 @@ VARIANTS = {
     "glu30+fp8": ({"glu": 0.3}, "fp8"),
 }
 KERNELS = {"int4wo-triton": "triton"}  # variant -> Int4WeightOnlyLinear.kernel
+# "<variant>-fused": the same model with q|k|v and gate|up fused per layer (vlmslim.fusion)
+VARIANTS.update({f"{name}-fused": VARIANTS[name] for name in ("base", "glu30", "int4wo", "fp8")})
 NEW_TOKENS = 64
 
 
@@ -62,6 +65,8 @@ def build(name: str, target: str = "language"):
         for m in model.modules():
             if hasattr(m, "kernel"):
                 m.kernel = KERNELS[name]
+    if name.endswith("-fused"):
+        fuse_projections(model)
     return model
 
 

@@ -84,6 +84,9 @@ class Family:
     # The compiled decode engine needs 1-D positions; mrope (Qwen2.5-VL: 3-D position ids offset by rope
     # deltas) is not wired into the static step, and BLIP-2's OPT decoder is not a `*Model` with `.layers`.
     compiled_decode: bool = True
+    # The decoder layers call q/k/v (and gate/up) on one input, first sibling first: `vlmslim.fusion` may
+    # run each group as one product. Set only where a test checks fused logits against unfused ones.
+    fusable_projections: bool = False
     # `--image-tokens K` (vlmslim.tokens): one square grid of image tokens per image, cut after the projector.
     token_reduction: bool = False
     # Why `--heads` cannot prune this family (None: it can). Checked before any scoring.
@@ -189,6 +192,7 @@ FAMILIES: dict[str, Family] = {
             vision_layers="model.vision_tower.encoder.layers",
             image_tokens=_llava_tokens,
             token_reduction=True,
+            fusable_projections=True,
         ),
         Family(
             model_type="idefics3",
@@ -198,6 +202,7 @@ FAMILIES: dict[str, Family] = {
             vision_layers="model.vision_model.encoder.layers",
             image_tokens=_idefics3_tokens,
             pixel_layout="tiles",
+            fusable_projections=True,
         ),
         Family(
             model_type="qwen2_5_vl",
@@ -210,6 +215,7 @@ FAMILIES: dict[str, Family] = {
             pixel_layout="patches",
             image_wrap=True,
             compiled_decode=False,
+            fusable_projections=True,
         ),
         Family(
             model_type="paligemma",
@@ -219,6 +225,7 @@ FAMILIES: dict[str, Family] = {
             vision_layers="model.vision_tower.encoder.layers",
             chat_template=False,
             token_type_ids=True,
+            fusable_projections=True,
         ),
         Family(
             model_type="blip-2",

@@ -1,0 +1,84 @@
+"""Fused q|k|v and gate|up projections (vlmslim.fusion): same logits as the separate layers in every family
+that allows it, no second copy of the weights, the original modules back afterwards, and a compiled
+decode step that still traces as one graph and decodes the eager tokens."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vlmslim.families import get_family
+from vlmslim.fusion import FusedProjection, SiblingRows, fuse_projections, fused_projections, unfuse_projections
+from vlmslim.inputs import synthetic_inputs
+from vlmslim.quantization import load_quantized
+
+
+def _logits(model, inputs):
+    with torch.no_grad():
+        return model(**inputs).logits
+
+
+def test_fused_logits_equal_separate_in_every_fusable_family(any_family):
+    name, model, _ = any_family
+    family = get_family(model)
+    if not family.fusable_projections:
+        with pytest.raises(ValueError, match="projection fusion is not supported"):
+            fuse_projections(model)
+        return
+    inputs = synthetic_inputs(model, 2, 6, 0)
+    ref = _logits(model, inputs)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    layers = len(family.decoder_layers(model))
+    with fused_projections(model):
+        layer = family.decoder_layers(model)[0]
+        q = layer.get_submodule(f"{family.attn}.{family.q_proj}")
+        assert isinstance(q, FusedProjection) and isinstance(layer.get_submodule(f"{family.attn}.{family.v_proj}"),
+                                                                SiblingRows)
+        # the originals' weights are views into the fused weight: no second copy while fused
+        k = q._originals[1].weight
+        assert k.untyped_storage().data_ptr() == q.fused.weight.untyped_storage().data_ptr()
+        fused = _logits(model, inputs)
+        assert fuse_projections(model) == 0  # already fused: nothing to do
+    torch.testing.assert_close(fused, ref, rtol=1e-5, atol=1e-5)
+    after = model.state_dict()
+    assert list(after) == list(state) and all(torch.equal(after[k], state[k]) for k in state)
+    torch.testing.assert_close(_logits(model, inputs), ref, rtol=0, atol=0)
+    assert layers == len(family.decoder_layers(model))
+
+
+@pytest.mark.parametrize("recipe", ["int4wo", "int8wo", "int8dq"])
+def test_fused_quantized_layers_give_the_same_logits(recipe):
+    model, _ = load_quantized("demo", recipe)
+    model.eval()
+    inputs = synthetic_inputs(model, 1, 6, 0)
+    inputs["input_ids"] = inputs["input_ids"][:, :1]  # one row: the decode kernels, not the prefill GEMM
+    inputs.pop("pixel_values")
+    inputs["attention_mask"] = inputs["attention_mask"][:, :1]
+    ref = _logits(model, inputs)
+    n = fuse_projections(model)
+    assert n == 2 * len(get_family(model).decoder_layers(model))
+    fused = _logits(model, inputs)
+    unfuse_projections(model)
+    # int8dq quantizes the activations per tensor: one tensor for q|k|v is the same tensor
+    torch.testing.assert_close(fused, ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(_logits(model, inputs), ref, rtol=0, atol=0)
+
+
+def test_compiled_step_with_fused_projections_is_one_graph_and_decodes_the_eager_tokens():
+    from studies.graph_breaks import explain_step
+    from vlmslim.benchmarks.engine import CompiledDecoder
+    from vlmslim.loading import load_model
+
+    model, processor = load_model("demo")
+    model.eval()
+    inputs = synthetic_inputs(model, 1, 8, 0)
+    dec = CompiledDecoder(model, 1, inputs["input_ids"].shape[1] + 8, compile=False)
+    eager = dec.decode(inputs, 6, ignore_eos=True).tokens
+    with fused_projections(model):
+        row = explain_step(model, processor, "cpu")
+        assert (row["graphs"], row["graph_breaks"]) == (1, 0), row["break_reasons"]
+        torch._dynamo.reset()
+        compiled = CompiledDecoder(model, 1, inputs["input_ids"].shape[1] + 8)
+        for _ in range(2):  # the second call replays what the first compiled
+            assert torch.equal(compiled.decode(inputs, 6, ignore_eos=True).tokens, eager)
+    torch._dynamo.reset()
