@@ -82,3 +82,11 @@ def test_compiled_step_with_fused_projections_is_one_graph_and_decodes_the_eager
         for _ in range(2):  # the second call replays what the first compiled
             assert torch.equal(compiled.decode(inputs, 6, ignore_eos=True).tokens, eager)
     torch._dynamo.reset()
+
+
+def test_bitsandbytes_layers_are_refused_before_anything_changes():
+    model, _ = load_quantized("demo", "nf4")
+    before = [type(m).__name__ for m in model.modules()]
+    with pytest.raises(ValueError, match="Linear4bit layers cannot be fused"):
+        fuse_projections(model)
+    assert [type(m).__name__ for m in model.modules()] == before

@@ -76,13 +76,26 @@ def _construct(like: nn.Module, in_features: int, out_features: int, bias: bool)
     raise TypeError(f"cannot fuse {type(like).__name__} layers")
 
 
+FUSABLE = (nn.Linear, Int4WeightOnlyLinear, Fp8WeightOnlyLinear, Int8DynamicLinear)  # not bitsandbytes
+
+
+def why_not(mods: list[nn.Module]) -> str | None:
+    """Why these siblings cannot be one module (None: they can)."""
+    first = mods[0]
+    if type(first) not in FUSABLE and not isinstance(first, Fp8WeightOnlyLinear):  # Int8WeightOnlyLinear too
+        return f"{type(first).__name__} layers cannot be fused"
+    if any(type(m) is not type(first) or m.in_features != first.in_features for m in mods) \
+            or len({m.bias is None for m in mods}) > 1 or len({getattr(m, "group_size", 0) for m in mods}) > 1:
+        return "siblings differ in class, input width, bias or group size"
+    return None
+
+
 def concat_rows(mods: list[nn.Module]) -> nn.Module:
     """One module whose output rows are `mods`' rows in order (every saved tensor is row-major: weights,
     flat codes, per-row or per-group scales and biases all concatenate along dim 0)."""
     first = mods[0]
-    if any(type(m) is not type(first) or m.in_features != first.in_features for m in mods) \
-            or len({m.bias is None for m in mods}) > 1 or len({getattr(m, "group_size", 0) for m in mods}) > 1:
-        raise TypeError("siblings differ in class, input width, bias or group size")
+    if (why := why_not(mods)) is not None:
+        raise TypeError(why)
     states = [m.state_dict() for m in mods]
     fused = _construct(first, first.in_features, sum(m.out_features for m in mods), first.bias is not None)
     fused.load_state_dict({k: torch.cat([s[k] for s in states]) for k in states[0]}, assign=True)
@@ -124,22 +137,25 @@ def fuse_projections(model: nn.Module) -> int:
     if not family.fusable_projections:
         raise ValueError(f"{family.model_type}: its layers do not call q/k/v (gate/up) on one input in order; "
                          "projection fusion is not supported")
-    count = 0
+    todo = []
     for layer in family.decoder_layers(model):
         for parent_name, names in _groups(family):
             parent = layer.get_submodule(parent_name)
             mods = [parent.get_submodule(n) for n in names]
             if isinstance(mods[0], FusedProjection):
                 continue  # already fused
-            fused = concat_rows(mods)
-            _share_storage(fused, mods)
-            handoff = _Handoff()
-            parent.set_submodule(names[0], FusedProjection(fused, [m.out_features for m in mods], handoff, mods))
-            for i, n in enumerate(names[1:], start=1):
-                parent.set_submodule(n, SiblingRows(handoff, i))
-            count += 1
-    logger.info("fused %d projection groups (q|k|v, gate|up)", count)
-    return count
+            if (why := why_not(mods)) is not None:  # checked for every group before any is changed
+                raise ValueError(f"cannot fuse {parent_name}.{{{','.join(names)}}}: {why}")
+            todo.append((parent, names, mods))
+    for parent, names, mods in todo:
+        fused = concat_rows(mods)
+        _share_storage(fused, mods)
+        handoff = _Handoff()
+        parent.set_submodule(names[0], FusedProjection(fused, [m.out_features for m in mods], handoff, mods))
+        for i, n in enumerate(names[1:], start=1):
+            parent.set_submodule(n, SiblingRows(handoff, i))
+    logger.info("fused %d projection groups (q|k|v, gate|up)", len(todo))
+    return len(todo)
 
 
 def unfuse_projections(model: nn.Module) -> None:
