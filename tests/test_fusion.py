@@ -64,6 +64,7 @@ def test_fused_quantized_layers_give_the_same_logits(recipe):
     torch.testing.assert_close(_logits(model, inputs), ref, rtol=0, atol=0)
 
 
+@pytest.mark.slow  # inductor compiles the decode step on the CPU
 def test_compiled_step_with_fused_projections_is_one_graph_and_decodes_the_eager_tokens():
     from studies.graph_breaks import explain_step
     from vlmslim.benchmarks.engine import CompiledDecoder

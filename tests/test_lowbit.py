@@ -79,6 +79,7 @@ def test_fp8_module_math_on_cpu_and_dtype_kept():
     assert m.weight.dtype == torch.float8_e4m3fn and m.weight_scale.dtype == torch.float32
 
 
+@pytest.mark.slow  # quantize + save + reload check of the demo, twice (~10 s)
 @pytest.mark.parametrize("recipe", ["int8dq", "int8wo"])
 def test_demo_int8_recipes_reload_exactly_with_analytic_bytes(tmp_path, recipe):
     out = tmp_path / "dq"
@@ -167,6 +168,7 @@ def test_triton_gemv_kernels_in_the_interpreter():
     assert int(count) >= 10 and float(worst) < 1e-5  # ragged N and K, split-K atomics, 1 and 3 rows
 
 
+@pytest.mark.slow  # three dynamo traces of the decode step (~7 s)
 @pytest.mark.parametrize("recipe", ["int4wo", "int8wo", "int8dq"])
 def test_compiled_decode_step_is_one_graph(recipe):
     from studies.graph_breaks import explain_step
@@ -177,6 +179,7 @@ def test_compiled_decode_step_is_one_graph(recipe):
     assert (row["graphs"], row["graph_breaks"]) == (1, 0), row["break_reasons"]
 
 
+@pytest.mark.slow  # a real bench of the demo (~11 s)
 def test_bench_quantize_at_load_int8dq_runs_and_fp8_is_refused_on_cpu(tmp_path):
     runner = CliRunner()
     assert runner.invoke(cli, ["data", "synthetic", "--out", str(tmp_path / "d"), "--n", "4"]).exit_code == 0
