@@ -44,6 +44,9 @@ def test_int8dq_module_is_the_dynamic_int8_product_and_keeps_its_precision():
     twin.prepare()
     assert torch.allclose(twin(x), 2 * (y - lin.bias.detach()) + lin.bias.detach(), rtol=1e-4, atol=1e-4)
     assert torch.equal(m(x), y)
+    del m  # the twin outlives its original: its own handle still resolves
+    assert torch.allclose(twin(x), 2 * (y - lin.bias.detach()) + lin.bias.detach(), rtol=1e-4, atol=1e-4)
+    m = int8dq.Int8DynamicLinear.from_linear(lin)
     m.half()
     assert m.weight.dtype == torch.int8 and m.weight_scale.dtype == torch.float32
     assert sorted(m.state_dict()) == ["bias", "weight", "weight_scale"]

@@ -49,7 +49,7 @@ def fake_quantize(x: torch.Tensor) -> torch.Tensor:
 
 # The x86 kernel takes its packed weight as a TorchScript object, which torch.compile cannot trace: the
 # custom op below carries an integer handle instead (a constant to dynamo), so a decode step stays one graph.
-_MODULES: dict[int, weakref.ref] = {}
+_MODULES: dict[int, weakref.ref] = {}  # a plain dict: dynamo traces it (a WeakValueDictionary breaks the graph)
 _HANDLES = itertools.count()
 
 
@@ -76,8 +76,12 @@ class Int8DynamicLinear(nn.Module):
         self.bias = (nn.Parameter(torch.zeros(out_features, dtype=bias_dtype, device=device), requires_grad=False)
                      if bias else None)
         self._packed = None  # the x86/fbgemm kernel's packed weight on the CPU (not saved)
+        self._register()
+
+    def _register(self) -> None:
         self._handle = next(_HANDLES)
         _MODULES[self._handle] = weakref.ref(self)
+        weakref.finalize(self, _MODULES.pop, self._handle, None)  # the entry goes with the module
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> "Int8DynamicLinear":
@@ -121,9 +125,9 @@ class Int8DynamicLinear(nn.Module):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         if self._packed is not None and x2.device.type == "cpu":
-            if _MODULES[self._handle]() is not self:  # a deepcopy carries its original's handle: take its own
-                self._handle = next(_HANDLES)
-                _MODULES[self._handle] = weakref.ref(self)
+            ref = _MODULES.get(self._handle)
+            if ref is None or ref() is not self:  # a deepcopy carries its original's handle: take its own
+                self._register()
             y = torch.ops.vlmslim.int8dq_linear(x2.float().contiguous(), self._handle, self.out_features)
         else:
             y = torch.nn.functional.linear(fake_quantize(x2.float()).to(torch.bfloat16),
