@@ -24,6 +24,7 @@ import torch
 
 from vlmslim.benchmarks.engine import CompiledDecoder
 from vlmslim.inputs import synthetic_inputs
+from studies.llava7b_gpu import SDPA, build, set_decode_options
 
 logger = logging.getLogger("decode_profile")
 
@@ -62,8 +63,6 @@ def kernel_times(decoder: CompiledDecoder, inputs: dict, tokens: int) -> dict[st
 
 
 def profile_variant(name: str) -> dict:
-    from studies.llava7b_gpu import build
-
     torch._dynamo.reset()
     model = build(name)
     inputs = {k: v.cuda() for k, v in synthetic_inputs(model, 1, 16, 0).items()}
@@ -99,10 +98,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variants", default="base,int4wo", help="Comma list of studies.llava7b_gpu variants.")
     ap.add_argument("--out-dir", type=Path, default=Path("."))
+    ap.add_argument("--sdpa", default="default", choices=tuple(SDPA), help="As in studies.llava7b_gpu.")
+    ap.add_argument("--coordinate-descent", action="store_true", help="As in studies.llava7b_gpu.")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    set_decode_options(args.sdpa, args.coordinate_descent)
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
-               "steps": STEPS, "rows": []}
+               "steps": STEPS, "sdpa": args.sdpa, "coordinate_descent_tuning": args.coordinate_descent, "rows": []}
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for name in args.variants.split(","):
         try:

@@ -53,6 +53,17 @@ KERNELS = {"int4wo-triton": "triton"}  # variant -> Int4WeightOnlyLinear.kernel
 # "<variant>-fused": the same model with q|k|v and gate|up fused per layer (vlmslim.fusion)
 VARIANTS.update({f"{name}-fused": VARIANTS[name] for name in ("base", "glu30", "int4wo", "fp8")})
 NEW_TOKENS = 64
+# --sdpa: which fused-attention kernels SDPA may pick (decode has one query row over the whole static cache)
+SDPA = {"default": None, "efficient": ("cudnn", "flash"), "math": ("cudnn", "flash", "mem_efficient")}
+
+
+def set_decode_options(sdpa: str, coordinate_descent: bool) -> None:
+    """Process-wide attention backend and inductor tuning for every variant of one run (recorded in the JSON)."""
+    for backend in SDPA[sdpa] or ():
+        getattr(torch.backends.cuda, f"enable_{backend}_sdp")(False)
+    import torch._inductor.config as inductor_config
+
+    inductor_config.coordinate_descent_tuning = coordinate_descent
 
 
 def build(name: str, target: str = "language"):
@@ -93,6 +104,7 @@ def study(args) -> dict:
     results = {"device": torch.cuda.get_device_name(), "bandwidth_gb_s": bandwidth,
                "versions": {"torch": torch.__version__, "python": platform.python_version()},
                "date": time.strftime("%Y-%m-%d"), "new_tokens": NEW_TOKENS, "compile_backend": args.backend,
+               "sdpa": args.sdpa, "coordinate_descent_tuning": args.coordinate_descent,
                "runs": [], "memory": []}
     import transformers
 
@@ -150,7 +162,9 @@ def report(results: dict, out_dir: Path) -> None:
     """Markdown table + speed-vs-size figure next to the JSON."""
     lines = [f"Device: {results['device']}; measured copy bandwidth {results['bandwidth_gb_s']:.0f} GB/s; "
              f"{results['versions']}; {results['date']}; {results['new_tokens']} new tokens after a 592-token "
-             f"prompt (576 image + 16 text); compile backend {results['compile_backend']}.", "",
+             f"prompt (576 image + 16 text); compile backend {results['compile_backend']}; "
+             f"SDPA {results.get('sdpa', 'default')}; coordinate-descent tuning "
+             f"{results.get('coordinate_descent_tuning', False)}.", "",
              "| variant | batch | engine | weights GB | prefill s | decode ms/token | floor ms | roofline | images/s "
              "| peak alloc GB | compiled tokens = eager |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in results["runs"]:
@@ -218,6 +232,10 @@ def main() -> None:
     ap.add_argument("--backend", default="inductor", choices=("inductor", "cudagraphs"))
     ap.add_argument("--compiled-quant", action="store_true", help="Also compile the bnb-quantized variants.")
     ap.add_argument("--memory-quants", default="int8,nf4", help="Recipes for the target x memory table ('' = none).")
+    ap.add_argument("--sdpa", default="default", choices=tuple(SDPA),
+                    help="Disable SDPA backends: efficient = no cuDNN/flash, math = no fused attention kernel.")
+    ap.add_argument("--coordinate-descent", action="store_true",
+                    help="Inductor's coordinate-descent tuning of its generated kernels (slower compile).")
     ap.add_argument("--report", type=Path, help="Only rebuild table + figure from this JSON.")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -228,6 +246,7 @@ def main() -> None:
     args.batches = [int(b) for b in args.batches.split(",")]
     args.engines = [e for e in args.engines.split(",") if e]
     args.memory_quants = [q for q in args.memory_quants.split(",") if q]
+    set_decode_options(args.sdpa, args.coordinate_descent)
     results = study(args)
     checkpoint(results, args.out_dir)
     try:
