@@ -91,3 +91,25 @@ def test_bitsandbytes_layers_are_refused_before_anything_changes():
     with pytest.raises(ValueError, match="Linear4bit layers cannot be fused"):
         fuse_projections(model)
     assert [type(m).__name__ for m in model.modules()] == before
+
+
+def test_architecture_measurement_of_a_fused_model_counts_the_same_bytes():
+    """The GPU study measures fused variants through `random_weights.measure`: the bandwidth floor (weights
+    + K/V read per step, sized from k_proj's rows) and the measured bytes must not change with fusion."""
+    from vlmslim.benchmarks import random_weights as arch
+    from vlmslim.loading import load_model
+
+    model, _ = load_model("demo")
+    model.eval()
+    cfg = arch.ArchBenchConfig("llava-1.5-7b", out="-", max_new_tokens=6, engines=("eager",), repeats=1)
+    family = get_family(model)
+    kv = arch.kv_bytes_per_step(model, family, 1, 100)
+    # per layer: K and V, demo's k_proj rows, 100 positions, 2 bytes
+    k_rows = family.decoder_layers(model)[0].get_submodule(f"{family.attn}.{family.k_proj}").out_features
+    assert kv == len(family.decoder_layers(model)) * 2 * k_rows * 100 * 2
+    (plain,) = arch.measure(model, cfg, bandwidth_gb_s=1.0)
+    with fused_projections(model):
+        assert arch.kv_bytes_per_step(model, family, 1, 100) == kv
+        (fused,) = arch.measure(model, cfg, bandwidth_gb_s=1.0)
+    for key in ("decode_weight_mb", "weight_mb", "params", "decode_floor_ms_per_token"):
+        assert fused[key] == plain[key], key

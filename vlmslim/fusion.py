@@ -53,9 +53,11 @@ class FusedProjection(nn.Module):
 class SiblingRows(nn.Module):
     """Stands in for a later sibling: its rows of the `FusedProjection` call just before it."""
 
-    def __init__(self, handoff: _Handoff, index: int):
+    def __init__(self, handoff: _Handoff, index: int, in_features: int, out_features: int):
         super().__init__()
         self.handoff, self.index = handoff, index
+        # what code that sizes a projection reads (KV bytes per step, head counts); the rows stay in the fused module
+        self.in_features, self.out_features = in_features, out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.handoff.parts[self.index]
@@ -153,7 +155,7 @@ def fuse_projections(model: nn.Module) -> int:
         handoff = _Handoff()
         parent.set_submodule(names[0], FusedProjection(fused, [m.out_features for m in mods], handoff, mods))
         for i, n in enumerate(names[1:], start=1):
-            parent.set_submodule(n, SiblingRows(handoff, i))
+            parent.set_submodule(n, SiblingRows(handoff, i, mods[i].in_features, mods[i].out_features))
     logger.info("fused %d projection groups (q|k|v, gate|up)", len(todo))
     return len(todo)
 
