@@ -45,13 +45,15 @@ VARIANTS = {
     "glu30+nf4": ({"glu": 0.3}, "nf4"),
     "int4wo": ({}, "int4wo"),  # vlmslim.int4, group size 128: decode on ATen tinygemm
     "int4wo-triton": ({}, "int4wo"),  # the same weights, decode on vlmslim.gemv's Triton kernel (KERNELS)
+    "int4wo-gemlite": ({}, "int4wo"),  # the same weights, decode on gemlite's GEMV (optional package)
     "glu30+int4wo": ({"glu": 0.3}, "int4wo"),
     "fp8": ({}, "fp8"),  # vlmslim.fp8: e4m3 weight-only on vlmslim.gemv
     "glu30+fp8": ({"glu": 0.3}, "fp8"),
 }
-KERNELS = {"int4wo-triton": "triton"}  # variant -> Int4WeightOnlyLinear.kernel
+KERNELS = {"int4wo-triton": "triton", "int4wo-gemlite": "gemlite"}  # variant -> Int4WeightOnlyLinear kernel
 # "<variant>-fused": the same model with q|k|v and gate|up fused per layer (vlmslim.fusion)
-VARIANTS.update({f"{name}-fused": VARIANTS[name] for name in ("base", "glu30", "int4wo", "fp8")})
+VARIANTS.update({f"{name}-fused": VARIANTS[name] for name in ("base", "glu30", "int4wo", "int4wo-gemlite", "fp8")})
+KERNELS.update({f"{name}-fused": kernel for name, kernel in KERNELS.items()})
 NEW_TOKENS = 64
 # --sdpa: which fused-attention kernels SDPA may pick (decode has one query row over the whole static cache)
 SDPA = {"default": None, "efficient": ("cudnn", "flash"), "math": ("cudnn", "flash", "mem_efficient")}
@@ -74,8 +76,8 @@ def build(name: str, target: str = "language"):
     model = arch.build(arch.ArchBenchConfig("llava-1.5-7b", out="-", prune=prune_opts, quant=spec))
     if name in KERNELS:
         for m in model.modules():
-            if hasattr(m, "kernel"):
-                m.kernel = KERNELS[name]
+            if hasattr(m, "set_kernel"):
+                m.set_kernel(KERNELS[name])
     if name.endswith("-fused"):
         fuse_projections(model)
     return model

@@ -10,7 +10,9 @@ and the weight bandwidth it reaches:
 - int8 weight-only `torch._weight_int8pack_mm` (ATen), where this torch has a CUDA kernel;
 - int4 weight-only `torch._weight_int4pack_mm` (ATen tinygemm; bf16, group size 128);
 - fp8 e4m3 `torch._scaled_mm` with row-wise scales (Hopper), M padded to 16;
-- int4 and fp8 weight-only through vlmslim's Triton GEMVs (`vlmslim.gemv`, tuned per shape on first use).
+- int4 and fp8 weight-only through vlmslim's Triton GEMVs (`vlmslim.gemv`, tuned per shape on first use);
+- int4 weight-only through gemlite's GEMV (`Int4WeightOnlyLinear.set_kernel("gemlite")`), where the optional
+  gemlite package is installed.
 Every candidate's output is checked against the float reference of the same dequantised weights. Each
 timed call reads a different copy of the weights (enough copies to exceed 4x the L2 cache), so small
 matrices are timed from HBM as in a real decode step, not from L2. The fused shapes (q|k|v, gate|up)
@@ -64,7 +66,7 @@ def quantize_int4(w: torch.Tensor, group: int = GROUP):
 
 def study(shapes: list[str], rows: tuple[int, ...]) -> dict:
     from vlmslim import gemv as vgemv
-    from vlmslim.int4 import pack
+    from vlmslim.int4 import Int4WeightOnlyLinear, pack
 
     dev = torch.device("cuda")
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
@@ -87,6 +89,17 @@ def study(shapes: list[str], rows: tuple[int, ...]) -> dict:
         ours_s = [(ours.clone(), scale.bfloat16(), zero.bfloat16()) for _ in range(c4)]
         deq_ours = (q.float().view(n, k // GROUP, GROUP) * scale.bfloat16().float()[..., None]
                     + zero.bfloat16().float()[..., None]).view(n, k)
+        gemlite_layers = []  # the same codes through gemlite (vlmslim.int4 builds its layer); [] without gemlite
+        try:
+            for _ in range(c4):
+                lin = Int4WeightOnlyLinear(k, n, False, GROUP, device=dev)
+                lin.weight.copy_(ours)
+                lin.scales.copy_(scale)
+                lin.zeros.copy_(zero)
+                gemlite_layers.append(lin.set_kernel("gemlite")._gemlite)
+        except RuntimeError as e:
+            logger.warning("no gemlite column: %s", e)
+            gemlite_layers = []
         # fp8 e4m3 row-wise
         sw = w.float().abs().amax(1, keepdim=True) / 448
         w8f = (w.float() / sw).to(torch.float8_e4m3fn)
@@ -115,6 +128,9 @@ def study(shapes: list[str], rows: tuple[int, ...]) -> dict:
                    n * k // 2, ref)
             record("int4wo_gemv", [lambda t=t: torch.ops.vlmslim.int4_gemv(xb, *t, GROUP) for t in ours_s],
                    n * k // 2, xb.float() @ deq_ours.t())
+            if gemlite_layers:
+                record("int4wo_gemlite", [lambda g=g: g(xb) for g in gemlite_layers], n * k // 2,
+                       xb.float() @ deq_ours.t())
             record("fp8wo_gemv", [lambda w=w: torch.ops.vlmslim.w8_gemv(xb, w, sw_flat) for w in w8fs], n * k,
                    xb.float() @ (w8f.float() * sw).t())
             if m <= 16:

@@ -42,6 +42,24 @@ def test_codes_round_trip_and_kernel_equals_dequantised_product():
     assert m.weight.dtype == torch.uint8 and m.weight.shape == (96, 128)  # two codes per byte
 
 
+def test_kernel_choice_and_gemlite_layout():
+    """`set_kernel` names its choices; gemlite's HQQ form (q - z) * scale is our dequantised weight; gemlite is
+    CUDA-only, so here the choice fails in one line before anything changes (the GPU study runs it)."""
+    torch.manual_seed(0)
+    m = Int4WeightOnlyLinear.from_linear(torch.nn.Linear(256, 96), 64)
+    with pytest.raises(ValueError, match="unknown int4wo kernel 'marlin'; choose one of tinygemm, triton, gemlite"):
+        m.set_kernel("marlin")
+    codes, scales, z = m.gemlite_meta()
+    assert codes.shape == (96, 256) and scales.shape == z.shape == (96, 4)
+    hqq = (codes.float().view(96, 4, 64) - z[..., None]) * scales.float()[..., None]
+    torch.testing.assert_close(hqq.view(96, 256), m.dequantized(), rtol=0, atol=1e-5)
+    x = torch.randn(3, 256)
+    before = m(x)
+    with pytest.raises(RuntimeError, match="int4wo kernel 'gemlite' runs on CUDA GPUs only"):
+        m.set_kernel("gemlite")
+    assert m.kernel == "tinygemm" and torch.equal(m(x), before) and sorted(m.state_dict()) == ["bias", "scales", "weight", "zeros"]
+
+
 def test_demo_int4wo_reloads_exactly_and_stock_loading_refuses(tmp_path):
     out = tmp_path / "q"
     record = quantize("demo", out, QuantSpec(make_recipe("int4wo", group_size=64), "language"))

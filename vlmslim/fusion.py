@@ -71,7 +71,7 @@ def _construct(like: nn.Module, in_features: int, out_features: int, bias: bool)
     if type(like) is Int4WeightOnlyLinear:
         m = Int4WeightOnlyLinear(in_features, out_features, bias, like.group_size, device="meta",
                                  dtype=like.scales.dtype, bias_dtype=bias_dtype)
-        m.kernel = like.kernel
+        m.kernel = like.kernel  # its layout is derived by `prepare()` once the tensors are loaded
         return m
     if isinstance(like, (Fp8WeightOnlyLinear, Int8DynamicLinear)):  # Int8WeightOnlyLinear included
         return type(like)(in_features, out_features, bias, device="meta", bias_dtype=bias_dtype)
@@ -121,8 +121,9 @@ def _share_storage(fused: nn.Module, mods: list[nn.Module]) -> None:
                 owner._parameters[leaf] = nn.Parameter(view, requires_grad=False)
             else:
                 owner._buffers[leaf] = view
-        if hasattr(m, "_packed"):
-            m._packed = None  # derived kernel layout: rebuilt by `prepare()` on unfuse
+        for layout in ("_packed", "_gemlite"):  # derived kernel layouts: rebuilt by `prepare()` on unfuse
+            if hasattr(m, layout):
+                setattr(m, layout, None)
         start = stop
 
 

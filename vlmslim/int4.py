@@ -1,10 +1,11 @@
-"""Int4 weight-only Linear on ATen's tinygemm kernels (or vlmslim's Triton GEMV, `kernel = "triton"`).
+"""Int4 weight-only Linear on ATen's tinygemm kernels (or vlmslim's Triton GEMV, or gemlite's: `set_kernel`).
 
 Decode rows go through ATen's tinygemm (`torch._weight_int4pack_mm`, CUDA and CPU; it ships with torch,
 so no torchao version has to match the installed torch), or, with `kernel = "triton"`, through
 `vlmslim.gemv.int4_gemv`. Measured (docs/lowbit_kernels.md) tinygemm is the faster of the two on an H100;
-it halves each LLaVA-7B GEMV but reaches only 700-1700 GB/s. Prefill rows are a GEMM on dequantised bf16
-weights.
+it halves each LLaVA-7B GEMV but reaches only 700-1700 GB/s. `kernel = "gemlite"` decodes on the GEMV of
+the optional `gemlite` package (Triton kernels, CUDA only; `pip install gemlite`), built from the same
+stored codes. Prefill rows are a GEMM on dequantised bf16 weights.
 
 Storage (what `save_pretrained` writes; device independent), per Linear of shape (N, K), group size G:
     weight  (N, K/2) uint8   two 4-bit codes per byte, even k in the low nibble (named `weight` so that a
@@ -26,6 +27,7 @@ GROUP_SIZES = (32, 64, 128, 256)
 # (docs/performance.md). Above this many rows the weights are dequantised on the fly for a bf16 GEMM.
 GEMV_MAX_ROWS = 16
 KIND = "int4wo"  # the census kind
+KERNELS = ("tinygemm", "triton", "gemlite")  # decode GEMV (rows <= GEMV_MAX_ROWS)
 
 
 def quantize_weight(w: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -63,7 +65,8 @@ class Int4WeightOnlyLinear(nn.Module):
                      if bias else None)
         self._packed: torch.Tensor | None = None  # the kernel's layout on the current device (not saved)
         self._scales_zeros: torch.Tensor | None = None
-        # decode GEMV: "tinygemm" (default; measured faster, docs/lowbit_kernels.md) or "triton" (vlmslim.gemv)
+        self._gemlite: nn.Module | None = None  # gemlite's layer (kernel "gemlite" on CUDA; not a submodule)
+        # decode GEMV, one of KERNELS: tinygemm is the default (faster than ours, docs/lowbit_kernels.md)
         self.kernel = "tinygemm"
 
     @classmethod
@@ -86,10 +89,34 @@ class Int4WeightOnlyLinear(nn.Module):
         codes = unpack(self.weight).to(dtype).view(n, k // g, g)
         return (codes * self.scales.to(dtype)[..., None] + self.zeros.to(dtype)[..., None]).view(n, k)
 
+    def set_kernel(self, kernel: str) -> "Int4WeightOnlyLinear":
+        """Choose the decode GEMV (one of KERNELS) and derive its layout now (outside any CUDA-graph capture)."""
+        if kernel not in KERNELS:
+            raise ValueError(f"unknown int4wo kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
+        old, self.kernel = self.kernel, kernel
+        try:
+            self.prepare()
+        except Exception:
+            self.kernel = old  # the module stays as it was
+            self.prepare()
+            raise
+        return self
+
+    def gemlite_meta(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(codes (N, K) uint8, scales (N, K/G), z (N, K/G) fp32) in HQQ's convention w = (q - z) * scale,
+        the form gemlite packs: z = -zero / scale."""
+        return unpack(self.weight), self.scales, -self.zeros.float() / self.scales.float()
+
     @torch.no_grad()
     def prepare(self) -> None:
         """Derive the device's packed weight and (K/G, N, 2) scales-and-zeros from the stored tensors."""
+        self._gemlite = None
         if self.weight.is_meta:
+            return
+        if self.kernel == "gemlite":
+            # not through nn.Module.__setattr__: a derived layout, not a submodule (kept out of the state_dict)
+            object.__setattr__(self, "_gemlite", _gemlite_layer(self))
+            self._packed = None  # one derived copy of the weights is enough
             return
         codes = unpack(self.weight)  # (N, K) uint8
         # tinygemm: w = (q - 8) * scale + zero', so zero' = zero + 8 * scale
@@ -113,6 +140,8 @@ class Int4WeightOnlyLinear(nn.Module):
             y = torch.nn.functional.linear(x2, self.dequantized(torch.bfloat16))
         elif self._use_triton(x2):
             y = torch.ops.vlmslim.int4_gemv(x2, self.weight, self.scales, self.zeros, self.group_size)
+        elif self._gemlite is not None:
+            y = self._gemlite(x2)  # (M, N) bf16
         elif x2.device.type == "cuda":
             y = torch._weight_int4pack_mm(x2, self._packed, self.group_size, self._scales_zeros)
         else:
@@ -129,4 +158,28 @@ class Int4WeightOnlyLinear(nn.Module):
         return True
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}, "
+                f"kernel={self.kernel}")
+
+
+def _gemlite_layer(m: Int4WeightOnlyLinear) -> nn.Module:
+    """gemlite's A16W4 layer over `m`'s codes, bf16 activations (as tinygemm's); imported only here: gemlite
+    reads the CUDA device's name when it is imported."""
+    if m.weight.device.type != "cuda":
+        raise RuntimeError(f"int4wo kernel 'gemlite' runs on CUDA GPUs only (weights on {m.weight.device})")
+    try:
+        import gemlite
+    except ImportError as e:
+        raise RuntimeError(f"int4wo kernel 'gemlite' needs the gemlite package (pip install gemlite): {e}") from e
+    layer = gemlite.GemLiteLinear(4, group_size=m.group_size, in_features=m.in_features,
+                                  out_features=m.out_features, input_dtype=gemlite.DType.BF16,
+                                  output_dtype=gemlite.DType.BF16)
+    codes, scales, z = m.gemlite_meta()
+    # fma mode: the kernel computes q * scale + zero' with zero' = -z * scale, i.e. our stored zero
+    layer.pack(codes, scales.to(torch.bfloat16), z, bias=None, fma_mode=True)
+    groups = m.in_features // m.group_size
+    if tuple(layer.zeros.shape) != (groups, m.out_features):
+        raise RuntimeError(f"gemlite {gemlite.__version__}: unexpected zeros layout {tuple(layer.zeros.shape)}")
+    # our bf16 zeros exactly (not -z * scale rounded again), in gemlite's (K/G, N) layout
+    layer.zeros = nn.Parameter(m.zeros.to(torch.bfloat16).t().contiguous(), requires_grad=False)
+    return layer
