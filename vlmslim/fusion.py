@@ -60,7 +60,12 @@ class SiblingRows(nn.Module):
         self.in_features, self.out_features = in_features, out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.handoff.parts[self.index]
+        parts = self.handoff.parts
+        if self.index == len(parts) - 1:
+            # the last sibling lets go: otherwise every layer would keep its last output alive (measured on an
+            # H100: +1.3 GB at a 592-token prefill, and it grows with batch and prompt)
+            self.handoff.parts = ()
+        return parts[self.index]
 
 
 def _construct(like: nn.Module, in_features: int, out_features: int, bias: bool) -> nn.Module:
