@@ -52,7 +52,8 @@ VARIANTS = {
 }
 KERNELS = {"int4wo-triton": "triton", "int4wo-gemlite": "gemlite"}  # variant -> Int4WeightOnlyLinear kernel
 # "<variant>-fused": the same model with q|k|v and gate|up fused per layer (vlmslim.fusion)
-VARIANTS.update({f"{name}-fused": VARIANTS[name] for name in ("base", "glu30", "int4wo", "int4wo-gemlite", "fp8")})
+VARIANTS.update({f"{name}-fused": VARIANTS[name] for name in ("base", "glu30", "int4wo", "int4wo-triton",
+                                                                 "int4wo-gemlite", "fp8")})
 KERNELS.update({f"{name}-fused": kernel for name, kernel in KERNELS.items()})
 NEW_TOKENS = 64
 # --sdpa: which fused-attention kernels SDPA may pick (decode has one query row over the whole static cache)

@@ -51,7 +51,8 @@ CONFIGS = {
     # single row (batch-1 decode): long contiguous reads per row, few rows per program
     ("int4", 1): tuple(LaunchConfig(*c) for c in (
         (8, 1024, 1, 4), (16, 512, 1, 4), (16, 1024, 1, 4), (32, 512, 1, 4), (8, 512, 1, 4), (16, 1024, 1, 8),
-        (8, 2048, 1, 4), (8, 1024, 1, 4, 4), (64, 128, 4, 4),
+        (8, 2048, 1, 4), (8, 1024, 1, 4, 4), (64, 128, 4, 4), (4, 1024, 1, 2), (4, 2048, 1, 4), (8, 512, 1, 2),
+        (16, 256, 1, 2), (32, 256, 1, 4),
     )),
     ("w8", 1): tuple(LaunchConfig(*c) for c in (
         (8, 512, 1, 4), (16, 256, 1, 4), (32, 256, 1, 4, 4), (8, 512, 1, 4, 4), (8, 1024, 1, 4), (4, 1024, 1, 2),
@@ -83,6 +84,21 @@ if triton is not None:
             tl.atomic_add(y_ptr + y_off, acc, mask=y_ok)
 
     @triton.jit
+    def _nibble(w, i: tl.constexpr):
+        """Code i (0..15) of each int32 word as fp32 without an int-to-float conversion (a quarter-rate
+        instruction that bounds a GEMV on Hopper): 0x4B000000 | q is the float 2^23 + q, exactly."""
+        return (((w >> (4 * i)) & 0xF) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+
+    @triton.jit
+    def _unit_nibble(w, i: tl.constexpr):
+        """Code i of each word as the fp32 1 + q / 16: q moved into the top 4 mantissa bits of 1.0."""
+        if 4 * i >= 19:
+            m = (w >> (4 * i - 19)) & 0x780000
+        else:
+            m = (w << (19 - 4 * i)) & 0x780000
+        return (m | 0x3F800000).to(tl.float32, bitcast=True)
+
+    @triton.jit
     def _int4_kernel(x_ptr, w_ptr, s_ptr, z_ptr, y_ptr, M, N, K,
                      GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                      SPLIT_K: tl.constexpr):
@@ -108,10 +124,16 @@ if triton is not None:
                 sz = rn[:, None] * groups + (kw * 8 // GROUP)[None, :]
                 s = tl.load(s_ptr + sz, mask=ok, other=0.0).to(tl.float32)  # (BN, BK/8)
                 z = tl.load(z_ptr + sz, mask=ok, other=0.0).to(tl.float32)
+                # per word, with f_i = 1 + q_i / 16 (`_unit_nibble`: a shift, a mask-or, then one FMA per code):
+                # sum_i (q_i s + z) x_i = 16 s (sum_i f_i x_i) + (z - 16 s) (sum_i x_i)
+                d = tl.zeros((BLOCK_N, BLOCK_K // 8), dtype=tl.float32)
+                xsum = tl.zeros((BLOCK_K // 8,), dtype=tl.float32)
                 for i in tl.static_range(8):
                     kx = k0 + 8 * rj + i
                     xi = tl.load(x_ptr + kx, mask=kx < K, other=0.0).to(tl.float32)
-                    acc1 += (((w >> (4 * i)) & 0xF).to(tl.float32) * s + z) * xi[None, :]
+                    d += _unit_nibble(w, i) * xi[None, :]
+                    xsum += xi
+                acc1 += (16.0 * s) * d + (z - 16.0 * s) * xsum[None, :]
             acc = tl.sum(acc1, axis=1)[None, :]  # (1, BN)
         else:
             acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -126,7 +148,7 @@ if triton is not None:
                 dot = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
                 xs = tl.zeros((BLOCK_M,), dtype=tl.float32)
                 for i in tl.static_range(8):
-                    q = ((w >> (4 * i)) & 0xF).to(tl.float32)  # (BN, BK/8)
+                    q = _nibble(w, i)  # (BN, BK/8)
                     kx = k0 + 8 * rj + i
                     for m in tl.static_range(BLOCK_M):
                         xm = tl.load(x_ptr + m * K + kx, mask=(kx < K) & (m < M), other=0.0).to(tl.float32)
