@@ -84,10 +84,10 @@ def build(name: str, target: str = "language"):
     return model
 
 
-def measure(model, batch: int, engines: list[str], backend: str, bandwidth: float) -> list[dict]:
+def measure(model, batch: int, engines: list[str], backend: str, bandwidth: float, fuse: bool) -> list[dict]:
     """The library's architecture-only measurement, in this study's (committed) JSON keys."""
     cfg = arch.ArchBenchConfig("llava-1.5-7b", out="-", batch_size=batch, max_new_tokens=NEW_TOKENS,
-                               engines=tuple(engines), compile_backend=backend)
+                               engines=tuple(engines), compile_backend=backend, fuse=fuse)
     rows = []
     for r in arch.measure(model, cfg, bandwidth):
         row = {"batch": batch, "engine": r["engine"], "prompt_tokens": r["prompt_tokens"],
@@ -96,7 +96,7 @@ def measure(model, batch: int, engines: list[str], backend: str, bandwidth: floa
                "weight_gb": r["weight_mb"] * 2**20 / 1e9, "decode_weight_gb": r["decode_weight_mb"] * 2**20 / 1e9,
                "params": r["params"], "floor_ms_per_token": r["decode_floor_ms_per_token"],
                "roofline_fraction": r["roofline_fraction"]}
-        row.update({k: r[k] for k in ("compile_s", "tokens_match_eager", "tokens_compared",
+        row.update({k: r[k] for k in ("compile_s", "fused_projections", "tokens_match_eager", "tokens_compared",
                                       "first_mismatch_top2_gap") if k in r})
         rows.append(row)
     return rows
@@ -121,7 +121,8 @@ def study(args) -> dict:
         engines = args.engines if not VARIANTS[name][1] or args.compiled_quant else ["eager"]
         for b in args.batches:
             try:
-                rows = measure(model, b, engines, args.backend, bandwidth)
+                # the engine fuses by default; unfused variants are measured unfused (build fused the others)
+                rows = measure(model, b, engines, args.backend, bandwidth, fuse=name.endswith("-fused"))
             except (RuntimeError, ValueError) as e:  # recorded in the results; the study goes on
                 logger.exception("%s batch %d failed", name, b)
                 rows = [{"batch": b, "engine": ",".join(engines), "error": f"{type(e).__name__}: {e}"[:300]}]

@@ -28,3 +28,38 @@ def test_decoder_refuses_unsupported_family_and_oversized_input():
     inputs = processor_inputs(model, proc, [fixed_image()], ["a"])
     with pytest.raises(ValueError, match="decoder built for batch 1"):
         CompiledDecoder(model, 1, 16, compile=False).decode(inputs, 12)
+
+
+def test_compiled_decoder_fuses_projections_unless_told_not_to():
+    from vlmslim.families import get_family
+    from vlmslim.fusion import fused_groups
+    from vlmslim.quantization import load_quantized
+
+    model, proc = tiny_model("llava")
+    layers = len(get_family(model).decoder_layers(model))
+    dec = CompiledDecoder(model, 1, 64, compile=False, fuse=False)
+    assert not dec.fused and fused_groups(model) == 0
+    inputs = processor_inputs(model, proc, [fixed_image()], ["a red circle"])
+    unfused = dec.decode(inputs, 8, ignore_eos=True).tokens
+    dec = CompiledDecoder(model, 1, 64, compile=False)  # the default: q|k|v and gate|up fused, in place
+    assert dec.fused and fused_groups(model) == 2 * layers
+    assert torch.equal(dec.decode(inputs, 8, ignore_eos=True).tokens, unfused)
+    nf4, _ = load_quantized("demo", "nf4")
+    assert not CompiledDecoder(nf4, 1, 64, compile=False).fused  # bitsandbytes layers: decoded unfused
+
+
+def test_bench_protocol_records_fusion_and_resume_refuses_a_change(tmp_path):
+    from vlmslim.benchmarks import results as res
+    from vlmslim.benchmarks.run import BenchConfig
+    from vlmslim.errors import BenchmarkError
+
+    assert BenchConfig(model="demo", data="d", out=str(tmp_path / "e")).fuse is False  # eager never fuses
+    compiled = BenchConfig(model="demo", data="d", out=str(tmp_path / "c"), engine="compiled")
+    assert compiled.fuse is True
+    assert BenchConfig(model="demo", data="d", out=str(tmp_path / "u"), engine="compiled", fuse=False).fuse is False
+    gen = {k: getattr(compiled, k) for k in res.PROTOCOL_KEYS}
+    record = {"checkpoint_sha256": "a", "dataset_sha256": "b", "checkpoint_files": {}}
+    before_fusion = {**record, "generation": {k: v for k, v in gen.items() if k != "fuse"}}
+    with pytest.raises(BenchmarkError, match="fuse: False -> True"):
+        res.check_resumable(tmp_path, before_fusion, {**record, "generation": gen})
+    res.check_resumable(tmp_path, before_fusion, {**record, "generation": {**gen, "fuse": False}})  # same protocol

@@ -838,3 +838,17 @@ def test_recovery_arrows_in_combined_panels(recovery_runs):
     for ax, af in zip(fig.axes, frontiers):
         assert sum((t.get_gid() or "").startswith("recovery:") for t in ax.texts) == len(EXPECTED_PAIRS)
         _assert_labels_clear(fig, ax, af.points)
+
+
+def test_compiled_runs_with_and_without_fused_projections_are_refused(results, tmp_path):
+    """The compiled engine fuses q|k|v and gate|up since it was measured faster (docs/performance.md): a run
+    from before (no `fuse` recorded) and a fused one differ in speed, so they are not drawn as one protocol."""
+    data_dir = Path(load_run(results[0]).data_dir)
+    old = write_run(tmp_path / "r", "base", data_dir, engine="compiled")  # recorded before fusion existed
+    new = write_run(tmp_path / "r", "glu30", data_dir, engine="compiled", protocol={"fuse": True})
+    res = _invoke(old, new, "--out", tmp_path / "o")
+    assert res.exit_code == 1 and res.output.startswith("Error: runs differ in fuse (False: base vs True: glu30)")
+    assert not (tmp_path / "o").exists()
+    again = write_run(tmp_path / "r2", "base", data_dir, engine="compiled", protocol={"fuse": True})
+    res = _invoke(again, new, "--out", tmp_path / "o2", "--cost", "size", "--spotcheck", "0")
+    assert res.exit_code == 0, res.output

@@ -181,6 +181,11 @@ def unfuse_projections(model: nn.Module) -> None:
                 parent.set_submodule(n, m)
 
 
+def fused_groups(model: nn.Module) -> int:
+    """How many projection groups of `model` run fused now."""
+    return sum(isinstance(m, FusedProjection) for m in model.modules())
+
+
 @contextlib.contextmanager
 def fused_projections(model: nn.Module):
     """`with fused_projections(model): ...` decode fused, then the model is as before."""

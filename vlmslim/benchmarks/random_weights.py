@@ -44,6 +44,7 @@ class ArchBenchConfig:
     max_new_tokens: int = 64
     engines: tuple[str, ...] = ("eager",)
     compile_backend: str = "inductor"  # or "cudagraphs" (no codegen; see engine.py)
+    fuse: bool = True  # compiled engine: q|k|v and gate|up as one product each (vlmslim.fusion)
     dtype: str = "float16"
     device: str = "cuda"
     device_map: str | None = None  # auto | balanced | sequential: spread over the GPUs and the CPU
@@ -162,7 +163,8 @@ def _measure(model, family, inputs, cfg: ArchBenchConfig, bandwidth_gb_s: float 
             prefill, step = statistics.median(r[1] for r in runs), statistics.median(r[2] for r in runs)
         else:
             t = time.perf_counter()
-            dec = CompiledDecoder(model, cfg.batch_size, length + n + 8, backend=cfg.compile_backend)
+            dec = CompiledDecoder(model, cfg.batch_size, length + n + 8, backend=cfg.compile_backend, fuse=cfg.fuse)
+            row["fused_projections"] = dec.fused
             first = dec.decode(inputs, n, ignore_eos=True)  # compiles and records the graphs
             dec.decode(inputs, n, ignore_eos=True)
             row["compile_s"] = round(time.perf_counter() - t, 1)

@@ -238,7 +238,9 @@ def end_session(out: Path, session: dict) -> None:
 # Where the layers sit (--device-map, --max-memory) and the number of processes are not among them: a layer
 # computes the same wherever its weights are held, and batches are those of a one-process run.
 PROTOCOL_KEYS = ("task", "prompt", "max_new_tokens", "batch_size", "dtype", "device", "quant", "ocr_tokens", "engine",
-                 "image_tokens", "token_method")
+                 "image_tokens", "token_method", "fuse")
+# what a key meant in results written before it was recorded
+PROTOCOL_DEFAULTS = {"fuse": False}
 
 
 def read_config(out: Path) -> dict | None:
@@ -262,6 +264,7 @@ def check_resumable(out: Path, old: dict, new: dict) -> None:
     if old.get("dataset_sha256") != new["dataset_sha256"]:
         changes.append("dataset (samples.jsonl sha256 differs)")
     old_p, new_p = old.get("generation", {}), new["generation"]
+    old_p = {**PROTOCOL_DEFAULTS, **old_p}
     changes += [f"{k}: {old_p.get(k)!r} -> {new_p.get(k)!r}" for k in PROTOCOL_KEYS if old_p.get(k) != new_p.get(k)]
     if changes:
         raise BenchmarkError(f"{out} holds results of a different run ({'; '.join(changes)}); they cannot be "

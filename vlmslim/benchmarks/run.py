@@ -44,6 +44,7 @@ from vlmslim.quantization import as_spec, load_quantized
 from vlmslim.tokens import TokenSpec, check_supported
 from vlmslim.errors import BenchmarkError, DataError, VlmslimError
 from vlmslim.families import get_family
+from vlmslim.fusion import fused_groups
 from vlmslim.io import output_lock, sha256_file, write_errors, write_json
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class BenchConfig:
     quant: str | None = None  # a vlmslim.quantization recipe applied at load
     name: str | None = None  # label in tables and figures (default: the model dir's / repo's name)
     engine: str = "eager"  # "compiled": static KV cache + CUDA-graph decode step (benchmarks/engine.py)
+    fuse: bool = True  # compiled engine: q|k|v and gate|up as one product each (vlmslim.fusion); eager: False
     image_tokens: int | None = None  # vlmslim.tokens: K image tokens per image into the language model
     token_method: str = "pool"
     baseline: str | None = None  # results dir for paired differences
@@ -89,6 +91,8 @@ class BenchConfig:
                 raise ValueError(f"{name} must be an integer >= {low} (--{name.replace('_', '-')}), got {value!r}")
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)} (--engine), got {self.engine!r}")
+        # recorded as what runs (a protocol key): eager never fuses
+        object.__setattr__(self, "fuse", bool(self.fuse) and self.engine == "compiled")
         self.token_spec  # validates --image-tokens / --token-method
         if self.dtype not in (None, "auto", "float16", "bfloat16", "float32", "fp16", "bf16", "fp32"):
             raise ValueError(f"dtype must be float16, bfloat16, float32 or auto (--dtype), got {self.dtype!r}")
@@ -323,7 +327,7 @@ def _generate(model, processor, dataset, todo, task, cfg, writer, session, progr
         check_supported(model)  # before any sample is generated
     gen = functools.partial(generate_batch, tokens=cfg.token_spec)
     if cfg.engine == "compiled":
-        gen = functools.partial(generate_batch_compiled, decoders={}, tokens=cfg.token_spec)
+        gen = functools.partial(generate_batch_compiled, decoders={}, tokens=cfg.token_spec, fuse=cfg.fuse)
     mine = shard_batches(todo, cfg.batch_size, ranks)
     desc = (cfg.name or model_label(cfg.model)) + (f" [rank {ranks.rank}/{ranks.world}]" if ranks.world > 1 else "")
     bar = tqdm(total=sum(len(b) for _, b in mine), disable=not progress, desc=desc, unit="img")
@@ -374,6 +378,7 @@ def _generate(model, processor, dataset, todo, task, cfg, writer, session, progr
             session["peak_vram_mb"], session["peak_vram_reserved_mb"] = peak_memory_mb(devices)
             session["peak_vram_mb_per_device"] = {str(d): torch.cuda.max_memory_allocated(d) / MB for d in devices}
         session["peak_rss_mb"] = peak_rss_mb()
+        session["fused_projections"] = fused_groups(model)  # 0 unless the compiled engine fused them
 
 
 def _read_baseline(cfg: BenchConfig, task, dataset_sha: str) -> dict:
@@ -387,9 +392,10 @@ def _read_baseline(cfg: BenchConfig, task, dataset_sha: str) -> dict:
     theirs = {"prompt": protocol.get("prompt"), "max_new_tokens": protocol.get("max_new_tokens"),
               "batch_size": protocol.get("batch_size"), "device": protocol.get("device"),
               "dtype": protocol.get("dtype"), "engine": protocol.get("engine"),
+              "fuse": protocol.get("fuse", False),  # recorded since fusion exists; unfused before
               "ocr_tokens": protocol.get("ocr_tokens"), "limit": dataset.get("limit")}
     ours = {"prompt": cfg.prompt, "max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size,
-            "device": cfg.device, "dtype": cfg.dtype or "as saved", "engine": cfg.engine,
+            "device": cfg.device, "dtype": cfg.dtype or "as saved", "engine": cfg.engine, "fuse": cfg.fuse,
             "ocr_tokens": cfg.ocr_tokens, "limit": cfg.limit}
     differ = [f"{k} {theirs[k]!r} vs {ours[k]!r}" for k in ours if theirs[k] != ours[k]]
     if differ and not cfg.allow_mixed:

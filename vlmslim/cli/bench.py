@@ -60,6 +60,8 @@ def _echo_summary(out: str, summary: dict) -> None:
 @click.option("--name", help="Label in tables and figures (one MODEL only; default: the dir's or repo's name).")
 @click.option("--engine", type=click.Choice(["eager", "compiled"]),
               help="Default eager: plain generate; compiled: static KV cache + CUDA-graph decode step (GPU).")
+@click.option("--no-fuse", is_flag=True,
+              help="Compiled engine: keep q|k|v and gate|up as separate products (default: one each, vlmslim.fusion).")
 @click.option("--baseline", type=click.Path(exists=True, file_okay=False),
               help="Results dir to compare against (paired CIs); refused if its protocol differs.")
 @click.option("--allow-mixed", is_flag=True,
@@ -77,7 +79,7 @@ def _echo_summary(out: str, summary: dict) -> None:
 @click.pass_context
 def bench(ctx, models, data, out, task, limit, batch_size, max_new_tokens, prompt, ocr_tokens, device, device_map,
           max_memory, processes, dtype, quant,
-          random_weights, glu, heads, image_tokens, token_method, name, engine, baseline, allow_mixed, bertscore_model, no_bertscore, no_energy, allow_no_java,
+          random_weights, glu, heads, image_tokens, token_method, name, engine, no_fuse, baseline, allow_mixed, bertscore_model, no_bertscore, no_energy, allow_no_java,
           energy_country, warmup, seed, bootstrap):
     """Quality and efficiency of checkpoints on one dataset, from the same greedy generations.
 
@@ -99,7 +101,7 @@ def bench(ctx, models, data, out, task, limit, batch_size, max_new_tokens, promp
         return _bench_random(models, out, batch_size=batch_size, max_new_tokens=max_new_tokens, device=device,
                              dtype=dtype, quant=quant, engine=engine, glu=glu, heads=heads,
                              image_tokens=image_tokens, token_method=token_method, device_map=device_map,
-                             max_memory=max_memory)
+                             max_memory=max_memory, fuse=not no_fuse)
     if data is None:
         raise click.UsageError("Missing option '--data' (or pass --random-weights for an architecture-only run)")
     if glu or heads:
@@ -111,7 +113,8 @@ def bench(ctx, models, data, out, task, limit, batch_size, max_new_tokens, promp
                  bertscore_model=bertscore_model, country=energy_country, warmup=warmup, seed=seed,
                  bootstrap=bootstrap)
     options = {k: v for k, v in given.items() if v is not None}  # the rest: BenchConfig's defaults
-    options.update(ocr_tokens=ocr_tokens, energy=not no_energy, java_fallback=allow_no_java, allow_mixed=allow_mixed)
+    options.update(ocr_tokens=ocr_tokens, energy=not no_energy, java_fallback=allow_no_java, allow_mixed=allow_mixed,
+                   fuse=not no_fuse)
     if no_bertscore:
         options["bertscore_model"] = None
     try:
