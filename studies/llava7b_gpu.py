@@ -162,8 +162,8 @@ def checkpoint(results: dict, out_dir: Path) -> None:
     (out_dir / "llava7b_gpu.json").write_text(json.dumps(results, indent=2))
 
 
-def report(results: dict, out_dir: Path) -> None:
-    """Markdown table + speed-vs-size figure next to the JSON."""
+def report(results: dict, out_dir: Path, stem: str = "llava7b_gpu") -> None:
+    """Markdown table + speed-vs-size figure next to the JSON (`stem`.md, `stem`.png)."""
     lines = [f"Device: {results['device']}; measured copy bandwidth {results['bandwidth_gb_s']:.0f} GB/s; "
              f"{results['versions']}; {results['date']}; {results['new_tokens']} new tokens after a 592-token "
              f"prompt (576 image + 16 text); compile backend {results['compile_backend']}; "
@@ -187,7 +187,7 @@ def report(results: dict, out_dir: Path) -> None:
                   "|---|---|---:|---:|---:|"]
         lines += [f"| {m['recipe']} | {m['target']} | {m['weight_gb']:.2f} | {m['resident_gb']:.2f} | "
                   f"{m['peak_allocated_gb']:.2f} |" for m in results["memory"]]
-    (out_dir / "llava7b_gpu.md").write_text("\n".join(lines) + "\n")
+    (out_dir / f"{stem}.md").write_text("\n".join(lines) + "\n")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -195,36 +195,41 @@ def report(results: dict, out_dir: Path) -> None:
 
     from vlmslim.figures.plots import annotate_points
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5), dpi=150)
-    for ax, batch in zip(axes, (1, 8)):
-        if not any(r["batch"] == batch and "error" not in r for r in results["runs"]):
-            ax.set_visible(False)
-            continue
+    from matplotlib.ticker import FuncFormatter
+
+    batches = sorted({r["batch"] for r in results["runs"] if "error" not in r})
+    fig, axes = plt.subplots(1, len(batches), figsize=(6 * len(batches), 5), dpi=150, squeeze=False)
+    axes = axes[0]
+    for ax, batch in zip(axes, batches):
         floor = sorted({(r["weight_gb"], r["floor_ms_per_token"]) for r in results["runs"] if r["batch"] == batch})
         ax.plot([f[0] for f in floor], [f[1] for f in floor], color="0.4", ls=":", lw=1,
                 label="bandwidth floor (weights + KV read once per step)")
         xy, texts = [], []
         for engine, marker, color in (("eager", "o", "#d62728"), ("compiled", "s", "#1f77b4")):
             pts = [r for r in results["runs"] if r["batch"] == batch and r["engine"] == engine and "error" not in r]
+            if not pts:
+                continue
             ax.scatter([r["weight_gb"] for r in pts], [r["decode_ms_per_token"] for r in pts], marker=marker,
                        color=color, s=30, zorder=4, label=f"{engine} decode")
             xy += [(r["weight_gb"], r["decode_ms_per_token"]) for r in pts]
-            texts += [r["variant"] for r in pts]
+            texts += [f"{r['variant']} ({r['roofline_fraction']:.0%} of floor)" for r in pts]
         ax.set_xlabel("weights (GB)")
         ax.set_ylabel("decode ms per token (per step of the batch; log)")
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if v in (2, 3, 4, 6) else ""))
         ax.set_title(f"batch {batch}, {results['new_tokens']}-token answers")
         ax.grid(True, which="both", color="0.9", lw=0.6)
         lo, hi = ax.get_ylim()
         ax.set_ylim(lo, hi * 1.6)  # headroom: the slowest point's label stays inside the axes
         fig.canvas.draw()  # the placer needs final axes limits and the renderer's text sizes
         annotate_points(ax, xy, texts, fontsize=6.5)
-    fig.suptitle(f"LLaVA-1.5-7B shape, random fp16 weights: decode speed vs weight size "
+    fig.suptitle(f"LLaVA-1.5-7B shape, random fp16 weights: decode speed vs weight size\n"
                  f"({results['device']}, {results['date']})", fontsize=10)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
-    fig.savefig(out_dir / "llava7b_gpu.png")
+    fig.savefig(out_dir / f"{stem}.png")
 
 
 def main() -> None:
@@ -244,7 +249,7 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.report:
-        report(json.loads(args.report.read_text()), args.report.parent)
+        report(json.loads(args.report.read_text()), args.report.parent, args.report.stem)
         return
     args.variants = [v for v in args.variants.split(",") if v]
     args.batches = [int(b) for b in args.batches.split(",")]
