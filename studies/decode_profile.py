@@ -33,7 +33,7 @@ STEPS = 32
 CATEGORIES = (
     ("linear: vlmslim int4 / 8-bit GEMV", r"_int4_kernel|_w8_kernel|_fp8_kernel"),
     ("linear: tinygemm int4", r"tinygemm|int4pack|_weight_int4"),
-    ("attention", r"flash|fmha|attention|sdpa|efficient"),  # before cuBLAS: fmha_cutlassF is attention
+    ("attention", r"flash|fmha|attention|sdpa|efficient|_split_attn_"),  # before cuBLAS: fmha_cutlassF is attention
     ("linear: cuBLAS GEMV/GEMM", r"gemv|gemm|sm90_xmma|cutlass|Kernel2|splitKreduce|nvjet|xmma"),
     ("inductor fused (norms, RoPE, SiLU*up, residuals, dequant)", r"^triton_"),
     ("copies / cache writes / indexing", r"copy|index|scatter|memcpy|memset|fill|cat"),
@@ -62,13 +62,14 @@ def kernel_times(decoder: CompiledDecoder, inputs: dict, tokens: int) -> dict[st
     return times
 
 
-def profile_variant(name: str) -> dict:
+def profile_variant(name: str, attention: str = "sdpa") -> dict:
     torch._dynamo.reset()
     model = build(name)
     inputs = {k: v.cuda() for k, v in synthetic_inputs(model, 1, 16, 0).items()}
     inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
     length = inputs["input_ids"].shape[1]
-    dec = CompiledDecoder(model, 1, length + STEPS + 8, fuse=False)  # build() fused the "-fused" variants
+    dec = CompiledDecoder(model, 1, length + STEPS + 8, fuse=False,  # build() fused the "-fused" variants
+                          attention=attention)
     for _ in range(2):
         dec.decode(inputs, STEPS + 1, ignore_eos=True)  # compile, record the CUDA graphs
     walls = []
@@ -100,15 +101,17 @@ def main() -> None:
     ap.add_argument("--out-dir", type=Path, default=Path("."))
     ap.add_argument("--sdpa", default="default", choices=tuple(SDPA), help="As in studies.llava7b_gpu.")
     ap.add_argument("--coordinate-descent", action="store_true", help="As in studies.llava7b_gpu.")
+    ap.add_argument("--decode-attention", default="sdpa", choices=("sdpa", "split"), help="As in studies.llava7b_gpu.")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     set_decode_options(args.sdpa, args.coordinate_descent)
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
-               "steps": STEPS, "sdpa": args.sdpa, "coordinate_descent_tuning": args.coordinate_descent, "rows": []}
+               "steps": STEPS, "sdpa": args.sdpa, "coordinate_descent_tuning": args.coordinate_descent,
+               "decode_attention": args.decode_attention, "rows": []}
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for name in args.variants.split(","):
         try:
-            results["rows"].append(profile_variant(name))
+            results["rows"].append(profile_variant(name, args.decode_attention))
         except Exception as e:  # noqa: BLE001 - recorded; the next variant still runs
             logger.exception("%s failed", name)
             results["rows"].append({"variant": name, "error": f"{type(e).__name__}: {e}"[:300]})

@@ -30,13 +30,13 @@ logger = logging.getLogger("studies.graph_breaks")
 RECIPES = ("none", "int8", "nf4", "int4wo", "int8wo", "int8dq", "fp8")
 
 
-def explain_step(model, processor, device: str) -> dict:
+def explain_step(model, processor, device: str, attention: str = "sdpa") -> dict:
     from vlmslim.inputs import synthetic_inputs
 
     inputs = {k: v.to(device) for k, v in synthetic_inputs(model, 1, 8, 0).items()}
     inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
     length = inputs["input_ids"].shape[1]
-    dec = CompiledDecoder(model, 1, length + 4, compile=False)
+    dec = CompiledDecoder(model, 1, length + 4, compile=False, attention=attention)
     cache = StaticCache(config=dec.text_config, max_cache_len=dec.max_cache_len)
     mask = torch.zeros(1, dec.max_cache_len, dtype=torch.long, device=device)
     mask[:, :length + 1] = 1

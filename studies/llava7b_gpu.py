@@ -84,10 +84,11 @@ def build(name: str, target: str = "language"):
     return model
 
 
-def measure(model, batch: int, engines: list[str], backend: str, bandwidth: float, fuse: bool) -> list[dict]:
+def measure(model, batch: int, engines: list[str], backend: str, bandwidth: float, fuse: bool,
+            attention: str = "sdpa") -> list[dict]:
     """The library's architecture-only measurement, in this study's (committed) JSON keys."""
     cfg = arch.ArchBenchConfig("llava-1.5-7b", out="-", batch_size=batch, max_new_tokens=NEW_TOKENS,
-                               engines=tuple(engines), compile_backend=backend, fuse=fuse)
+                               engines=tuple(engines), compile_backend=backend, fuse=fuse, attention=attention)
     rows = []
     for r in arch.measure(model, cfg, bandwidth):
         row = {"batch": batch, "engine": r["engine"], "prompt_tokens": r["prompt_tokens"],
@@ -108,6 +109,7 @@ def study(args) -> dict:
                "versions": {"torch": torch.__version__, "python": platform.python_version()},
                "date": time.strftime("%Y-%m-%d"), "new_tokens": NEW_TOKENS, "compile_backend": args.backend,
                "sdpa": args.sdpa, "coordinate_descent_tuning": args.coordinate_descent,
+               "decode_attention": args.decode_attention,
                "runs": [], "memory": []}
     import transformers
 
@@ -122,7 +124,8 @@ def study(args) -> dict:
         for b in args.batches:
             try:
                 # the engine fuses by default; unfused variants are measured unfused (build fused the others)
-                rows = measure(model, b, engines, args.backend, bandwidth, fuse=name.endswith("-fused"))
+                rows = measure(model, b, engines, args.backend, bandwidth, fuse=name.endswith("-fused"),
+                               attention=args.decode_attention)
             except (RuntimeError, ValueError) as e:  # recorded in the results; the study goes on
                 logger.exception("%s batch %d failed", name, b)
                 rows = [{"batch": b, "engine": ",".join(engines), "error": f"{type(e).__name__}: {e}"[:300]}]
@@ -168,7 +171,8 @@ def report(results: dict, out_dir: Path, stem: str = "llava7b_gpu") -> None:
              f"{results['versions']}; {results['date']}; {results['new_tokens']} new tokens after a 592-token "
              f"prompt (576 image + 16 text); compile backend {results['compile_backend']}; "
              f"SDPA {results.get('sdpa', 'default')}; coordinate-descent tuning "
-             f"{results.get('coordinate_descent_tuning', False)}.", "",
+             f"{results.get('coordinate_descent_tuning', False)}; decode attention "
+             f"{results.get('decode_attention', 'sdpa')}.", "",
              "| variant | batch | engine | weights GB | prefill s | decode ms/token | floor ms | roofline | images/s "
              "| peak alloc GB | compiled tokens = eager |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in results["runs"]:
@@ -243,6 +247,8 @@ def main() -> None:
     ap.add_argument("--memory-quants", default="int8,nf4", help="Recipes for the target x memory table ('' = none).")
     ap.add_argument("--sdpa", default="default", choices=tuple(SDPA),
                     help="Disable SDPA backends: efficient = no cuDNN/flash, math = no fused attention kernel.")
+    ap.add_argument("--decode-attention", default="sdpa", choices=("sdpa", "split"),
+                    help="Compiled decode step's attention: SDPA, or vlmslim.attention's split-K kernels.")
     ap.add_argument("--coordinate-descent", action="store_true",
                     help="Inductor's coordinate-descent tuning of its generated kernels (slower compile).")
     ap.add_argument("--report", type=Path, help="Only rebuild table + figure from this JSON.")

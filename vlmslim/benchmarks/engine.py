@@ -25,12 +25,15 @@ import torch
 from transformers import StaticCache
 
 from vlmslim.benchmarks.devices import sync
+from vlmslim.attention import enable as enable_split_attention
 from vlmslim.families import FAMILIES, get_family
 from vlmslim.fusion import fuse_projections, fused_groups
 
 logger = logging.getLogger(__name__)
 
 ENGINES = ("eager", "compiled")
+# decode-step attention: transformers' SDPA, or vlmslim.attention's split-K kernels (CUDA; not yet timed)
+ATTENTIONS = ("sdpa", "split")
 
 
 @dataclass
@@ -48,7 +51,9 @@ class CompiledDecoder:
     """
 
     def __init__(self, model, batch_size: int, max_cache_len: int, compile: bool = True, backend: str = "inductor",
-                 fuse: bool = True):
+                 fuse: bool = True, attention: str = "sdpa"):
+        if attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {', '.join(ATTENTIONS)}, got {attention!r}")
         family = get_family(model)
         if not family.compiled_decode:
             supported = sorted(name for name, f in FAMILIES.items() if f.compiled_decode)
@@ -60,10 +65,13 @@ class CompiledDecoder:
             except ValueError as e:  # a speed-up only: decode unfused, and say so (recorded by bench)
                 logger.info("compiled decode without fused projections: %s", e)
         self.fused = fused_groups(model) > 0  # q|k|v and gate|up run as one product each
+        self.attention = attention
         self.model = model
         self.lm = family.language_model(model)
         self.head = model.get_submodule(family.lm_head)
         self.text_config = family.get_text_config(model.config)
+        if attention == "split":  # on the language model's config, for good: prefill rows still go to SDPA
+            enable_split_attention(self.text_config)
         self.batch_size, self.max_cache_len = batch_size, max_cache_len
         self.device = next(model.parameters()).device
         step = self._step

@@ -45,6 +45,7 @@ class ArchBenchConfig:
     engines: tuple[str, ...] = ("eager",)
     compile_backend: str = "inductor"  # or "cudagraphs" (no codegen; see engine.py)
     fuse: bool = True  # compiled engine: q|k|v and gate|up as one product each (vlmslim.fusion)
+    attention: str = "sdpa"  # compiled engine's decode attention: sdpa | split (vlmslim.attention)
     dtype: str = "float16"
     device: str = "cuda"
     device_map: str | None = None  # auto | balanced | sequential: spread over the GPUs and the CPU
@@ -163,7 +164,8 @@ def _measure(model, family, inputs, cfg: ArchBenchConfig, bandwidth_gb_s: float 
             prefill, step = statistics.median(r[1] for r in runs), statistics.median(r[2] for r in runs)
         else:
             t = time.perf_counter()
-            dec = CompiledDecoder(model, cfg.batch_size, length + n + 8, backend=cfg.compile_backend, fuse=cfg.fuse)
+            dec = CompiledDecoder(model, cfg.batch_size, length + n + 8, backend=cfg.compile_backend, fuse=cfg.fuse,
+                                  attention=cfg.attention)
             row["fused_projections"] = dec.fused
             first = dec.decode(inputs, n, ignore_eos=True)  # compiles and records the graphs
             dec.decode(inputs, n, ignore_eos=True)
