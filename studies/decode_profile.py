@@ -24,7 +24,7 @@ import torch
 
 from vlmslim.benchmarks.engine import CompiledDecoder
 from vlmslim.inputs import synthetic_inputs
-from studies.llava7b_gpu import SDPA, build, set_decode_options
+from studies.llava7b_gpu import ATTENTION, SDPA, build, set_decode_options
 
 logger = logging.getLogger("decode_profile")
 
@@ -62,14 +62,14 @@ def kernel_times(decoder: CompiledDecoder, inputs: dict, tokens: int) -> dict[st
     return times
 
 
-def profile_variant(name: str, attention: str = "sdpa") -> dict:
+def profile_variant(name: str) -> dict:
     torch._dynamo.reset()
     model = build(name)
     inputs = {k: v.cuda() for k, v in synthetic_inputs(model, 1, 16, 0).items()}
     inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
     length = inputs["input_ids"].shape[1]
     dec = CompiledDecoder(model, 1, length + STEPS + 8, fuse=False,  # build() fused the "-fused" variants
-                          attention=attention)
+                          attention=ATTENTION.get(name, "sdpa"))
     for _ in range(2):
         dec.decode(inputs, STEPS + 1, ignore_eos=True)  # compile, record the CUDA graphs
     walls = []
@@ -101,17 +101,15 @@ def main() -> None:
     ap.add_argument("--out-dir", type=Path, default=Path("."))
     ap.add_argument("--sdpa", default="default", choices=tuple(SDPA), help="As in studies.llava7b_gpu.")
     ap.add_argument("--coordinate-descent", action="store_true", help="As in studies.llava7b_gpu.")
-    ap.add_argument("--decode-attention", default="sdpa", choices=("sdpa", "split"), help="As in studies.llava7b_gpu.")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     set_decode_options(args.sdpa, args.coordinate_descent)
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
-               "steps": STEPS, "sdpa": args.sdpa, "coordinate_descent_tuning": args.coordinate_descent,
-               "decode_attention": args.decode_attention, "rows": []}
+               "steps": STEPS, "sdpa": args.sdpa, "coordinate_descent_tuning": args.coordinate_descent, "rows": []}
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for name in args.variants.split(","):
         try:
-            results["rows"].append(profile_variant(name, args.decode_attention))
+            results["rows"].append(profile_variant(name))
         except Exception as e:  # noqa: BLE001 - recorded; the next variant still runs
             logger.exception("%s failed", name)
             results["rows"].append({"variant": name, "error": f"{type(e).__name__}: {e}"[:300]})

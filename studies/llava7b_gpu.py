@@ -55,7 +55,12 @@ KERNELS = {"int4wo-triton": "triton", "int4wo-gemlite": "gemlite"}  # variant ->
 VARIANTS.update({f"{name}-fused": VARIANTS[name] for name in ("base", "glu30", "int4wo", "int4wo-triton",
                                                                  "int4wo-gemlite", "fp8")})
 KERNELS.update({f"{name}-fused": kernel for name, kernel in KERNELS.items()})
+# "<fused variant>-split": decode attention through vlmslim.attention's split-K kernels instead of SDPA
+ATTENTION = {f"{name}-split": "split" for name in VARIANTS if name.endswith("-fused")}
+VARIANTS.update({name: VARIANTS[name.removesuffix("-split")] for name in ATTENTION})
+KERNELS.update({name: KERNELS[name.removesuffix("-split")] for name in ATTENTION if name.removesuffix("-split") in KERNELS})
 NEW_TOKENS = 64
+CONFIG, DEVICE = "llava-1.5-7b", "cuda"  # what is built (a tests' smoke run swaps in the demo's config, CPU)
 # --sdpa: which fused-attention kernels SDPA may pick (decode has one query row over the whole static cache)
 SDPA = {"default": None, "efficient": ("cudnn", "flash"), "math": ("cudnn", "flash", "mem_efficient")}
 
@@ -74,12 +79,12 @@ def build(name: str, target: str = "language"):
 
     prune_opts, quant = VARIANTS[name]
     spec = QuantSpec(make_recipe(quant), target=target) if quant else None
-    model = arch.build(arch.ArchBenchConfig("llava-1.5-7b", out="-", prune=prune_opts, quant=spec))
+    model = arch.build(arch.ArchBenchConfig(CONFIG, out="-", prune=prune_opts, quant=spec, device=DEVICE))
     if name in KERNELS:
         for m in model.modules():
             if hasattr(m, "set_kernel"):
                 m.set_kernel(KERNELS[name])
-    if name.endswith("-fused"):
+    if name.removesuffix("-split").endswith("-fused"):
         fuse_projections(model)
     return model
 
@@ -87,13 +92,13 @@ def build(name: str, target: str = "language"):
 def measure(model, batch: int, engines: list[str], backend: str, bandwidth: float, fuse: bool,
             attention: str = "sdpa") -> list[dict]:
     """The library's architecture-only measurement, in this study's (committed) JSON keys."""
-    cfg = arch.ArchBenchConfig("llava-1.5-7b", out="-", batch_size=batch, max_new_tokens=NEW_TOKENS,
+    cfg = arch.ArchBenchConfig(CONFIG, out="-", batch_size=batch, max_new_tokens=NEW_TOKENS, device=DEVICE,
                                engines=tuple(engines), compile_backend=backend, fuse=fuse, attention=attention)
     rows = []
     for r in arch.measure(model, cfg, bandwidth):
         row = {"batch": batch, "engine": r["engine"], "prompt_tokens": r["prompt_tokens"],
                "prefill_s": r["prefill_s"], "decode_ms_per_token": r["decode_ms_per_token"],
-               "images_per_s": r["throughput_images_per_s"], "peak_allocated_gb": r["peak_vram_mb"] * 2**20 / 1e9,
+               "images_per_s": r["throughput_images_per_s"], "peak_allocated_gb": r["peak_vram_mb"] and r["peak_vram_mb"] * 2**20 / 1e9,
                "weight_gb": r["weight_mb"] * 2**20 / 1e9, "decode_weight_gb": r["decode_weight_mb"] * 2**20 / 1e9,
                "params": r["params"], "floor_ms_per_token": r["decode_floor_ms_per_token"],
                "roofline_fraction": r["roofline_fraction"]}
@@ -109,7 +114,6 @@ def study(args) -> dict:
                "versions": {"torch": torch.__version__, "python": platform.python_version()},
                "date": time.strftime("%Y-%m-%d"), "new_tokens": NEW_TOKENS, "compile_backend": args.backend,
                "sdpa": args.sdpa, "coordinate_descent_tuning": args.coordinate_descent,
-               "decode_attention": args.decode_attention,
                "runs": [], "memory": []}
     import transformers
 
@@ -124,8 +128,9 @@ def study(args) -> dict:
         for b in args.batches:
             try:
                 # the engine fuses by default; unfused variants are measured unfused (build fused the others)
-                rows = measure(model, b, engines, args.backend, bandwidth, fuse=name.endswith("-fused"),
-                               attention=args.decode_attention)
+                rows = measure(model, b, engines, args.backend, bandwidth,
+                               fuse=name.removesuffix("-split").endswith("-fused"),
+                               attention=ATTENTION.get(name, "sdpa"))
             except (RuntimeError, ValueError) as e:  # recorded in the results; the study goes on
                 logger.exception("%s batch %d failed", name, b)
                 rows = [{"batch": b, "engine": ",".join(engines), "error": f"{type(e).__name__}: {e}"[:300]}]
@@ -171,8 +176,7 @@ def report(results: dict, out_dir: Path, stem: str = "llava7b_gpu") -> None:
              f"{results['versions']}; {results['date']}; {results['new_tokens']} new tokens after a 592-token "
              f"prompt (576 image + 16 text); compile backend {results['compile_backend']}; "
              f"SDPA {results.get('sdpa', 'default')}; coordinate-descent tuning "
-             f"{results.get('coordinate_descent_tuning', False)}; decode attention "
-             f"{results.get('decode_attention', 'sdpa')}.", "",
+             f"{results.get('coordinate_descent_tuning', False)}.", "",
              "| variant | batch | engine | weights GB | prefill s | decode ms/token | floor ms | roofline | images/s "
              "| peak alloc GB | compiled tokens = eager |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in results["runs"]:
@@ -247,8 +251,6 @@ def main() -> None:
     ap.add_argument("--memory-quants", default="int8,nf4", help="Recipes for the target x memory table ('' = none).")
     ap.add_argument("--sdpa", default="default", choices=tuple(SDPA),
                     help="Disable SDPA backends: efficient = no cuDNN/flash, math = no fused attention kernel.")
-    ap.add_argument("--decode-attention", default="sdpa", choices=("sdpa", "split"),
-                    help="Compiled decode step's attention: SDPA, or vlmslim.attention's split-K kernels.")
     ap.add_argument("--coordinate-descent", action="store_true",
                     help="Inductor's coordinate-descent tuning of its generated kernels (slower compile).")
     ap.add_argument("--report", type=Path, help="Only rebuild table + figure from this JSON.")
