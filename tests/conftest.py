@@ -9,6 +9,8 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -55,3 +57,20 @@ def calib_dir(tmp_path):
     (root / "meta.json").write_text(json.dumps({"dataset": "test-calib",
                                                 "samples_sha256": sha256_file(root / "samples.jsonl")}))
     return root
+
+
+@pytest.fixture
+def interpret():
+    """`interpret(code) -> stdout`: Python code run in a subprocess under Triton's interpreter (kernels on
+    CPU tensors). Skips where Triton is absent (the CPU wheel has none) or its interpreter cannot run."""
+    pytest.importorskip("triton")
+
+    def run(code: str) -> str:
+        env = {**os.environ, "TRITON_INTERPRET": "1"}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+        if out.returncode and "0-dimensional arrays" in out.stderr:
+            pytest.skip("Triton's interpreter needs numpy < 2.4 for loops over runtime bounds")
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout
+
+    return run

@@ -4,9 +4,6 @@ transformers hook leaves every row that is not a GPU decode row to SDPA."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -48,14 +45,8 @@ _INTERPRETED = textwrap.dedent("""
 """)
 
 
-def test_split_kernels_equal_plain_attention_in_the_interpreter():
-    pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    out = subprocess.run([sys.executable, "-c", _INTERPRETED], env=env, capture_output=True, text=True, timeout=600)
-    if out.returncode and "0-dimensional arrays" in out.stderr:
-        pytest.skip("Triton's interpreter needs numpy < 2.4 for loops over runtime bounds")
-    assert out.returncode == 0, out.stderr[-2000:]
-    worst, count = out.stdout.split()
+def test_split_kernels_equal_plain_attention_in_the_interpreter(interpret):
+    worst, count = interpret(_INTERPRETED).split()
     assert int(count) == 6 and float(worst) < 1e-5
 
 
