@@ -7,8 +7,8 @@ values) for one query row per head. SDPA's fused kernels give each (sequence, he
 of K and V at 3 TB/s. Here every (sequence, head) is split over the cache length into enough programs
 to fill the GPU; each writes a partial (max, sum, weighted V), and a second kernel combines them.
 
-Use: `enable(model)` registers "vlmslim_decode" with transformers' attention and mask interfaces and sets
-it on the language model. Rows with more than one query (the prefill), masks that are not boolean, and
+Use: `enable(text_config)` registers "vlmslim_decode" with transformers' attention and mask interfaces and
+sets it on the language model's config. Rows with more than one query (the prefill), masks that are not boolean, and
 CPUs go to transformers' SDPA function unchanged, so only the decode step changes. `CompiledDecoder(...,
 attention="split")` does this. Shapes: query (B, H, 1, D), key / value (B, Hkv, L, D) with H a multiple
 of Hkv (grouped-query attention), mask (B, 1, 1, L) bool, True = attend.
@@ -19,6 +19,9 @@ from __future__ import annotations
 import math
 
 import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 try:  # the GPU image ships Triton with torch; the CPU wheel does not
     import triton
@@ -38,8 +41,8 @@ if triton is not None:
 
     @triton.jit
     def _split_attn_partial(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, scale, L, H, GROUP, SPLITS,
-                        sqb, sqh, skb, skh, skl, svb, svh, svl, smb,
-                        HAS_MASK: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr, D: tl.constexpr):
+                            sqb, sqh, skb, skh, skl, svb, svh, svl, smb,
+                            HAS_MASK: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr, D: tl.constexpr):
         """Program (b*H + h, s): positions [s*CHUNK, (s+1)*CHUNK) of head h of sequence b."""
         bh = tl.program_id(0)
         s = tl.program_id(1)
@@ -147,8 +150,6 @@ def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
 def decode_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
                      is_causal: bool | None = None, **kwargs):
     """transformers' attention-function signature; returns ((B, Lq, H, D), None) as `sdpa_attention_forward`."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     decode_row = (query.shape[2] == 1 and available(query.device) and not dropout and not kwargs.get("softcap")
                   and kwargs.get("position_bias") is None
                   and (attention_mask is None or attention_mask.dtype == torch.bool))
@@ -164,9 +165,6 @@ def decode_attention(module, query, key, value, attention_mask, dropout: float =
 
 def enable(text_config) -> None:
     """Decode through `decode_attention` wherever `text_config` (a language model's config) is used."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
-
     AttentionInterface.register(NAME, decode_attention)
     ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)  # boolean masks, as SDPA gets them
     text_config._attn_implementation = NAME
