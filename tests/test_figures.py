@@ -419,6 +419,7 @@ def test_cli_cost_choices_match_registry():
     assert _COST_CHOICES == [*COST_AXES, "all"]
 
 
+@pytest.mark.slow  # a fresh interpreter imports the figures stack (~2.5 s)
 def test_figures_never_import_torch(results, tmp_path):
     code = (
         "import sys; from vlmslim.figures import make_figures, FiguresConfig\n"

@@ -12,7 +12,11 @@ import studies.llava7b_gpu as study
 from vlmslim.fusion import fused_groups
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "vlmslim" / "demo" / "model" / "config.json"
-CPU_VARIANTS = ["base", "base-fused", "glu30-fused", "int4wo", "int4wo-fused", "base-fused-split",
+# the default run builds the variant that goes through the most plumbing (int4, fusion, split attention)
+_SLOW = pytest.mark.slow  # ~1 s each; the full suite (CI) runs them all
+CPU_VARIANTS = [pytest.param("base", marks=_SLOW), pytest.param("base-fused", marks=_SLOW),
+                pytest.param("glu30-fused", marks=_SLOW), pytest.param("int4wo", marks=_SLOW),
+                pytest.param("int4wo-fused", marks=_SLOW), pytest.param("base-fused-split", marks=_SLOW),
                 "int4wo-fused-split"]
 
 

@@ -113,6 +113,7 @@ def test_schema_errors_are_one_line_with_file_line_and_key(tmp_path, text, expec
     assert str(e.value).replace(str(tmp_path) + "/", "").startswith(expect), str(e.value)
 
 
+@pytest.mark.slow  # a subprocess CLI run (~5.7 s)
 def test_sweep_cli_schema_error_is_one_line_and_writes_nothing(tmp_path):
     write(tmp_path / "x.yaml", BASE + "  - name: a\n    steps:\n      - prune: {glu_ratio: 0.3}\n")
     res = subprocess.run([sys.executable, "-m", "vlmslim", "sweep", "x.yaml", "--out", "out"], capture_output=True,

@@ -216,6 +216,7 @@ def test_lora_kd_checkpoint_is_plain_and_projector_trains_alone(setup, tmp_path)
     assert changed and all("multi_modal_projector." in k for k in changed)
 
 
+@pytest.mark.slow  # two recovery runs (~2 s); the kd test covers the default loop
 def test_kill_and_resume_gives_the_same_weights(setup, tmp_path, monkeypatch):
     cfg = config(tmp_path, steps=6, save_every=2)
     straight, _ = recover_checkpoint(setup / "student", setup / "teacher", setup / "train", tmp_path / "a", cfg)
