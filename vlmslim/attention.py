@@ -6,6 +6,8 @@ values) for one query row per head. SDPA's fused kernels give each (sequence, he
 0.93 ms with the memory-efficient kernel (docs/performance.md), against ~0.11 ms to read the 344 MB
 of K and V at 3 TB/s. Here every (sequence, head) is split over the cache length into enough programs
 to fill the GPU; each writes a partial (max, sum, weighted V), and a second kernel combines them.
+Measured on one H100 (docs/performance.md): not faster yet, int4wo-fused 3.09 ms/token with it vs 3.01 with
+SDPA (cuDNN) in one process, so it is opt-in.
 
 Use: `enable(text_config)` registers "vlmslim_decode" with transformers' attention and mask interfaces and
 sets it on the language model's config. Rows with more than one query (the prefill), masks that are not boolean, and

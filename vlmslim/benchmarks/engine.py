@@ -32,7 +32,7 @@ from vlmslim.fusion import fuse_projections, fused_groups
 logger = logging.getLogger(__name__)
 
 ENGINES = ("eager", "compiled")
-# decode-step attention: transformers' SDPA, or vlmslim.attention's split-K kernels (CUDA; not yet timed)
+# decode-step attention: transformers' SDPA, or vlmslim.attention's split-K kernels (CUDA; measured slower, opt-in)
 ATTENTIONS = ("sdpa", "split")
 
 
