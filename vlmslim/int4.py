@@ -90,16 +90,11 @@ class Int4WeightOnlyLinear(nn.Module):
         return (codes * self.scales.to(dtype)[..., None] + self.zeros.to(dtype)[..., None]).view(n, k)
 
     def set_kernel(self, kernel: str) -> "Int4WeightOnlyLinear":
-        """Choose the decode GEMV (one of KERNELS) and derive its layout now (outside any CUDA-graph capture)."""
+        """Choose the decode GEMV (one of KERNELS) and derive its layout now (outside any CUDA-graph capture).
+        A kernel that cannot run here raises before the module changes."""
         if kernel not in KERNELS:
             raise ValueError(f"unknown int4wo kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
-        old, self.kernel = self.kernel, kernel
-        try:
-            self.prepare()
-        except Exception:
-            self.kernel = old  # the module stays as it was
-            self.prepare()
-            raise
+        self.prepare(kernel)
         return self
 
     def gemlite_meta(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -108,25 +103,27 @@ class Int4WeightOnlyLinear(nn.Module):
         return unpack(self.weight), self.scales, -self.zeros.float() / self.scales.float()
 
     @torch.no_grad()
-    def prepare(self) -> None:
-        """Derive the device's packed weight and (K/G, N, 2) scales-and-zeros from the stored tensors."""
-        self._gemlite = None
-        if self.weight.is_meta:
-            return
-        if self.kernel == "gemlite":
-            # not through nn.Module.__setattr__: a derived layout, not a submodule (kept out of the state_dict)
-            object.__setattr__(self, "_gemlite", _gemlite_layer(self))
-            self._packed = None  # one derived copy of the weights is enough
-            return
-        codes = unpack(self.weight)  # (N, K) uint8
-        # tinygemm: w = (q - 8) * scale + zero', so zero' = zero + 8 * scale
-        sz = torch.stack([self.scales.float(), self.zeros.float() + 8 * self.scales.float()], dim=-1)
-        self._scales_zeros = sz.transpose(0, 1).contiguous().to(torch.bfloat16)  # (K/G, N, 2)
-        if self.weight.device.type == "cuda":
-            tiny = (codes[:, 0::2] << 4 | codes[:, 1::2]).contiguous()  # CUDA packing: even k high
-            self._packed = torch._convert_weight_to_int4pack(tiny, 8)
-        else:
-            self._packed = torch._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1)
+    def prepare(self, kernel: str | None = None) -> None:
+        """Derive `kernel`'s layout (default: the current one) from the stored tensors: tinygemm's packed weight
+        and (K/G, N, 2) scales-and-zeros, or gemlite's layer. Everything is built first and assigned last."""
+        kernel = kernel or self.kernel
+        gem = packed = scales_zeros = None
+        if not self.weight.is_meta:
+            if kernel == "gemlite":
+                gem = _gemlite_layer(self)  # one derived copy of the weights is enough: no tinygemm layout
+            else:
+                codes = unpack(self.weight)  # (N, K) uint8
+                # tinygemm: w = (q - 8) * scale + zero', so zero' = zero + 8 * scale
+                sz = torch.stack([self.scales.float(), self.zeros.float() + 8 * self.scales.float()], dim=-1)
+                scales_zeros = sz.transpose(0, 1).contiguous().to(torch.bfloat16)  # (K/G, N, 2)
+                if self.weight.device.type == "cuda":
+                    tiny = (codes[:, 0::2] << 4 | codes[:, 1::2]).contiguous()  # CUDA packing: even k high
+                    packed = torch._convert_weight_to_int4pack(tiny, 8)
+                else:
+                    packed = torch._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1)
+        self.kernel, self._packed, self._scales_zeros = kernel, packed, scales_zeros
+        # not through nn.Module.__setattr__: a derived layout, not a submodule (kept out of the state_dict)
+        object.__setattr__(self, "_gemlite", gem)
 
     def _apply(self, fn, recurse=True):
         out = super()._apply(fn, recurse)
