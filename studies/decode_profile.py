@@ -24,7 +24,7 @@ import torch
 
 from vlmslim.benchmarks.engine import CompiledDecoder
 from vlmslim.inputs import synthetic_inputs
-from studies.llava7b_gpu import ATTENTION, SDPA, build, set_decode_options
+from studies.llava7b_gpu import SDPA, VARIANTS, build, set_decode_options
 
 logger = logging.getLogger("decode_profile")
 
@@ -48,18 +48,20 @@ def category(name: str) -> str:
     return "other"
 
 
-def kernel_times(decoder: CompiledDecoder, inputs: dict, tokens: int) -> dict[str, float]:
-    """Total CUDA time (us) per kernel name over one `decode(inputs, tokens)` call."""
+def kernel_times(decoder: CompiledDecoder, inputs: dict, tokens: int) -> tuple[dict[str, float], int]:
+    """Total CUDA time (us) per kernel name over one `decode(inputs, tokens)` call, and the number of kernels."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         decoder.decode(inputs, tokens, ignore_eos=True)
         torch.cuda.synchronize()
     times: dict[str, float] = defaultdict(float)
+    count = 0
     for e in prof.events():
         if e.device_type == torch.autograd.DeviceType.CUDA:
             times[e.name] += e.device_time
-    return times
+            count += 1
+    return times, count
 
 
 def profile_variant(name: str) -> dict:
@@ -69,15 +71,15 @@ def profile_variant(name: str) -> dict:
     inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
     length = inputs["input_ids"].shape[1]
     dec = CompiledDecoder(model, 1, length + STEPS + 8, fuse=False,  # build() fused the "-fused" variants
-                          attention=ATTENTION.get(name, "sdpa"))
+                          attention=VARIANTS[name].attention)
     for _ in range(2):
         dec.decode(inputs, STEPS + 1, ignore_eos=True)  # compile, record the CUDA graphs
     walls = []
     for _ in range(3):
         r = dec.decode(inputs, STEPS + 1, ignore_eos=True)
         walls.append(1000 * r.decode_s / r.decode_steps)
-    short = kernel_times(dec, inputs, 1)
-    long = kernel_times(dec, inputs, STEPS + 1)
+    short, short_count = kernel_times(dec, inputs, 1)
+    long, long_count = kernel_times(dec, inputs, STEPS + 1)
     per_step = {k: (long.get(k, 0.0) - short.get(k, 0.0)) / STEPS for k in long}
     per_step = {k: v for k, v in per_step.items() if v > 0.05}  # us; drop noise
     cats: dict[str, float] = defaultdict(float)
@@ -87,6 +89,7 @@ def profile_variant(name: str) -> dict:
     top = sorted(per_step.items(), key=lambda kv: -kv[1])[:25]
     row = {"variant": name, "wall_ms_per_token": statistics.median(walls), "kernel_ms_per_token": total_us / 1e3,
            "idle_ms_per_token": statistics.median(walls) - total_us / 1e3,
+           "kernels_per_token": (long_count - short_count) / STEPS,  # GPU activities per step: a gap after each
            "categories_ms": {k: round(v / 1e3, 4) for k, v in sorted(cats.items(), key=lambda kv: -kv[1])},
            "top_kernels_us": [[k[:120], round(v, 2), category(k)] for k, v in top]}
     logger.info("%s", json.dumps(row, indent=1))

@@ -19,6 +19,7 @@ import json
 import logging
 import platform
 import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -33,32 +34,40 @@ from vlmslim.inputs import synthetic_inputs
 
 logger = logging.getLogger("llava7b_gpu")
 
-# name -> (prune options, quant recipe)
-VARIANTS = {
-    "base": ({}, None),
-    "glu30": ({"glu": 0.3}, None),
-    "glu50": ({"glu": 0.5}, None),
-    "heads25": ({"heads": 0.25}, None),
-    "glu30+heads25": ({"glu": 0.3, "heads": 0.25}, None),
-    "int8": ({}, "int8"),
-    "nf4": ({}, "nf4"),
-    "glu30+nf4": ({"glu": 0.3}, "nf4"),
-    "int4wo": ({}, "int4wo"),  # vlmslim.int4, group size 128: decode on ATen tinygemm
-    "int4wo-triton": ({}, "int4wo"),  # the same weights, decode on vlmslim.gemv's Triton kernel (KERNELS)
-    "int4wo-gemlite": ({}, "int4wo"),  # the same weights, decode on gemlite's GEMV (optional package)
-    "glu30+int4wo": ({"glu": 0.3}, "int4wo"),
-    "fp8": ({}, "fp8"),  # vlmslim.fp8: e4m3 weight-only on vlmslim.gemv
-    "glu30+fp8": ({"glu": 0.3}, "fp8"),
+@dataclass(frozen=True)
+class Variant:
+    prune: dict = field(default_factory=dict)  # PruneConfig weight-criterion options
+    quant: str | None = None  # recipe name
+    kernel: str | None = None  # Int4WeightOnlyLinear decode kernel (vlmslim.int4.KERNELS); None = its default
+    fused: bool = False  # q|k|v and gate|up as one product each (vlmslim.fusion)
+    dtype: str = "float16"  # what the random weights and activations are built in
+    attention: str = "sdpa"  # the compiled engine's decode attention: sdpa | split (vlmslim.attention)
+
+
+BASES = {
+    "base": Variant(),
+    "glu30": Variant({"glu": 0.3}),
+    "glu50": Variant({"glu": 0.5}),
+    "heads25": Variant({"heads": 0.25}),
+    "glu30+heads25": Variant({"glu": 0.3, "heads": 0.25}),
+    "int8": Variant(quant="int8"),
+    "nf4": Variant(quant="nf4"),
+    "glu30+nf4": Variant({"glu": 0.3}, "nf4"),
+    "int4wo": Variant(quant="int4wo"),  # vlmslim.int4, group size 128: decode on ATen tinygemm
+    "int4wo-triton": Variant(quant="int4wo", kernel="triton"),  # the same weights on vlmslim.gemv's Triton GEMV
+    "int4wo-gemlite": Variant(quant="int4wo", kernel="gemlite"),  # ... on gemlite's GEMV (optional package)
+    "glu30+int4wo": Variant({"glu": 0.3}, "int4wo"),
+    "fp8": Variant(quant="fp8"),  # vlmslim.fp8: e4m3 weight-only on vlmslim.gemv
+    "glu30+fp8": Variant({"glu": 0.3}, "fp8"),
 }
-KERNELS = {"int4wo-triton": "triton", "int4wo-gemlite": "gemlite"}  # variant -> Int4WeightOnlyLinear kernel
-# "<variant>-fused": the same model with q|k|v and gate|up fused per layer (vlmslim.fusion)
-VARIANTS.update({f"{name}-fused": VARIANTS[name] for name in ("base", "glu30", "int4wo", "int4wo-triton",
-                                                                 "int4wo-gemlite", "fp8")})
-KERNELS.update({f"{name}-fused": kernel for name, kernel in KERNELS.items()})
-# "<fused variant>-split": decode attention through vlmslim.attention's split-K kernels instead of SDPA
-ATTENTION = {f"{name}-split": "split" for name in VARIANTS if name.endswith("-fused")}
-VARIANTS.update({name: VARIANTS[name.removesuffix("-split")] for name in ATTENTION})
-KERNELS.update({name: KERNELS[name.removesuffix("-split")] for name in ATTENTION if name.removesuffix("-split") in KERNELS})
+# Suffixes, in this order: "-fused" (vlmslim.fusion), "-bf16" (weights and activations in bf16: tinygemm computes
+# in bf16, so an fp16 int4 model casts around every product), "-split" (vlmslim.attention's decode attention).
+VARIANTS = dict(BASES)
+VARIANTS.update({f"{name}-fused": replace(BASES[name], fused=True)
+                 for name in ("base", "glu30", "int4wo", "int4wo-triton", "int4wo-gemlite", "fp8")})
+VARIANTS.update({f"{name}-bf16": replace(VARIANTS[name], dtype="bfloat16")
+                 for name in ("base-fused", "int4wo-fused")})
+VARIANTS.update({f"{name}-split": replace(v, attention="split") for name, v in list(VARIANTS.items()) if v.fused})
 NEW_TOKENS = 64
 CONFIG, DEVICE = "llava-1.5-7b", "cuda"  # what is built (a tests' smoke run swaps in the demo's config, CPU)
 # --sdpa: which fused-attention kernels SDPA may pick (decode has one query row over the whole static cache)
@@ -77,23 +86,24 @@ def set_decode_options(sdpa: str, coordinate_descent: bool) -> None:
 def build(name: str, target: str = "language"):
     from vlmslim.quantization import QuantSpec, make_recipe
 
-    prune_opts, quant = VARIANTS[name]
-    spec = QuantSpec(make_recipe(quant), target=target) if quant else None
-    model = arch.build(arch.ArchBenchConfig(CONFIG, out="-", prune=prune_opts, quant=spec, device=DEVICE))
-    if name in KERNELS:
+    v = VARIANTS[name]
+    spec = QuantSpec(make_recipe(v.quant), target=target) if v.quant else None
+    model = arch.build(arch.ArchBenchConfig(CONFIG, out="-", prune=v.prune, quant=spec, dtype=v.dtype,
+                                            device=DEVICE))
+    if v.kernel:
         for m in model.modules():
             if hasattr(m, "set_kernel"):
-                m.set_kernel(KERNELS[name])
-    if name.removesuffix("-split").endswith("-fused"):
+                m.set_kernel(v.kernel)
+    if v.fused:
         fuse_projections(model)
     return model
 
 
-def measure(model, batch: int, engines: list[str], backend: str, bandwidth: float, fuse: bool,
-            attention: str = "sdpa") -> list[dict]:
+def measure(model, batch: int, engines: list[str], backend: str, bandwidth: float, variant: Variant) -> list[dict]:
     """The library's architecture-only measurement, in this study's (committed) JSON keys."""
     cfg = arch.ArchBenchConfig(CONFIG, out="-", batch_size=batch, max_new_tokens=NEW_TOKENS, device=DEVICE,
-                               engines=tuple(engines), compile_backend=backend, fuse=fuse, attention=attention)
+                               engines=tuple(engines), compile_backend=backend, fuse=variant.fused,
+                               attention=variant.attention, dtype=variant.dtype)
     rows = []
     for r in arch.measure(model, cfg, bandwidth):
         row = {"batch": batch, "engine": r["engine"], "prompt_tokens": r["prompt_tokens"],
@@ -124,13 +134,11 @@ def study(args) -> dict:
         # the fifth variant and the "compiled" step silently runs eagerly.
         torch._dynamo.reset()
         model = build(name)
-        engines = args.engines if not VARIANTS[name][1] or args.compiled_quant else ["eager"]
+        engines = args.engines if not VARIANTS[name].quant or args.compiled_quant else ["eager"]
         for b in args.batches:
             try:
                 # the engine fuses by default; unfused variants are measured unfused (build fused the others)
-                rows = measure(model, b, engines, args.backend, bandwidth,
-                               fuse=name.removesuffix("-split").endswith("-fused"),
-                               attention=ATTENTION.get(name, "sdpa"))
+                rows = measure(model, b, engines, args.backend, bandwidth, VARIANTS[name])
             except (RuntimeError, ValueError) as e:  # recorded in the results; the study goes on
                 logger.exception("%s batch %d failed", name, b)
                 rows = [{"batch": b, "engine": ",".join(engines), "error": f"{type(e).__name__}: {e}"[:300]}]
@@ -232,7 +240,7 @@ def report(results: dict, out_dir: Path, stem: str = "llava7b_gpu") -> None:
         ax.set_ylim(lo, hi * 1.6)  # headroom: the slowest point's label stays inside the axes
         fig.canvas.draw()  # the placer needs final axes limits and the renderer's text sizes
         annotate_points(ax, xy, texts, fontsize=6.5)
-    fig.suptitle(f"LLaVA-1.5-7B shape, random fp16 weights: decode speed vs weight size\n"
+    fig.suptitle(f"LLaVA-1.5-7B shape, random fp16 weights (bf16 in -bf16 variants): decode speed vs weight size\n"
                  f"({results['device']}, {results['date']})", fontsize=10)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)

@@ -37,9 +37,14 @@ _INTERPRETED = textwrap.dedent("""
         mask = torch.zeros(b, 1, 1, length, dtype=torch.bool)
         mask[..., : length // 3] = True  # the rest: static-cache slots not written yet (whole splits masked)
         mask[0, ..., :5] = False  # left padding in the first sequence
-        for m in (mask, None):
+        # as transformers hands it over: the last query row of a wider 4-D mask, one row expanded over the batch
+        wide = torch.zeros(1, 1, 3, length + 7, dtype=torch.bool)
+        wide[..., : length // 2] = True
+        shared = wide[:, :, -1:, :length].expand(b, 1, 1, length)
+        for m in (mask, None, shared):
             ref = attention.reference(q, k, v, m, d ** -0.5)
             out = attention._split_attention(q, k, v, m, d ** -0.5, programs=programs)
+            assert out.dtype == q.dtype and out.shape == q.shape
             errs.append(float((out - ref).abs().max()))
     print(max(errs), len(errs))
 """)
@@ -47,7 +52,7 @@ _INTERPRETED = textwrap.dedent("""
 
 def test_split_kernels_equal_plain_attention_in_the_interpreter(interpret):
     worst, count = interpret(_INTERPRETED).split()
-    assert int(count) == 6 and float(worst) < 1e-5
+    assert int(count) == 9 and float(worst) < 1e-5
 
 
 def test_hook_leaves_cpu_and_prefill_rows_to_sdpa():

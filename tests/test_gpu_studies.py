@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 import studies.llava7b_gpu as study
 from vlmslim.fusion import fused_groups
@@ -17,7 +18,7 @@ _SLOW = pytest.mark.slow  # ~1 s each; the full suite (CI) runs them all
 CPU_VARIANTS = [pytest.param("base", marks=_SLOW), pytest.param("base-fused", marks=_SLOW),
                 pytest.param("glu30-fused", marks=_SLOW), pytest.param("int4wo", marks=_SLOW),
                 pytest.param("int4wo-fused", marks=_SLOW), pytest.param("base-fused-split", marks=_SLOW),
-                "int4wo-fused-split"]
+                pytest.param("int4wo-fused-bf16", marks=_SLOW), "int4wo-fused-bf16-split"]
 
 
 @pytest.mark.parametrize("name", CPU_VARIANTS)
@@ -26,27 +27,26 @@ def test_study_variant_builds_and_measures_on_the_demo_shape(monkeypatch, name):
     monkeypatch.setattr(study, "DEVICE", "cpu")
     monkeypatch.setattr(study, "NEW_TOKENS", 4)
     model = study.build(name)
-    fused = name.removesuffix("-split").endswith("-fused")
-    assert (fused_groups(model) > 0) == fused
-    rows = study.measure(model, 1, ["eager"], "inductor", bandwidth=1.0, fuse=fused,
-                         attention=study.ATTENTION.get(name, "sdpa"))
+    variant = study.VARIANTS[name]
+    assert (fused_groups(model) > 0) == variant.fused == ("-fused" in name)
+    assert model.dtype == (torch.bfloat16 if "-bf16" in name else torch.float16)
+    rows = study.measure(model, 1, ["eager"], "inductor", bandwidth=1.0, variant=variant)
     (row,) = rows
     assert row["decode_ms_per_token"] > 0 and row["floor_ms_per_token"] > 0 and row["prompt_tokens"] > 16
     if "glu30" in name:
-        base = study.measure(study.build("base"), 1, ["eager"], "inductor", bandwidth=1.0, fuse=False)[0]
+        base = study.measure(study.build("base"), 1, ["eager"], "inductor", bandwidth=1.0,
+                             variant=study.VARIANTS["base"])[0]
         assert row["params"] < base["params"]  # the GLU cut happened before the fusion
 
 
 @pytest.mark.slow  # inductor compiles the demo's decode step on the CPU (~15 s)
 def test_study_compiled_row_of_a_fused_int4_variant_decodes_the_eager_tokens(monkeypatch):
-    import torch
-
     monkeypatch.setattr(study, "CONFIG", str(DEMO_CONFIG))
     monkeypatch.setattr(study, "DEVICE", "cpu")
     monkeypatch.setattr(study, "NEW_TOKENS", 4)
     torch._dynamo.reset()
     eager, compiled = study.measure(study.build("int4wo-fused"), 1, ["eager", "compiled"], "inductor",
-                                    bandwidth=1.0, fuse=True)
+                                    bandwidth=1.0, variant=study.VARIANTS["int4wo-fused"])
     assert compiled["fused_projections"] is True
     assert compiled["tokens_match_eager"] == compiled["tokens_compared"] == 4
     torch._dynamo.reset()

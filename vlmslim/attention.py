@@ -43,7 +43,7 @@ if triton is not None:
 
     @triton.jit
     def _split_attn_partial(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, scale, L, H, GROUP, SPLITS,
-                            sqb, sqh, skb, skh, skl, svb, svh, svl, smb,
+                            sqb, sqh, skb, skh, skl, svb, svh, svl, smb, sml,
                             HAS_MASK: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr, D: tl.constexpr):
         """Program (b*H + h, s): positions [s*CHUNK, (s+1)*CHUNK) of head h of sequence b."""
         bh = tl.program_id(0)
@@ -60,7 +60,7 @@ if triton is not None:
             rl = s * CHUNK + j * BLOCK + tl.arange(0, BLOCK)
             ok = rl < L
             if HAS_MASK:
-                ok = ok & (tl.load(mask_ptr + b * smb + rl, mask=rl < L, other=0) != 0)
+                ok = ok & (tl.load(mask_ptr + b * smb + rl * sml, mask=rl < L, other=0) != 0)
             k = tl.load(k_ptr + b * skb + kvh * skh + rl[:, None] * skl + rd[None, :], mask=ok[:, None], other=0.0)
             sc = tl.sum(k.to(tl.float32) * q[None, :], axis=1)  # (BLOCK,) scaled scores
             sc = tl.where(ok, sc, -float("inf"))
@@ -79,7 +79,7 @@ if triton is not None:
 
     @triton.jit
     def _split_attn_combine(m_ptr, l_ptr, acc_ptr, out_ptr, SPLITS, S_POW2: tl.constexpr, D: tl.constexpr):
-        """out[bh] = sum_s e^(m_s - M) acc_s / sum_s e^(m_s - M) l_s, M = max_s m_s."""
+        """out[bh] = sum_s e^(m_s - M) acc_s / sum_s e^(m_s - M) l_s, M = max_s m_s; stored in out's dtype."""
         bh = tl.program_id(0)
         rs = tl.arange(0, S_POW2)
         rd = tl.arange(0, D)
@@ -90,7 +90,7 @@ if triton is not None:
         l_sum = tl.sum(w * tl.load(l_ptr + bh * SPLITS + rs, mask=ok, other=0.0), axis=0)
         acc = tl.load(acc_ptr + (bh * SPLITS + rs)[:, None] * D + rd[None, :], mask=ok[:, None], other=0.0)
         out = tl.sum(w[:, None] * acc, axis=0) / l_sum
-        tl.store(out_ptr + bh * D + rd, out)
+        tl.store(out_ptr + bh * D + rd, out.to(out_ptr.dtype.element_ty))
 
 
 def plan(batch_heads: int, length: int, programs: int) -> tuple[int, int]:
@@ -116,15 +116,19 @@ def _split_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     l_ = torch.empty_like(m)
     acc = torch.empty(b * h * splits, d, device=q.device, dtype=torch.float32)
     q2 = q[:, :, 0]  # (B, H, D)
-    mask2 = None if mask is None else mask.reshape(b, length).to(torch.int8).contiguous()
+    # The boolean mask is read in place, as bytes (a view, any strides: it is an expanded slice of the
+    # layer-shared 4-D mask), not converted per layer: that was a kernel launch per layer.
+    mask2 = None if mask is None else mask.view(torch.uint8)[:, 0, 0, :]  # (B, L)
     _split_attn_partial[(b * h, splits)](
         q2, k, v, mask2 if mask2 is not None else q2, m, l_, acc, scale, length, h, h // hkv, splits,
         q2.stride(0), q2.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
-        mask2.stride(0) if mask2 is not None else 0,
+        mask2.stride(0) if mask2 is not None else 0, mask2.stride(1) if mask2 is not None else 0,
         HAS_MASK=mask2 is not None, CHUNK=chunk, BLOCK=BLOCK_L, D=d, num_warps=4)
-    out = torch.empty(b * h, d, device=q.device, dtype=torch.float32)
+    # (B, H, 1, D) contiguous has the memory layout of (B, 1, H, D): the caller's transpose copies nothing.
+    # The combine stores in q's dtype (no separate cast kernel).
+    out = torch.empty(b, h, 1, d, device=q.device, dtype=q.dtype)
     _split_attn_combine[(b * h,)](m, l_, acc, out, splits, S_POW2=triton.next_power_of_2(splits), D=d, num_warps=4)
-    return out.view(b, h, 1, d).to(q.dtype)
+    return out
 
 
 # Opaque to torch.compile (as vlmslim.gemv's kernels): inductor calls it, CUDA graphs capture its launches.
