@@ -42,6 +42,7 @@ class Variant:
     fused: bool = False  # q|k|v and gate|up as one product each (vlmslim.fusion)
     dtype: str = "float16"  # what the random weights and activations are built in
     attention: str = "sdpa"  # the compiled engine's decode attention: sdpa | split (vlmslim.attention)
+    k_split: int = 1  # int4wo: tinygemm's split-K layout, the largest of 4 / 2 / 1 up to this that K allows
 
 
 BASES = {
@@ -68,6 +69,9 @@ VARIANTS.update({f"{name}-fused": replace(BASES[name], fused=True)
 VARIANTS.update({f"{name}-bf16": replace(VARIANTS[name], dtype="bfloat16")
                  for name in ("base-fused", "int4wo-fused")})
 VARIANTS.update({f"{name}-split": replace(v, attention="split") for name, v in list(VARIANTS.items()) if v.fused})
+# "-ks2" / "-ks4": int4wo's tinygemm layout with K split 2 / 4 ways (vlmslim.int4, `set_k_split`)
+VARIANTS.update({f"int4wo-fused-bf16{suffix}-ks{s}": replace(VARIANTS[f"int4wo-fused-bf16{suffix}"], k_split=s)
+                 for suffix in ("", "-split") for s in (2, 4)})
 NEW_TOKENS = 64
 CONFIG, DEVICE = "llava-1.5-7b", "cuda"  # what is built (a tests' smoke run swaps in the demo's config, CPU)
 # --sdpa: which fused-attention kernels SDPA may pick (decode has one query row over the whole static cache)
@@ -96,6 +100,12 @@ def build(name: str, target: str = "language"):
                 m.set_kernel(v.kernel)
     if v.fused:
         fuse_projections(model)
+    if v.k_split > 1:  # after the fusion: the fused modules are new
+        from vlmslim.int4 import Int4WeightOnlyLinear, k_split_fits
+
+        for m in model.modules():
+            if isinstance(m, Int4WeightOnlyLinear):
+                m.set_k_split(max(s for s in (1, 2, 4) if s <= v.k_split and k_split_fits(m.in_features, m.group_size, s)))
     return model
 
 

@@ -66,7 +66,7 @@ def quantize_int4(w: torch.Tensor, group: int = GROUP):
 
 def study(shapes: list[str], rows: tuple[int, ...]) -> dict:
     from vlmslim import gemv as vgemv
-    from vlmslim.int4 import Int4WeightOnlyLinear, pack
+    from vlmslim.int4 import Int4WeightOnlyLinear, k_split_fits, pack
 
     dev = torch.device("cuda")
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
@@ -89,6 +89,17 @@ def study(shapes: list[str], rows: tuple[int, ...]) -> dict:
         ours_s = [(ours.clone(), scale.bfloat16(), zero.bfloat16()) for _ in range(c4)]
         deq_ours = (q.float().view(n, k // GROUP, GROUP) * scale.bfloat16().float()[..., None]
                     + zero.bfloat16().float()[..., None]).view(n, k)
+        # tinygemm with K split 2 / 4 ways (vlmslim.int4's layout: column blocks stacked as rows)
+        split_layers = {}
+        for split in (2, 4):
+            if k_split_fits(k, GROUP, split):
+                split_layers[split] = []
+                for _ in range(c4):
+                    lin = Int4WeightOnlyLinear(k, n, False, GROUP, device=dev)
+                    lin.weight.copy_(ours)
+                    lin.scales.copy_(scale)
+                    lin.zeros.copy_(zero)
+                    split_layers[split].append(lin.set_k_split(split))
         gemlite_layers = []  # the same codes through gemlite (vlmslim.int4 builds its layer); [] without gemlite
         try:
             for _ in range(c4):
@@ -128,6 +139,16 @@ def study(shapes: list[str], rows: tuple[int, ...]) -> dict:
                    n * k // 2, ref)
             record("int4wo_gemv", [lambda t=t: torch.ops.vlmslim.int4_gemv(xb, *t, GROUP) for t in ours_s],
                    n * k // 2, xb.float() @ deq_ours.t())
+            for split, layers in split_layers.items():
+                # the kernel alone (the compiled engine fuses the blocks' sum into the next kernel); the check
+                # runs the module's whole forward
+                xs = xb.reshape(m * split, k // split)
+                record(f"int4wo_tinygemm_ks{split}",
+                       [lambda lin=lin: torch._weight_int4pack_mm(xs, lin._packed, GROUP, lin._scales_zeros)
+                        for lin in layers], n * k // 2)
+                if "us" in row[f"int4wo_tinygemm_ks{split}"]:
+                    out, check = layers[0](xb).float(), xb.float() @ deq_ours.t()
+                    row[f"int4wo_tinygemm_ks{split}"]["rel_err"] = float(((out - check).norm() / check.norm()).item())
             if gemlite_layers:
                 record("int4wo_gemlite", [lambda g=g: g(xb) for g in gemlite_layers], n * k // 2,
                        xb.float() @ deq_ours.t())

@@ -11,14 +11,17 @@ import torch
 
 import studies.llava7b_gpu as study
 from vlmslim.fusion import fused_groups
+from vlmslim.int4 import Int4WeightOnlyLinear
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "vlmslim" / "demo" / "model" / "config.json"
-# the default run builds the variant that goes through the most plumbing (int4, fusion, split attention)
+# the default run builds the variant that goes through the most plumbing (int4, fusion, bf16, split attention,
+# split K)
 _SLOW = pytest.mark.slow  # ~1 s each; the full suite (CI) runs them all
 CPU_VARIANTS = [pytest.param("base", marks=_SLOW), pytest.param("base-fused", marks=_SLOW),
                 pytest.param("glu30-fused", marks=_SLOW), pytest.param("int4wo", marks=_SLOW),
                 pytest.param("int4wo-fused", marks=_SLOW), pytest.param("base-fused-split", marks=_SLOW),
-                pytest.param("int4wo-fused-bf16", marks=_SLOW), "int4wo-fused-bf16-split"]
+                pytest.param("int4wo-fused-bf16", marks=_SLOW), pytest.param("int4wo-fused-bf16-split", marks=_SLOW),
+                "int4wo-fused-bf16-split-ks2"]
 
 
 @pytest.mark.parametrize("name", CPU_VARIANTS)
@@ -30,6 +33,8 @@ def test_study_variant_builds_and_measures_on_the_demo_shape(monkeypatch, name):
     variant = study.VARIANTS[name]
     assert (fused_groups(model) > 0) == variant.fused == ("-fused" in name)
     assert model.dtype == (torch.bfloat16 if "-bf16" in name else torch.float16)
+    splits = {m.k_split for m in model.modules() if isinstance(m, Int4WeightOnlyLinear)}
+    assert splits == ({2} if "-ks2" in name else {1} if "int4wo" in name else set())  # the demo's K allows 2
     rows = study.measure(model, 1, ["eager"], "inductor", bandwidth=1.0, variant=variant)
     (row,) = rows
     assert row["decode_ms_per_token"] > 0 and row["floor_ms_per_token"] > 0 and row["prompt_tokens"] > 16

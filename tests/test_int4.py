@@ -60,6 +60,37 @@ def test_kernel_choice_and_gemlite_layout():
     assert m.kernel == "tinygemm" and torch.equal(m(x), before) and sorted(m.state_dict()) == ["bias", "scales", "weight", "zeros"]
 
 
+def test_split_k_layout_computes_the_same_product():
+    """K split S ways: the column blocks stacked as rows, the diagonal blocks of the S-row product summed. Same
+    product as the plain layout (to the bf16 rounding of each block's partial sum), same saved tensors, and
+    a split that leaves part-groups or part k-tiles is refused in one line before anything changes."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(1024, 96)
+    m = Int4WeightOnlyLinear.from_linear(lin, 128)
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    for rows in (1, 3, 8):
+        x = torch.randn(rows, 1024)
+        ref = x @ m.dequantized().t() + lin.bias.detach()
+        plain = m(x)
+        for split in (2, 4):
+            m.set_k_split(split)
+            assert m._packed is not None and m.k_split == split
+            y = m(x)
+            assert y.shape == (rows, 96)
+            assert ((y - ref).norm() / ref.norm()).item() < 1e-2
+            assert ((y - plain).norm() / plain.norm()).item() < 5e-3  # only the partial sums' rounding differs
+            m.set_k_split(1)
+        assert torch.equal(m(x), plain)
+    assert all(torch.equal(m.state_dict()[k], v) for k, v in state.items())  # a layout: nothing saved changes
+    narrow = Int4WeightOnlyLinear.from_linear(torch.nn.Linear(384, 32), 128)
+    with pytest.raises(ValueError, match="k_split 2 needs in_features/2 to be a multiple of the group size 128 "
+                                         "and of 128; in_features is 384"):
+        narrow.set_k_split(2)
+    with pytest.raises(ValueError, match="k_split must be one of 1, 2, 4, got 3"):
+        m.set_k_split(3)
+    assert narrow.k_split == 1 and m.k_split == 1
+
+
 def test_demo_int4wo_reloads_exactly_and_stock_loading_refuses(tmp_path):
     out = tmp_path / "q"
     record = quantize("demo", out, QuantSpec(make_recipe("int4wo", group_size=64), "language"))

@@ -13,6 +13,13 @@ Storage (what `save_pretrained` writes; device independent), per Linear of shape
     scales  (N, K/G) bf16    w = q * scale + zero  (asymmetric, per group of G inputs)
     zeros   (N, K/G) bf16
 The device's packed layout is derived from these whenever the module moves (`_apply`) and is not saved.
+
+Split K (`k_split = S`): tinygemm's decode is short of parallel work on the 4096-row matrices (o_proj,
+down_proj read at 1.2-1.5 TB/s of 3.0, docs/lowbit_kernels.md). Its layout can hold the S column blocks of W
+stacked as rows, W' = [W[:, :K/S]; ...; W[:, (S-1)K/S:]] of shape (S*N, K/S), with x reshaped to (S*M, K/S):
+Y' = x' @ W'^T holds every block's partial product, and y = the sum over s of Y'[s-th row, s-th block]
+(fused by inductor into the next kernel). The same bytes are read by S times as many output tiles; the
+wasted products cost nothing at M <= 16 (tinygemm computes 16 rows per tile anyway).
 """
 
 from __future__ import annotations
@@ -28,6 +35,20 @@ GROUP_SIZES = (32, 64, 128, 256)
 GEMV_MAX_ROWS = 16
 KIND = "int4wo"  # the census kind
 KERNELS = ("tinygemm", "triton", "gemlite")  # decode GEMV (rows <= GEMV_MAX_ROWS)
+K_SPLITS = (1, 2, 4)
+TINYGEMM_K_TILE = 128  # tinygemm's packing (8 inner k-tiles of 16) takes K in multiples of this
+
+
+def k_split_fits(in_features: int, group_size: int, split: int) -> bool:
+    """Whether K/split is whole groups and whole tinygemm k-tiles."""
+    part, rest = divmod(in_features, split)
+    return rest == 0 and part % group_size == 0 and part % TINYGEMM_K_TILE == 0
+
+
+def split_blocks(t: torch.Tensor, split: int) -> torch.Tensor:
+    """(N, C) -> (split*N, C/split): the column blocks of `t` stacked as rows (block s = columns s*C/split...)."""
+    n, c = t.shape
+    return t.reshape(n, split, c // split).transpose(0, 1).reshape(split * n, c // split)
 
 
 def quantize_weight(w: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -68,6 +89,7 @@ class Int4WeightOnlyLinear(nn.Module):
         self._gemlite: nn.Module | None = None  # gemlite's layer (kernel "gemlite" on CUDA; not a submodule)
         # decode GEMV, one of KERNELS: tinygemm is the default (faster than ours, docs/lowbit_kernels.md)
         self.kernel = "tinygemm"
+        self.k_split = 1  # tinygemm's split-K layout (module docstring); `set_k_split`; a layout, not saved
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, group_size: int = 128) -> "Int4WeightOnlyLinear":
@@ -97,31 +119,45 @@ class Int4WeightOnlyLinear(nn.Module):
         self.prepare(kernel)
         return self
 
+    def set_k_split(self, split: int) -> "Int4WeightOnlyLinear":
+        """Derive tinygemm's layout with K split `split` ways (one of K_SPLITS); raises before changing anything
+        when K/split is not whole groups and tinygemm k-tiles."""
+        if split not in K_SPLITS:
+            raise ValueError(f"k_split must be one of {', '.join(map(str, K_SPLITS))}, got {split}")
+        if not k_split_fits(self.in_features, self.group_size, split):
+            raise ValueError(f"k_split {split} needs in_features/{split} to be a multiple of the group size "
+                             f"{self.group_size} and of {TINYGEMM_K_TILE}; in_features is {self.in_features}")
+        self.prepare(self.kernel, k_split=split)
+        return self
+
     def gemlite_meta(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(codes (N, K) uint8, scales (N, K/G), z (N, K/G) fp32) in HQQ's convention w = (q - z) * scale,
         the form gemlite packs: z = -zero / scale."""
         return unpack(self.weight), self.scales, -self.zeros.float() / self.scales.float()
 
     @torch.no_grad()
-    def prepare(self, kernel: str | None = None) -> None:
+    def prepare(self, kernel: str | None = None, k_split: int | None = None) -> None:
         """Derive `kernel`'s layout (default: the current one) from the stored tensors: tinygemm's packed weight
-        and (K/G, N, 2) scales-and-zeros, or gemlite's layer. Everything is built first and assigned last."""
+        and (K/G, N, 2) scales-and-zeros (with K split `k_split` ways: (S*N, K/S) and (K/(G*S), S*N, 2)), or
+        gemlite's layer. Everything is built first and assigned last."""
         kernel = kernel or self.kernel
+        split = k_split or self.k_split
         gem = packed = scales_zeros = None
         if not self.weight.is_meta:
             if kernel == "gemlite":
                 gem = _gemlite_layer(self)  # one derived copy of the weights is enough: no tinygemm layout
             else:
-                codes = unpack(self.weight)  # (N, K) uint8
+                codes = split_blocks(unpack(self.weight), split)  # (S*N, K/S) uint8
+                scales, zeros = split_blocks(self.scales.float(), split), split_blocks(self.zeros.float(), split)
                 # tinygemm: w = (q - 8) * scale + zero', so zero' = zero + 8 * scale
-                sz = torch.stack([self.scales.float(), self.zeros.float() + 8 * self.scales.float()], dim=-1)
-                scales_zeros = sz.transpose(0, 1).contiguous().to(torch.bfloat16)  # (K/G, N, 2)
+                sz = torch.stack([scales, zeros + 8 * scales], dim=-1)
+                scales_zeros = sz.transpose(0, 1).contiguous().to(torch.bfloat16)  # (K/(G*S), S*N, 2)
                 if self.weight.device.type == "cuda":
                     tiny = (codes[:, 0::2] << 4 | codes[:, 1::2]).contiguous()  # CUDA packing: even k high
                     packed = torch._convert_weight_to_int4pack(tiny, 8)
                 else:
                     packed = torch._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1)
-        self.kernel, self._packed, self._scales_zeros = kernel, packed, scales_zeros
+        self.kernel, self.k_split, self._packed, self._scales_zeros = kernel, split, packed, scales_zeros
         # not through nn.Module.__setattr__: a derived layout, not a submodule (kept out of the state_dict)
         object.__setattr__(self, "_gemlite", gem)
 
@@ -139,13 +175,22 @@ class Int4WeightOnlyLinear(nn.Module):
             y = torch.ops.vlmslim.int4_gemv(x2, self.weight, self.scales, self.zeros, self.group_size)
         elif self._gemlite is not None:
             y = self._gemlite(x2)  # (M, N) bf16
-        elif x2.device.type == "cuda":
-            y = torch._weight_int4pack_mm(x2, self._packed, self.group_size, self._scales_zeros)
         else:
-            y = torch._weight_int4pack_mm_for_cpu(x2, self._packed, self.group_size, self._scales_zeros)
+            y = self._tinygemm(x2)
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
+
+    def _tinygemm(self, x2: torch.Tensor) -> torch.Tensor:
+        m, k = x2.shape
+        split, n = self.k_split, self.out_features
+        xs = x2.reshape(m * split, k // split)  # row m*S + s: block s of row m
+        mm = torch._weight_int4pack_mm if x2.device.type == "cuda" else torch._weight_int4pack_mm_for_cpu
+        y = mm(xs, self._packed, self.group_size, self._scales_zeros)  # (M*S, S*N), bf16
+        if split == 1:
+            return y
+        # row m*S + s times block s's rows: the diagonal of (M, S, S, N) over the two S axes, summed in fp32
+        return y.view(m, split, split, n).diagonal(dim1=1, dim2=2).sum(-1, dtype=torch.float32).to(y.dtype)
 
     def _use_triton(self, x2: torch.Tensor) -> bool:
         if self.kernel != "triton" or x2.shape[0] > gemv.MAX_ROWS:
@@ -156,7 +201,7 @@ class Int4WeightOnlyLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}, "
-                f"kernel={self.kernel}")
+                f"kernel={self.kernel}" + (f", k_split={self.k_split}" if self.k_split > 1 else ""))
 
 
 def _gemlite_layer(m: Int4WeightOnlyLinear) -> nn.Module:
