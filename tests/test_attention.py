@@ -80,12 +80,12 @@ def test_hook_decodes_every_layer_through_the_split_op(monkeypatch):
     ref = CompiledDecoder(model, 2, 64, compile=False, fuse=False).decode(inputs, 8, ignore_eos=True).tokens
     calls = []
 
-    def fake_kernels(q, k, v, mask, scale, programs=None):
+    def fake_kernels(q, k, v, mask, scale):
         calls.append((tuple(q.shape), tuple(k.shape), None if mask is None else tuple(mask.shape)))
         return attention.reference(q, k, v, mask, scale)
 
     monkeypatch.setattr(attention, "available", lambda device: True)
-    monkeypatch.setattr(attention, "_split_attention", fake_kernels)
+    monkeypatch.setattr(attention, "tuned_attention", fake_kernels)
     dec = CompiledDecoder(model, 2, 64, compile=False, fuse=False, attention="split")
     out = dec.decode(inputs, 8, ignore_eos=True)
     assert torch.equal(out.tokens, ref)
@@ -103,7 +103,7 @@ def test_decode_step_with_the_split_op_is_one_graph(monkeypatch):
     from vlmslim.loading import load_model
 
     monkeypatch.setattr(attention, "available", lambda device: True)  # the op's path, traced on the CPU
-    monkeypatch.setattr(attention, "_split_attention", lambda q, k, v, mask, scale: attention.reference(q, k, v, mask, scale))
+    monkeypatch.setattr(attention, "tuned_attention", lambda q, k, v, mask, scale: attention.reference(q, k, v, mask, scale))
     model, processor = load_model("demo")
     row = explain_step(model.eval(), processor, "cpu", attention="split")
     assert (row["graphs"], row["graph_breaks"]) == (1, 0), row["break_reasons"]

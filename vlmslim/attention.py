@@ -18,18 +18,24 @@ of Hkv (grouped-query attention), mask (B, 1, 1, L) bool, True = attend.
 
 from __future__ import annotations
 
+import logging
 import math
+from dataclasses import dataclass
 
 import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
+from vlmslim.gemv import graph_time_ms
+
 try:  # the GPU image ships Triton with torch; the CPU wheel does not
     import triton
     import triton.language as tl
 except ImportError:  # pragma: no cover - depends on the install
     triton = None
+
+logger = logging.getLogger(__name__)
 
 NAME = "vlmslim_decode"
 BLOCK_L = 64  # cache positions per inner step (a 64 x D tile of K and of V)
@@ -61,14 +67,16 @@ if triton is not None:
             ok = rl < L
             if HAS_MASK:
                 ok = ok & (tl.load(mask_ptr + b * smb + rl * sml, mask=rl < L, other=0) != 0)
+            # K and V tiles requested together, before any arithmetic: two reads in flight, not one after
+            # the other (a program here is short; its memory latency is most of its time)
             k = tl.load(k_ptr + b * skb + kvh * skh + rl[:, None] * skl + rd[None, :], mask=ok[:, None], other=0.0)
+            v = tl.load(v_ptr + b * svb + kvh * svh + rl[:, None] * svl + rd[None, :], mask=ok[:, None], other=0.0)
             sc = tl.sum(k.to(tl.float32) * q[None, :], axis=1)  # (BLOCK,) scaled scores
             sc = tl.where(ok, sc, -float("inf"))
             m_new = tl.maximum(m_i, tl.max(sc, axis=0))
             m_safe = tl.where(m_new == -float("inf"), 0.0, m_new)  # all masked so far: keep exp() finite
             alpha = tl.exp(m_i - m_safe)
             p = tl.exp(sc - m_safe)  # (BLOCK,), 0 where masked
-            v = tl.load(v_ptr + b * svb + kvh * svh + rl[:, None] * svl + rd[None, :], mask=ok[:, None], other=0.0)
             acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), axis=0)
             l_i = l_i * alpha + tl.sum(p, axis=0)
             m_i = m_new
@@ -93,25 +101,34 @@ if triton is not None:
         tl.store(out_ptr + bh * D + rd, out.to(out_ptr.dtype.element_ty))
 
 
-def plan(batch_heads: int, length: int, programs: int) -> tuple[int, int]:
-    """(chunk, splits): each (sequence, head) split into chunks of whole BLOCK_L steps so that about
+@dataclass(frozen=True)
+class LaunchConfig:
+    block: int  # cache positions per inner step (a block x D tile of K and of V)
+    per_sm: int  # programs per SM to aim for (the split count follows)
+    warps: int
+
+
+# tried on first use per shape, fastest kept (`_tune`); the first is the untuned default (interpreter, tests)
+CONFIGS = tuple(LaunchConfig(*c) for c in (
+    (64, 4, 4), (32, 4, 4), (32, 8, 2), (16, 8, 2), (64, 2, 4), (64, 8, 4), (128, 2, 8), (128, 4, 8),
+    (32, 2, 4), (16, 16, 2), (64, 4, 8), (32, 8, 4),
+))
+_BEST: dict[tuple, LaunchConfig] = {}
+
+
+def plan(batch_heads: int, length: int, programs: int, block: int = BLOCK_L) -> tuple[int, int]:
+    """(chunk, splits): each (sequence, head) split into chunks of whole `block` steps so that about
     `programs` programs run (a few per SM)."""
-    splits = max(1, min(math.ceil(length / BLOCK_L), math.ceil(programs / batch_heads)))
-    chunk = BLOCK_L * math.ceil(math.ceil(length / splits) / BLOCK_L)
+    splits = max(1, min(math.ceil(length / block), math.ceil(programs / batch_heads)))
+    chunk = block * math.ceil(math.ceil(length / splits) / block)
     return chunk, math.ceil(length / chunk)
 
 
-def _split_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
-                     scale: float, programs: int | None = None) -> torch.Tensor:
+def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float,
+            programs: int, cfg: LaunchConfig) -> torch.Tensor:
     b, h, _, d = q.shape
     hkv, length = k.shape[1], k.shape[2]
-    if d & (d - 1) or k.stride(-1) != 1 or v.stride(-1) != 1:
-        raise ValueError(f"split decode attention needs a power-of-two head dim and contiguous rows, got {d}")
-    if q.stride(-1) != 1:
-        q = q.contiguous()
-    if programs is None:  # a few per SM (the tests pass a number: Triton's interpreter has no device)
-        programs = 4 * torch.cuda.get_device_properties(q.device).multi_processor_count
-    chunk, splits = plan(b * h, length, programs)
+    chunk, splits = plan(b * h, length, programs, cfg.block)
     m = torch.empty(b * h * splits, device=q.device, dtype=torch.float32)
     l_ = torch.empty_like(m)
     acc = torch.empty(b * h * splits, d, device=q.device, dtype=torch.float32)
@@ -123,7 +140,7 @@ def _split_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
         q2, k, v, mask2 if mask2 is not None else q2, m, l_, acc, scale, length, h, h // hkv, splits,
         q2.stride(0), q2.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
         mask2.stride(0) if mask2 is not None else 0, mask2.stride(1) if mask2 is not None else 0,
-        HAS_MASK=mask2 is not None, CHUNK=chunk, BLOCK=BLOCK_L, D=d, num_warps=4)
+        HAS_MASK=mask2 is not None, CHUNK=chunk, BLOCK=cfg.block, D=d, num_warps=cfg.warps)
     # (B, H, 1, D) contiguous has the memory layout of (B, 1, H, D): the caller's transpose copies nothing.
     # The combine stores in q's dtype (no separate cast kernel).
     out = torch.empty(b, h, 1, d, device=q.device, dtype=q.dtype)
@@ -131,11 +148,66 @@ def _split_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     return out
 
 
+def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    d = q.shape[-1]
+    if d & (d - 1) or k.stride(-1) != 1 or v.stride(-1) != 1:
+        raise ValueError(f"split decode attention needs a power-of-two head dim and contiguous rows, got {d}")
+
+
+def _split_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                     scale: float, programs: int | None = None, cfg: LaunchConfig = CONFIGS[0]) -> torch.Tensor:
+    """One launch with `cfg` (the tests pass `programs`: Triton's interpreter has no device to count SMs on)."""
+    _check(q, k, v)
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    if programs is None:
+        programs = cfg.per_sm * torch.cuda.get_device_properties(q.device).multi_processor_count
+    return _launch(q, k, v, mask, scale, programs, cfg)
+
+
+def _tune(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float) -> LaunchConfig:
+    """The fastest of CONFIGS for this shape: CUDA-graph replays over copies of the cache larger than L2 (as in
+    a decode step, where every layer's cache is new), as vlmslim.gemv tunes its GEMVs."""
+    sms = torch.cuda.get_device_properties(q.device).multi_processor_count
+    l2 = torch.cuda.get_device_properties(q.device).L2_cache_size
+    copies = min(32, max(2, -(-4 * l2 // (k.numel() * k.element_size() * 2))))
+    caches = [(k, v)] + [(k.clone(), v.clone()) for _ in range(copies - 1)]
+    timed = []
+    for cfg in CONFIGS:
+        calls = [lambda kv=kv, cfg=cfg: _launch(q, *kv, mask, scale, cfg.per_sm * sms, cfg) for kv in caches]
+        try:
+            timed.append((graph_time_ms(calls), cfg))
+        except Exception as e:  # noqa: BLE001 - a config the compiler rejects (registers, shared memory)
+            logger.debug("split attention config %s failed: %s", cfg, e)
+    if not timed:
+        raise RuntimeError(f"no split-attention launch config compiled for q {tuple(q.shape)}, k {tuple(k.shape)}")
+    ms, best = min(timed, key=lambda t: t[0])
+    logger.info("split attention q %s k %s: %s (%.1f us)", tuple(q.shape), tuple(k.shape), best, ms * 1e3)
+    return best
+
+
+def tuned_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                    scale: float) -> torch.Tensor:
+    """`_split_attention` with the launch config tuned for this shape on its first call (outside CUDA-graph
+    capture: the compiled engine runs one eager step first)."""
+    _check(q, k, v)
+    key = (tuple(q.shape), tuple(k.shape), q.dtype, mask is None, q.device.index)
+    cfg = _BEST.get(key)
+    if cfg is None:
+        if torch.cuda.is_current_stream_capturing():  # tuning synchronises: impossible inside a CUDA graph
+            raise RuntimeError("split attention reached for the first time inside CUDA-graph capture; "
+                               "run the model once eagerly first (CompiledDecoder does)")
+        cfg = _BEST[key] = _tune(q, k, v, mask, scale)
+    return _split_attention(q, k, v, mask, scale, cfg=cfg)
+
+
 # Opaque to torch.compile (as vlmslim.gemv's kernels): inductor calls it, CUDA graphs capture its launches.
 @torch.library.custom_op("vlmslim::split_decode_attention", mutates_args=())
 def split_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
                            scale: float) -> torch.Tensor:
-    return _split_attention(q, k, v, mask, scale)
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    return tuned_attention(q, k, v, mask, scale)
 
 
 @split_decode_attention.register_fake
