@@ -59,18 +59,25 @@ def test_split_kernels_equal_plain_attention_in_the_interpreter(interpret):
     assert int(count) == 27 and float(worst) < 1e-5
 
 
-def test_hook_leaves_cpu_and_prefill_rows_to_sdpa():
+def test_split_is_the_default_where_it_runs_and_sdpa_elsewhere():
+    """The compiled decoder asks for split attention by default; on a CPU (or without Triton) it records and
+    runs SDPA, leaving the config alone. The hook itself, if reached on a CPU, hands the row to SDPA."""
+    from vlmslim.benchmarks.engine import decode_attention
+
     model, proc = tiny_model("llava")
     inputs = processor_inputs(model, proc, [fixed_image(seed=i) for i in range(2)], ["a red circle", "what shape"])
     with torch.no_grad():
         ref_logits = model(**inputs).logits
-    ref = CompiledDecoder(model, 2, 64, compile=False, fuse=False).decode(inputs, 8, ignore_eos=True).tokens
-    dec = CompiledDecoder(model, 2, 64, compile=False, fuse=False, attention="split")
+    ref = CompiledDecoder(model, 2, 64, compile=False, fuse=False, attention="sdpa").decode(inputs, 8, ignore_eos=True)
+    dec = CompiledDecoder(model, 2, 64, compile=False, fuse=False)
+    assert dec.attention == "sdpa" and decode_attention("split", "cpu") == "sdpa"
+    assert model.config.text_config._attn_implementation != attention.NAME
+    assert torch.equal(dec.decode(inputs, 8, ignore_eos=True).tokens, ref.tokens)
+    attention.enable(model.config.text_config)  # the hook on a CPU: the SDPA function itself
     assert model.config.text_config._attn_implementation == attention.NAME
-    assert torch.equal(dec.decode(inputs, 8, ignore_eos=True).tokens, ref)  # CPU: the SDPA function itself
     with torch.no_grad():
         torch.testing.assert_close(model(**inputs).logits, ref_logits, rtol=0, atol=0)
-    with pytest.raises(ValueError, match="attention must be one of sdpa, split"):
+    with pytest.raises(ValueError, match="attention must be one of split, sdpa"):
         CompiledDecoder(model, 2, 64, compile=False, attention="flash")
 
 
@@ -81,7 +88,8 @@ def test_hook_decodes_every_layer_through_the_split_op(monkeypatch):
     model, proc = tiny_model("llava")
     inputs = processor_inputs(model, proc, [fixed_image(seed=i) for i in range(2)], ["a red circle", "what shape"])
     assert (inputs["attention_mask"] == 0).any()  # left padding reaches the mask row
-    ref = CompiledDecoder(model, 2, 64, compile=False, fuse=False).decode(inputs, 8, ignore_eos=True).tokens
+    ref = CompiledDecoder(model, 2, 64, compile=False, fuse=False, attention="sdpa").decode(inputs, 8,
+                                                                                          ignore_eos=True).tokens
     calls = []
 
     def fake_kernels(q, k, v, mask, scale):

@@ -48,6 +48,34 @@ def test_compiled_decoder_fuses_projections_unless_told_not_to():
     assert not CompiledDecoder(nf4, 1, 64, compile=False).fused  # bitsandbytes layers: decoded unfused
 
 
+def test_bench_protocol_records_the_attention_that_runs_and_resume_refuses_a_change(tmp_path, monkeypatch):
+    from vlmslim import attention
+    from vlmslim.benchmarks import results as res
+    from vlmslim.benchmarks.random_weights import ArchBenchConfig
+    from vlmslim.benchmarks.run import BenchConfig
+    from vlmslim.errors import BenchmarkError
+
+    out = str(tmp_path / "r")
+    # split asked for by default, recorded only where it runs: compiled, a CUDA device, Triton
+    assert BenchConfig(model="demo", data="d", out=out, engine="compiled", device="cpu").attention == "sdpa"
+    monkeypatch.setattr(attention, "available", lambda device: device.type == "cuda")
+    assert BenchConfig(model="demo", data="d", out=out, engine="compiled", device="cuda").attention == "split"
+    assert BenchConfig(model="demo", data="d", out=out, engine="compiled", device="cuda",
+                       attention="sdpa").attention == "sdpa"
+    assert BenchConfig(model="demo", data="d", out=out, device="cuda").attention == "sdpa"  # eager
+    assert ArchBenchConfig("llava-1.5-7b", out=out, engines=("eager", "compiled")).attention == "split"
+    assert ArchBenchConfig("llava-1.5-7b", out=out, engines=("eager", "compiled"), device="cpu").attention == "sdpa"
+    with pytest.raises(ValueError, match="attention must be one of split, sdpa, got 'flash'"):
+        BenchConfig(model="demo", data="d", out=out, engine="compiled", attention="flash")
+    split = BenchConfig(model="demo", data="d", out=out, engine="compiled", device="cuda")
+    gen = {k: getattr(split, k) for k in res.PROTOCOL_KEYS}
+    record = {"checkpoint_sha256": "a", "dataset_sha256": "b", "checkpoint_files": {}}
+    before_split = {**record, "generation": {k: v for k, v in gen.items() if k != "attention"}}
+    with pytest.raises(BenchmarkError, match="attention: 'sdpa' -> 'split'"):
+        res.check_resumable(tmp_path, before_split, {**record, "generation": gen})
+    res.check_resumable(tmp_path, before_split, {**record, "generation": {**gen, "attention": "sdpa"}})
+
+
 def test_bench_protocol_records_fusion_and_resume_refuses_a_change(tmp_path):
     from vlmslim.benchmarks import results as res
     from vlmslim.benchmarks.run import BenchConfig

@@ -853,3 +853,18 @@ def test_compiled_runs_with_and_without_fused_projections_are_refused(results, t
     again = write_run(tmp_path / "r2", "base", data_dir, engine="compiled", protocol={"fuse": True})
     res = _invoke(again, new, "--out", tmp_path / "o2", "--cost", "size", "--spotcheck", "0")
     assert res.exit_code == 0, res.output
+
+
+def test_compiled_runs_with_split_and_sdpa_attention_are_refused(results, tmp_path):
+    """Split-K decode attention is the compiled engine's default on CUDA since it was measured faster
+    (docs/performance.md): a compiled run from before (no `attention` recorded: SDPA) and a split one differ in
+    speed, so they are not drawn as one protocol; eager runs carry no attention key."""
+    data_dir = Path(load_run(results[0]).data_dir)
+    old = write_run(tmp_path / "r", "base", data_dir, engine="compiled", protocol={"fuse": True})
+    new = write_run(tmp_path / "r", "glu30", data_dir, engine="compiled", protocol={"fuse": True, "attention": "split"})
+    res = _invoke(old, new, "--out", tmp_path / "o")
+    assert res.exit_code == 1 and res.output.startswith("Error: runs differ in attention (sdpa: base vs split: glu30)")
+    assert not (tmp_path / "o").exists()
+    again = write_run(tmp_path / "r2", "base", data_dir, engine="compiled", protocol={"fuse": True, "attention": "split"})
+    res = _invoke(again, new, "--out", tmp_path / "o2", "--cost", "size", "--spotcheck", "0")
+    assert res.exit_code == 0, res.output

@@ -161,9 +161,10 @@ def prompt_text(model, processor, instruction: str) -> str:
 @torch.inference_mode()
 def generate_batch_compiled(model, processor, images, instructions: list[str], max_new_tokens: int,
                             sync: Callable[[], None] | None = None, decoders: dict | None = None,
-                            tokens: TokenSpec | None = None, fuse: bool = True) -> BatchOutput:
+                            tokens: TokenSpec | None = None, fuse: bool = True,
+                            attention: str = "split") -> BatchOutput:
     """As `generate_batch`, through `engine.CompiledDecoder` (static cache + CUDA-graph decode step; `fuse`:
-    q|k|v and gate|up fused in the model).
+    q|k|v and gate|up fused in the model; `attention`: the decode step's, split or sdpa).
 
     One decoder per batch size is kept in `decoders` (its graph is recorded on first use, which the
     benchmark's warm-up absorbs); the cache holds 256-position buckets so prompts of similar length share it.
@@ -180,7 +181,7 @@ def generate_batch_compiled(model, processor, images, instructions: list[str], m
     need = -(-(length + max_new_tokens) // 256) * 256
     dec = decoders.get(b)
     if dec is None or dec.max_cache_len < need:
-        dec = decoders[b] = CompiledDecoder(model, b, need, fuse=fuse)
+        dec = decoders[b] = CompiledDecoder(model, b, need, fuse=fuse, attention=attention)
     eos = sorted(eos_token_ids(model, tokenizer))
     with reducing(model, tokens):  # the prefill runs the vision tower + projector
         result = dec.decode(inputs, max_new_tokens, eos_token_id=eos[0] if eos else None,

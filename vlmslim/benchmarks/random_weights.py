@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from vlmslim.benchmarks.devices import main_device, sync
-from vlmslim.benchmarks.engine import ENGINES, CompiledDecoder
+from vlmslim.benchmarks.engine import ENGINES, CompiledDecoder, decode_attention
 from vlmslim.benchmarks.generate import FirstTokenTimer
 from vlmslim.census import census
 from vlmslim.inputs import synthetic_inputs
@@ -45,7 +45,7 @@ class ArchBenchConfig:
     engines: tuple[str, ...] = ("eager",)
     compile_backend: str = "inductor"  # or "cudagraphs" (no codegen; see engine.py)
     fuse: bool = True  # compiled engine: q|k|v and gate|up as one product each (vlmslim.fusion)
-    attention: str = "sdpa"  # compiled engine's decode attention: sdpa | split (vlmslim.attention)
+    attention: str = "split"  # compiled engine's decode attention: split (vlmslim.attention; CUDA + Triton) | sdpa
     dtype: str = "float16"
     device: str = "cuda"
     device_map: str | None = None  # auto | balanced | sequential: spread over the GPUs and the CPU
@@ -64,6 +64,9 @@ class ArchBenchConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1 (--{name.replace('_', '-')})")
         check_device_map(self.device_map, self.max_memory)
+        # recorded as what runs: split-K attention needs the compiled engine, a CUDA device and Triton
+        attention = decode_attention(self.attention, self.device)
+        object.__setattr__(self, "attention", attention if "compiled" in self.engines else "sdpa")
         if self.device_map is not None and (self.quant or self.prune):
             raise ValueError("--device-map with --random-weights measures the unpruned, unquantized shape "
                              "(drop --quant/--glu/--heads)")
@@ -166,7 +169,7 @@ def _measure(model, family, inputs, cfg: ArchBenchConfig, bandwidth_gb_s: float 
             t = time.perf_counter()
             dec = CompiledDecoder(model, cfg.batch_size, length + n + 8, backend=cfg.compile_backend, fuse=cfg.fuse,
                                   attention=cfg.attention)
-            row["fused_projections"] = dec.fused
+            row["fused_projections"], row["attention"] = dec.fused, dec.attention
             first = dec.decode(inputs, n, ignore_eos=True)  # compiles and records the graphs
             dec.decode(inputs, n, ignore_eos=True)
             row["compile_s"] = round(time.perf_counter() - t, 1)

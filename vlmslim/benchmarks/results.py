@@ -238,9 +238,9 @@ def end_session(out: Path, session: dict) -> None:
 # Where the layers sit (--device-map, --max-memory) and the number of processes are not among them: a layer
 # computes the same wherever its weights are held, and batches are those of a one-process run.
 PROTOCOL_KEYS = ("task", "prompt", "max_new_tokens", "batch_size", "dtype", "device", "quant", "ocr_tokens", "engine",
-                 "image_tokens", "token_method", "fuse")
+                 "image_tokens", "token_method", "fuse", "attention")
 # what a key meant in results written before it was recorded
-PROTOCOL_DEFAULTS = {"fuse": False}
+PROTOCOL_DEFAULTS = {"fuse": False, "attention": "sdpa"}
 
 
 def read_config(out: Path) -> dict | None:

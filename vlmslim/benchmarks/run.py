@@ -31,7 +31,7 @@ from vlmslim.data.hashes import check_disjoint
 from vlmslim.benchmarks.efficiency import EnergyMeter, measure_bandwidth_gb_s, peak_memory_mb, peak_rss_mb
 from vlmslim.benchmarks.efficiency import MB, reset_peak_memory
 from vlmslim.benchmarks.parallel import Ranks, check_processes, combine_sessions, current_ranks, shard_batches
-from vlmslim.benchmarks.engine import ENGINES
+from vlmslim.benchmarks.engine import ENGINES, decode_attention
 from vlmslim.benchmarks.devices import cuda_devices, device_sync
 from vlmslim.benchmarks.generate import generate_batch, generate_batch_compiled, prompt_text
 from vlmslim.benchmarks.summary import compact_manifest, environment, model_label, now, score_and_summarise
@@ -69,6 +69,7 @@ class BenchConfig:
     name: str | None = None  # label in tables and figures (default: the model dir's / repo's name)
     engine: str = "eager"  # "compiled": static KV cache + CUDA-graph decode step (benchmarks/engine.py)
     fuse: bool = True  # compiled engine: q|k|v and gate|up as one product each (vlmslim.fusion); eager: False
+    attention: str = "split"  # compiled decode attention: split (vlmslim.attention; CUDA + Triton) | sdpa
     image_tokens: int | None = None  # vlmslim.tokens: K image tokens per image into the language model
     token_method: str = "pool"
     baseline: str | None = None  # results dir for paired differences
@@ -91,8 +92,11 @@ class BenchConfig:
                 raise ValueError(f"{name} must be an integer >= {low} (--{name.replace('_', '-')}), got {value!r}")
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)} (--engine), got {self.engine!r}")
-        # recorded as what runs (a protocol key): eager never fuses
+        # recorded as what runs (protocol keys): eager never fuses; split attention needs compiled + CUDA + Triton
         object.__setattr__(self, "fuse", bool(self.fuse) and self.engine == "compiled")
+        device = default_device() if self.device in (None, "auto") else self.device
+        attention = decode_attention(self.attention, device)  # validates the choice
+        object.__setattr__(self, "attention", attention if self.engine == "compiled" else "sdpa")
         self.token_spec  # validates --image-tokens / --token-method
         if self.dtype not in (None, "auto", "float16", "bfloat16", "float32", "fp16", "bf16", "fp32"):
             raise ValueError(f"dtype must be float16, bfloat16, float32 or auto (--dtype), got {self.dtype!r}")
@@ -327,7 +331,8 @@ def _generate(model, processor, dataset, todo, task, cfg, writer, session, progr
         check_supported(model)  # before any sample is generated
     gen = functools.partial(generate_batch, tokens=cfg.token_spec)
     if cfg.engine == "compiled":
-        gen = functools.partial(generate_batch_compiled, decoders={}, tokens=cfg.token_spec, fuse=cfg.fuse)
+        gen = functools.partial(generate_batch_compiled, decoders={}, tokens=cfg.token_spec, fuse=cfg.fuse,
+                                attention=cfg.attention)
     mine = shard_batches(todo, cfg.batch_size, ranks)
     desc = (cfg.name or model_label(cfg.model)) + (f" [rank {ranks.rank}/{ranks.world}]" if ranks.world > 1 else "")
     bar = tqdm(total=sum(len(b) for _, b in mine), disable=not progress, desc=desc, unit="img")
@@ -393,9 +398,11 @@ def _read_baseline(cfg: BenchConfig, task, dataset_sha: str) -> dict:
               "batch_size": protocol.get("batch_size"), "device": protocol.get("device"),
               "dtype": protocol.get("dtype"), "engine": protocol.get("engine"),
               "fuse": protocol.get("fuse", False),  # recorded since fusion exists; unfused before
+              "attention": protocol.get("attention", "sdpa"),  # recorded since split attention exists
               "ocr_tokens": protocol.get("ocr_tokens"), "limit": dataset.get("limit")}
     ours = {"prompt": cfg.prompt, "max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size,
             "device": cfg.device, "dtype": cfg.dtype or "as saved", "engine": cfg.engine, "fuse": cfg.fuse,
+            "attention": cfg.attention,
             "ocr_tokens": cfg.ocr_tokens, "limit": cfg.limit}
     differ = [f"{k} {theirs[k]!r} vs {ours[k]!r}" for k in ours if theirs[k] != ours[k]]
     if differ and not cfg.allow_mixed:

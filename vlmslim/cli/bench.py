@@ -62,6 +62,9 @@ def _echo_summary(out: str, summary: dict) -> None:
               help="Default eager: plain generate; compiled: static KV cache + CUDA-graph decode step (GPU).")
 @click.option("--no-fuse", is_flag=True,
               help="Compiled engine: keep q|k|v and gate|up as separate products (default: one each, vlmslim.fusion).")
+@click.option("--attention", type=click.Choice(["split", "sdpa"]),
+              help="Compiled engine's decode attention: split (default; vlmslim.attention's split-K kernels, CUDA "
+                   "with Triton, else SDPA) or sdpa (transformers' SDPA).")
 @click.option("--baseline", type=click.Path(exists=True, file_okay=False),
               help="Results dir to compare against (paired CIs); refused if its protocol differs.")
 @click.option("--allow-mixed", is_flag=True,
@@ -79,7 +82,7 @@ def _echo_summary(out: str, summary: dict) -> None:
 @click.pass_context
 def bench(ctx, models, data, out, task, limit, batch_size, max_new_tokens, prompt, ocr_tokens, device, device_map,
           max_memory, processes, dtype, quant,
-          random_weights, glu, heads, image_tokens, token_method, name, engine, no_fuse, baseline, allow_mixed, bertscore_model, no_bertscore, no_energy, allow_no_java,
+          random_weights, glu, heads, image_tokens, token_method, name, engine, no_fuse, attention, baseline, allow_mixed, bertscore_model, no_bertscore, no_energy, allow_no_java,
           energy_country, warmup, seed, bootstrap):
     """Quality and efficiency of checkpoints on one dataset, from the same greedy generations.
 
@@ -101,7 +104,7 @@ def bench(ctx, models, data, out, task, limit, batch_size, max_new_tokens, promp
         return _bench_random(models, out, batch_size=batch_size, max_new_tokens=max_new_tokens, device=device,
                              dtype=dtype, quant=quant, engine=engine, glu=glu, heads=heads,
                              image_tokens=image_tokens, token_method=token_method, device_map=device_map,
-                             max_memory=max_memory, fuse=not no_fuse)
+                             max_memory=max_memory, fuse=not no_fuse, attention=attention)
     if data is None:
         raise click.UsageError("Missing option '--data' (or pass --random-weights for an architecture-only run)")
     if glu or heads:
@@ -109,7 +112,8 @@ def bench(ctx, models, data, out, task, limit, batch_size, max_new_tokens, promp
     if processes is not None and processes < 1:
         raise click.UsageError(f"--processes must be >= 1, got {processes}")
     given = dict(device_map=device_map, max_memory=max_memory, task=task, limit=limit, image_tokens=image_tokens, token_method=token_method, batch_size=batch_size, max_new_tokens=max_new_tokens, prompt=prompt,
-                 device=device, dtype=dtype, quant=quant, name=name, engine=engine, baseline=baseline,
+                 device=device, dtype=dtype, quant=quant, name=name, engine=engine, attention=attention,
+                 baseline=baseline,
                  bertscore_model=bertscore_model, country=energy_country, warmup=warmup, seed=seed,
                  bootstrap=bootstrap)
     options = {k: v for k, v in given.items() if v is not None}  # the rest: BenchConfig's defaults

@@ -314,6 +314,9 @@ PROTOCOL_KEYS: dict[str, ProtocolKey] = {
     # compiled decode with q|k|v and gate|up fused (~6 % faster on an H100); unrecorded = before fusion existed
     "fuse": ProtocolKey(lambda r: bool(r.protocol.get("fuse")) if r.engine == "compiled" else None,
                         lambda v: "fused q|k|v" if v == "True" else "unfused q|k|v"),
+    # compiled decode attention: split-K (vlmslim.attention) or SDPA; unrecorded = before split existed (SDPA)
+    "attention": ProtocolKey(lambda r: r.protocol.get("attention", "sdpa") if r.engine == "compiled" else None,
+                             lambda v: f"{v} attention"),
     "ocr_tokens": ProtocolKey(_protocol("ocr_tokens"), lambda v: "OCR tokens" if v == "True" else "no OCR tokens"),
 }
 
