@@ -8,7 +8,8 @@ yet written, as in a static cache). Per shape, the device time per call (CUDA-gr
 the cache larger than 4x L2, as in a decode step where every layer's cache is new) of:
 - SDPA with cuDNN attention, and with the memory-efficient kernel (what transformers' SDPA path runs);
 - vlmslim.attention's split-K kernels with every launch configuration it tries, and the one it picks.
-Each output is checked against `vlmslim.attention.reference`, before and after the timed graph replays. The K + V bytes per call give the bandwidth.
+Each output is checked against `vlmslim.attention.reference`, before and after the timed graph replays.
+The K + V bytes per call give the bandwidth.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def study(dtype: torch.dtype) -> dict:
                     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
             record(name, sdpa)
         for cfg in attention.CONFIGS:
-            record(f"split {cfg.block}x{cfg.per_sm}/SM w{cfg.warps}",
+            record(f"split {cfg.block}x{cfg.per_sm}/SM w{cfg.warps}" + (" fold" if cfg.fold else ""),
                    lambda k, v, cfg=cfg: attention._split_attention(q, k, v, mask, scale, cfg.per_sm * sms, cfg))
         attention._BEST.clear()
         record("split tuned", lambda k, v: attention.tuned_attention(q, k, v, mask, scale))

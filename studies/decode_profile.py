@@ -33,7 +33,8 @@ STEPS = 32
 CATEGORIES = (
     ("linear: vlmslim int4 / 8-bit GEMV", r"_int4_kernel|_w8_kernel|_fp8_kernel"),
     ("linear: tinygemm int4", r"tinygemm|int4pack|_weight_int4"),
-    ("attention", r"flash|fmha|attention|sdpa|efficient|_split_attn_"),  # before cuBLAS: fmha_cutlassF is attention
+    # before cuBLAS: fmha_cutlassF is attention; cuDNN's lean_reduction_kernel combines its SDPA's splits
+    ("attention", r"flash|fmha|attention|sdpa|efficient|_split_attn_|cudnn::fusion::lean_reduction"),
     ("linear: cuBLAS GEMV/GEMM", r"gemv|gemm|sm90_xmma|cutlass|Kernel2|splitKreduce|nvjet|xmma"),
     ("inductor fused (norms, RoPE, SiLU*up, residuals, dequant)", r"^triton_"),
     ("copies / cache writes / indexing", r"copy|index|scatter|memcpy|memset|fill|cat"),

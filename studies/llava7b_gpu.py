@@ -206,7 +206,7 @@ def report(results: dict, out_dir: Path, stem: str = "llava7b_gpu") -> None:
         if "first_mismatch_top2_gap" in r:
             match += f" (eager top-2 gap there {r['first_mismatch_top2_gap']:.3f})"
         lines.append(f"| {r['variant']} | {r['batch']} | {r['engine']} | {r['weight_gb']:.2f} | {r['prefill_s']:.3f} | "
-                     f"{r['decode_ms_per_token']:.2f} | {r['floor_ms_per_token']:.2f} | {r['roofline_fraction']:.0%} | "
+                     f"{r['decode_ms_per_token']:.2f} | {r['floor_ms_per_token']:.2f} | {r['roofline_fraction']:.1%} | "
                      f"{r['images_per_s']:.2f} | {r['peak_allocated_gb']:.1f} | {match} |")
     if results["memory"]:
         lines += ["", "| recipe | target | weights GB | resident GB | peak allocated GB (batch 1, 8 tokens) |",
@@ -238,7 +238,7 @@ def report(results: dict, out_dir: Path, stem: str = "llava7b_gpu") -> None:
             ax.scatter([r["weight_gb"] for r in pts], [r["decode_ms_per_token"] for r in pts], marker=marker,
                        color=color, s=30, zorder=4, label=f"{engine} decode")
             xy += [(r["weight_gb"], r["decode_ms_per_token"]) for r in pts]
-            texts += [f"{r['variant']} ({r['roofline_fraction']:.0%} of floor)" for r in pts]
+            texts += [f"{r['variant']} ({r['roofline_fraction']:.1%} of floor)" for r in pts]
         ax.set_xlabel("weights (GB)")
         ax.set_ylabel("decode ms per token (per step of the batch; log)")
         ax.set_yscale("log")
@@ -250,8 +250,8 @@ def report(results: dict, out_dir: Path, stem: str = "llava7b_gpu") -> None:
         ax.set_ylim(lo, hi * 1.6)  # headroom: the slowest point's label stays inside the axes
         fig.canvas.draw()  # the placer needs final axes limits and the renderer's text sizes
         annotate_points(ax, xy, texts, fontsize=6.5)
-    fig.suptitle(f"LLaVA-1.5-7B shape, random fp16 weights (bf16 in -bf16 variants): decode speed vs weight size\n"
-                 f"({results['device']}, {results['date']})", fontsize=10)
+    fig.suptitle(f"LLaVA-1.5-7B shape, random weights (fp16; bf16 in -bf16 variants)\n"
+                 f"decode speed vs weight size ({results['device']}, {results['date']})", fontsize=10)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.06, 1, 1))

@@ -1,13 +1,14 @@
 """Split-K decode attention ("flash-decoding") for one query row per sequence over a static KV cache.
 
 Why: at batch 1 a decode step's attention reads the whole static cache (B x Hkv x L x D keys and
-values) for one query row per head. SDPA's fused kernels give each (sequence, head) one program, so the
-7B shape's 32 heads keep 32 of an H100's 132 SMs busy: measured 0.35 ms per token with cuDNN and
-0.93 ms with the memory-efficient kernel (docs/performance.md), against ~0.11 ms to read the 344 MB
-of K and V at 3 TB/s. Here every (sequence, head) is split over the cache length into enough programs
-to fill the GPU; each writes a partial (max, sum, weighted V), and a second kernel combines them.
-Measured on one H100 (docs/performance.md): not faster yet, int4wo-fused 3.09 ms/token with it vs 3.01 with
-SDPA (cuDNN) in one process, so it is opt-in.
+values) for one query row per head, ~0.11 ms per token for the 7B shape's K and V at 3 TB/s; SDPA's kernels
+took 0.40 ms (cuDNN, with its split reduction and the mask) and 0.93 ms (memory-efficient). Here every
+(sequence, head) is split over the cache length into enough programs to fill the GPU; each writes a partial
+(max, sum, weighted V), and a second kernel (or, if the tuner picks it, the last program of the head)
+combines them. The launch configuration is tuned per shape on first use (`_tune`, CUDA-graph timing).
+Measured on one H100 (docs/performance.md): 8.9 vs 16.2 us per call with cuDNN at the LLaVA decode shape;
+fp16 decode 6.14 -> 5.69 ms/token and int4wo 2.92 -> 2.86 in one process, so the compiled engine uses it by
+default where it runs (CUDA with Triton).
 
 Use: `enable(text_config)` registers "vlmslim_decode" with transformers' attention and mask interfaces and
 sets it on the language model's config. Rows with more than one query (the prefill), masks that are not boolean, and

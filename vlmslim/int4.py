@@ -19,7 +19,9 @@ down_proj read at 1.2-1.5 TB/s of 3.0, docs/lowbit_kernels.md). Its layout can h
 stacked as rows, W' = [W[:, :K/S]; ...; W[:, (S-1)K/S:]] of shape (S*N, K/S), with x reshaped to (S*M, K/S):
 Y' = x' @ W'^T holds every block's partial product, and y = the sum over s of Y'[s-th row, s-th block]
 (fused by inductor into the next kernel). The same bytes are read by S times as many output tiles; the
-wasted products cost nothing at M <= 16 (tinygemm computes 16 rows per tile anyway).
+wasted products cost nothing at M <= 16 (tinygemm computes 16 rows per tile anyway). Measured on one H100
+(docs/performance.md): slower at every decoder shape (4096 x 4096: 6.9 -> 7.6 us with S = 2), so S = 1 stays the
+default; the layout is kept for other GPUs and shapes.
 """
 
 from __future__ import annotations
