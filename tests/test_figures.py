@@ -855,6 +855,7 @@ def test_compiled_runs_with_and_without_fused_projections_are_refused(results, t
     assert res.exit_code == 0, res.output
 
 
+@pytest.mark.slow  # the fused-projection twin above runs the same refusal path by default
 def test_compiled_runs_with_split_and_sdpa_attention_are_refused(results, tmp_path):
     """Split-K decode attention is the compiled engine's default on CUDA since it was measured faster
     (docs/performance.md): a compiled run from before (no `attention` recorded: SDPA) and a split one differ in
