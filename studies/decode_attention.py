@@ -61,7 +61,7 @@ def study(dtype: torch.dtype) -> dict:
                 out = fn(*caches[0]).float()
                 err = float(((out - ref).norm() / ref.norm()).item())
                 ms = graph_time_ms([lambda kv=kv: fn(*kv) for kv in caches])
-                # again after the graph's replays (the folded combine's counters must have come back to 0)
+                # again after the graph's replays
                 out = fn(*caches[0]).float()
                 err = max(err, float(((out - ref).norm() / ref.norm()).item()))
                 row["kernels"][key] = {"us": round(ms * 1e3, 2), "gb_s": round(kv_bytes / ms / 1e6, 1), "rel_err": err}
@@ -75,7 +75,7 @@ def study(dtype: torch.dtype) -> dict:
                     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
             record(name, sdpa)
         for cfg in attention.CONFIGS:
-            record(f"split {cfg.block}x{cfg.per_sm}/SM w{cfg.warps}" + (" fold" if cfg.fold else ""),
+            record(f"split {cfg.block}x{cfg.per_sm}/SM w{cfg.warps}",
                    lambda k, v, cfg=cfg: attention._split_attention(q, k, v, mask, scale, cfg.per_sm * sms, cfg))
         attention._BEST.clear()
         record("split tuned", lambda k, v: attention.tuned_attention(q, k, v, mask, scale))

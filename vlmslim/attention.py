@@ -4,8 +4,7 @@ Why: at batch 1 a decode step's attention reads the whole static cache (B x Hkv 
 values) for one query row per head, ~0.11 ms per token for the 7B shape's K and V at 3 TB/s; SDPA's kernels
 took 0.40 ms (cuDNN, with its split reduction and the mask) and 0.93 ms (memory-efficient). Here every
 (sequence, head) is split over the cache length into enough programs to fill the GPU; each writes a partial
-(max, sum, weighted V), and a second kernel (or, if the tuner picks it, the last program of the head)
-combines them. The launch configuration is tuned per shape on first use (`_tune`, CUDA-graph timing).
+(max, sum, weighted V), and a second kernel combines them. The launch configuration is tuned per shape on first use (`_tune`, CUDA-graph timing).
 Measured on one H100 (docs/performance.md): 8.9 vs 16.2 us per call with cuDNN at the LLaVA decode shape;
 fp16 decode 6.14 -> 5.69 ms/token and int4wo 2.92 -> 2.86 in one process, so the compiled engine uses it by
 default where it runs (CUDA with Triton).
@@ -49,14 +48,10 @@ def available(device: torch.device) -> bool:
 if triton is not None:
 
     @triton.jit
-    def _split_attn_partial(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, lock_ptr, out_ptr, scale, L, H,
-                            GROUP, SPLITS, sqb, sqh, skb, skh, skl, svb, svh, svl, smb, sml,
-                            HAS_MASK: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr, D: tl.constexpr,
-                            FOLD: tl.constexpr, S_POW2: tl.constexpr):
-        """Program (b*H + h, s): positions [s*CHUNK, (s+1)*CHUNK) of head h of sequence b. With FOLD, the last
-        program of each (b, h) to finish combines the partials (no second launch): each counts itself in
-        lock[b*H + h], and the one that sees SPLITS - 1 combines and puts the count back to 0 for the next call
-        (CUDA-graph replays reuse the buffer)."""
+    def _split_attn_partial(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, scale, L, H, GROUP, SPLITS,
+                            sqb, sqh, skb, skh, skl, svb, svh, svl, smb, sml,
+                            HAS_MASK: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr, D: tl.constexpr):
+        """Program (b*H + h, s): positions [s*CHUNK, (s+1)*CHUNK) of head h of sequence b."""
         bh = tl.program_id(0)
         s = tl.program_id(1)
         b = bh // H
@@ -89,31 +84,19 @@ if triton is not None:
         tl.store(m_ptr + row, m_i)
         tl.store(l_ptr + row, l_i)
         tl.store(acc_ptr + row * D + rd, acc)
-        if FOLD:
-            tl.debug_barrier()  # every thread's partial stores before the count (released by the atomic)
-            done = tl.atomic_add(lock_ptr + bh, 1, sem="acq_rel")
-            if done == SPLITS - 1:
-                _combine_row(m_ptr, l_ptr, acc_ptr, out_ptr, bh, SPLITS, S_POW2, D)
-                tl.atomic_xchg(lock_ptr + bh, 0)
 
     @triton.jit
     def _split_attn_combine(m_ptr, l_ptr, acc_ptr, out_ptr, SPLITS, S_POW2: tl.constexpr, D: tl.constexpr):
-        _combine_row(m_ptr, l_ptr, acc_ptr, out_ptr, tl.program_id(0), SPLITS, S_POW2, D)
-
-    @triton.jit
-    def _combine_row(m_ptr, l_ptr, acc_ptr, out_ptr, bh, SPLITS, S_POW2: tl.constexpr, D: tl.constexpr):
-        """out[bh] = sum_s e^(m_s - M) acc_s / sum_s e^(m_s - M) l_s, M = max_s m_s; stored in out's dtype.
-        Loads bypass L1 (".cg"): other SMs wrote the partials, and an earlier call may have left this SM's L1
-        holding the same addresses."""
+        """out[bh] = sum_s e^(m_s - M) acc_s / sum_s e^(m_s - M) l_s, M = max_s m_s; stored in out's dtype."""
+        bh = tl.program_id(0)
         rs = tl.arange(0, S_POW2)
         rd = tl.arange(0, D)
         ok = rs < SPLITS
-        m = tl.load(m_ptr + bh * SPLITS + rs, mask=ok, other=-float("inf"), cache_modifier=".cg")
+        m = tl.load(m_ptr + bh * SPLITS + rs, mask=ok, other=-float("inf"))
         big = tl.max(m, axis=0)
         w = tl.where(m == -float("inf"), 0.0, tl.exp(m - big))  # a split with no position to attend adds 0
-        l_sum = tl.sum(w * tl.load(l_ptr + bh * SPLITS + rs, mask=ok, other=0.0, cache_modifier=".cg"), axis=0)
-        acc = tl.load(acc_ptr + (bh * SPLITS + rs)[:, None] * D + rd[None, :], mask=ok[:, None], other=0.0,
-                      cache_modifier=".cg")
+        l_sum = tl.sum(w * tl.load(l_ptr + bh * SPLITS + rs, mask=ok, other=0.0), axis=0)
+        acc = tl.load(acc_ptr + (bh * SPLITS + rs)[:, None] * D + rd[None, :], mask=ok[:, None], other=0.0)
         out = tl.sum(w[:, None] * acc, axis=0) / l_sum
         tl.store(out_ptr + bh * D + rd, out.to(out_ptr.dtype.element_ty))
 
@@ -123,15 +106,15 @@ class LaunchConfig:
     block: int  # cache positions per inner step (a block x D tile of K and of V)
     per_sm: int  # programs per SM to aim for (the split count follows)
     warps: int
-    fold: bool = False  # the last program of each (sequence, head) combines: one launch instead of two
 
 
-# tried on first use per shape, fastest kept (`_tune`); the first is the untuned default (interpreter, tests)
-# (measured on one H100 at the 7B shape: 32x8/SM w2 at batch 1 and 8, 128x4/SM w8 at 2048 positions)
-CONFIGS = tuple(LaunchConfig(*c, fold) for fold in (False, True) for c in (
+# tried on first use per shape, fastest kept (`_tune`); the first is the untuned default (interpreter, tests).
+# Picked on one H100 (7B shape): 64x4/SM w4 or 32x8/SM w2 (within 0.3 us) at the LLaVA decode's 656 positions,
+# 128x4/SM w8 at 2048, 32x8/SM w2 at batch 8. A variant whose last program per head did the combine (one launch,
+# counters in global memory) was measured too and never picked; it is not kept.
+CONFIGS = tuple(LaunchConfig(*c) for c in (
     (64, 4, 4), (32, 8, 2), (16, 8, 2), (64, 8, 4), (128, 4, 8), (16, 16, 2), (32, 4, 4), (128, 2, 8),
 ))
-_LOCKS: dict[tuple, torch.Tensor] = {}  # per (device, B*H): the folded combine's counters, all 0 between calls
 _BEST: dict[tuple, LaunchConfig] = {}
 
 
@@ -158,29 +141,13 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tenso
     # (B, H, 1, D) contiguous has the memory layout of (B, 1, H, D): the caller's transpose copies nothing.
     # The combine stores in q's dtype (no separate cast kernel).
     out = torch.empty(b, h, 1, d, device=q.device, dtype=q.dtype)
-    lock = _lock(q.device, b * h) if cfg.fold else m
-    s_pow2 = triton.next_power_of_2(splits)
     _split_attn_partial[(b * h, splits)](
-        q2, k, v, mask2 if mask2 is not None else q2, m, l_, acc, lock, out, scale, length, h, h // hkv, splits,
+        q2, k, v, mask2 if mask2 is not None else q2, m, l_, acc, scale, length, h, h // hkv, splits,
         q2.stride(0), q2.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
         mask2.stride(0) if mask2 is not None else 0, mask2.stride(1) if mask2 is not None else 0,
-        HAS_MASK=mask2 is not None, CHUNK=chunk, BLOCK=cfg.block, D=d, FOLD=cfg.fold, S_POW2=s_pow2,
-        num_warps=cfg.warps)
-    if not cfg.fold:
-        _split_attn_combine[(b * h,)](m, l_, acc, out, splits, S_POW2=s_pow2, D=d, num_warps=4)
+        HAS_MASK=mask2 is not None, CHUNK=chunk, BLOCK=cfg.block, D=d, num_warps=cfg.warps)
+    _split_attn_combine[(b * h,)](m, l_, acc, out, splits, S_POW2=triton.next_power_of_2(splits), D=d, num_warps=4)
     return out
-
-
-def _lock(device: torch.device, rows: int) -> torch.Tensor:
-    """The folded combine's counters: allocated (zeroed) once, outside CUDA-graph capture, and left at 0 by every
-    call, so graph replays reuse them without a memset."""
-    key = (device, rows)
-    if key not in _LOCKS:
-        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            raise RuntimeError("split attention's counters first needed inside CUDA-graph capture; "
-                               "run the model once eagerly first (CompiledDecoder does)")
-        _LOCKS[key] = torch.zeros(rows, dtype=torch.int32, device=device)
-    return _LOCKS[key]
 
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
