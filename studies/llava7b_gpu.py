@@ -105,7 +105,8 @@ def build(name: str, target: str = "language"):
 
         for m in model.modules():
             if isinstance(m, Int4WeightOnlyLinear):
-                m.set_k_split(max(s for s in (1, 2, 4) if s <= v.k_split and k_split_fits(m.in_features, m.group_size, s)))
+                fits = [s for s in (1, 2, 4) if s <= v.k_split and k_split_fits(m.in_features, m.group_size, s)]
+                m.set_k_split(max(fits))
     return model
 
 

@@ -132,3 +132,15 @@ def test_odd_widths_are_named_with_the_fix():
     with pytest.raises(QuantizationError, match="--round-to"):
         quantize_model(model, QuantSpec(make_recipe("int4wo", group_size=128)))
     assert not any(k == "int4wo" for k in linear_layers(model).values())
+
+
+def test_fp16_models_get_the_bf16_hint(caplog):
+    """tinygemm computes in bf16: an fp16 model casts around every int4 product (measured slower on an H100),
+    so quantizing one says how to avoid it; a bf16 model is not told anything."""
+    recipe = make_recipe("int4wo")
+    with caplog.at_level("INFO", logger="vlmslim.quantization.recipes"):
+        assert recipe.resolved(torch.bfloat16) is recipe
+        assert not caplog.records
+        assert recipe.resolved(torch.float16) is recipe
+    (record,) = caplog.records
+    assert "int4wo computes in bf16" in record.getMessage() and "--dtype bfloat16" in record.getMessage()

@@ -4,7 +4,8 @@ Why: at batch 1 a decode step's attention reads the whole static cache (B x Hkv 
 values) for one query row per head, ~0.11 ms per token for the 7B shape's K and V at 3 TB/s; SDPA's kernels
 took 0.40 ms (cuDNN, with its split reduction and the mask) and 0.93 ms (memory-efficient). Here every
 (sequence, head) is split over the cache length into enough programs to fill the GPU; each writes a partial
-(max, sum, weighted V), and a second kernel combines them. The launch configuration is tuned per shape on first use (`_tune`, CUDA-graph timing).
+(max, sum, weighted V), and a second kernel combines them. The launch configuration is tuned per shape on
+first use (`_tune`, CUDA-graph timing).
 Measured on one H100 (docs/performance.md): 8.9 vs 16.2 us per call with cuDNN at the LLaVA decode shape;
 fp16 decode 6.14 -> 5.69 ms/token and int4wo 2.92 -> 2.86 in one process, so the compiled engine uses it by
 default where it runs (CUDA with Triton).
