@@ -259,6 +259,11 @@ def test_bench_end_to_end_files_and_keys(tmp_path, ckpt, minilm):
     assert eff["latency_s_p90"] >= eff["latency_s_p50"] > eff["ttft_s_p50"] > 0
     assert eff["energy_wh_per_sample"] > 0 and eff["energy"]["basis"] == "cpu+ram (estimated)"
     assert s["protocol"]["prompt"] == PROMPT and s["protocol"]["batch_size"] == 2 and s["protocol"]["greedy"]
+    # every key resume refuses to mix is in the summary too (--baseline and figures read it from there)
+    from vlmslim.benchmarks.results import PROTOCOL_KEYS
+
+    assert set(PROTOCOL_KEYS) <= set(s["protocol"]), set(PROTOCOL_KEYS) - set(s["protocol"])
+    assert (s["protocol"]["engine"], s["protocol"]["fuse"], s["protocol"]["attention"]) == ("eager", False, "sdpa")
     assert s["protocol"]["prompt_example"].endswith(PROMPT + " ASSISTANT:")
     assert len(s["checkpoint_sha256"]) == 64 and s["environment"]["torch"] == torch.__version__
     rows = res.read_jsonl(out / "samples.jsonl")
