@@ -392,18 +392,13 @@ def _read_baseline(cfg: BenchConfig, task, dataset_sha: str) -> dict:
         raise BenchmarkError(f"--baseline {cfg.baseline} is a {summary.get('task')} run; this is {task.name}")
     if (summary.get("dataset") or {}).get("sha256") != dataset_sha:
         raise BenchmarkError(f"--baseline {cfg.baseline} was run on another dataset (samples.jsonl sha256 differs)")
-    protocol, dataset = summary.get("protocol") or {}, summary.get("dataset") or {}
+    # keys recorded later mean their old default in results written before (results.PROTOCOL_DEFAULTS)
+    protocol = {**res.PROTOCOL_DEFAULTS, **(summary.get("protocol") or {})}
+    dataset = summary.get("dataset") or {}
     # what moves cost or quality (figures refuse the same keys): batch size, max new tokens, device, ...
-    theirs = {"prompt": protocol.get("prompt"), "max_new_tokens": protocol.get("max_new_tokens"),
-              "batch_size": protocol.get("batch_size"), "device": protocol.get("device"),
-              "dtype": protocol.get("dtype"), "engine": protocol.get("engine"),
-              "fuse": protocol.get("fuse", False),  # recorded since fusion exists; unfused before
-              "attention": protocol.get("attention", "sdpa"),  # recorded since split attention exists
-              "ocr_tokens": protocol.get("ocr_tokens"), "limit": dataset.get("limit")}
-    ours = {"prompt": cfg.prompt, "max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size,
-            "device": cfg.device, "dtype": cfg.dtype or "as saved", "engine": cfg.engine, "fuse": cfg.fuse,
-            "attention": cfg.attention,
-            "ocr_tokens": cfg.ocr_tokens, "limit": cfg.limit}
+    keys = ("prompt", "max_new_tokens", "batch_size", "device", "dtype", "engine", "fuse", "attention", "ocr_tokens")
+    theirs = {**{k: protocol.get(k) for k in keys}, "limit": dataset.get("limit")}
+    ours = {**{k: getattr(cfg, k) for k in keys}, "dtype": cfg.dtype or "as saved", "limit": cfg.limit}
     differ = [f"{k} {theirs[k]!r} vs {ours[k]!r}" for k in ours if theirs[k] != ours[k]]
     if differ and not cfg.allow_mixed:
         raise BenchmarkError(f"--baseline {cfg.baseline} was run with another protocol ({'; '.join(differ)}); "
