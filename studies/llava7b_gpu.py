@@ -57,6 +57,7 @@ BASES = {
     "int4wo": Variant(quant="int4wo"),  # vlmslim.int4, group size 128: decode on ATen tinygemm
     "int4wo-triton": Variant(quant="int4wo", kernel="triton"),  # the same weights on vlmslim.gemv's Triton GEMV
     "int4wo-gemlite": Variant(quant="int4wo", kernel="gemlite"),  # ... on gemlite's GEMV (optional package)
+    "int4wo-cuda": Variant(quant="int4wo", kernel="cuda"),  # ... on vlmslim.gemv_cuda (NVRTC, batch 1)
     "glu30+int4wo": Variant({"glu": 0.3}, "int4wo"),
     "fp8": Variant(quant="fp8"),  # vlmslim.fp8: e4m3 weight-only on vlmslim.gemv
     "glu30+fp8": Variant({"glu": 0.3}, "fp8"),
@@ -65,9 +66,9 @@ BASES = {
 # in bf16, so an fp16 int4 model casts around every product), "-split" (vlmslim.attention's decode attention).
 VARIANTS = dict(BASES)
 VARIANTS.update({f"{name}-fused": replace(BASES[name], fused=True)
-                 for name in ("base", "glu30", "int4wo", "int4wo-triton", "int4wo-gemlite", "fp8")})
+                 for name in ("base", "glu30", "int4wo", "int4wo-triton", "int4wo-gemlite", "int4wo-cuda", "fp8")})
 VARIANTS.update({f"{name}-bf16": replace(VARIANTS[name], dtype="bfloat16")
-                 for name in ("base-fused", "int4wo-fused")})
+                 for name in ("base-fused", "int4wo-fused", "int4wo-cuda-fused")})
 VARIANTS.update({f"{name}-split": replace(v, attention="split") for name, v in list(VARIANTS.items()) if v.fused})
 # "-ks2" / "-ks4": int4wo's tinygemm layout with K split 2 / 4 ways (vlmslim.int4, `set_k_split`)
 VARIANTS.update({f"int4wo-fused-bf16{suffix}-ks{s}": replace(VARIANTS[f"int4wo-fused-bf16{suffix}"], k_split=s)

@@ -12,7 +12,9 @@ and the weight bandwidth it reaches:
 - fp8 e4m3 `torch._scaled_mm` with row-wise scales (Hopper), M padded to 16;
 - int4 and fp8 weight-only through vlmslim's Triton GEMVs (`vlmslim.gemv`, tuned per shape on first use);
 - int4 weight-only through gemlite's GEMV (`Int4WeightOnlyLinear.set_kernel("gemlite")`), where the optional
-  gemlite package is installed.
+  gemlite package is installed;
+- int4 weight-only through vlmslim's CUDA GEMV (`vlmslim.gemv_cuda`, NVRTC, one row of x; its launch configs'
+  times per shape are in the JSON's `configs_cuda`).
 Every candidate's output is checked against the float reference of the same dequantised weights. Each
 timed call reads a different copy of the weights (enough copies to exceed 4x the L2 cache), so small
 matrices are timed from HBM as in a real decode step, not from L2. The fused shapes (q|k|v, gate|up)
@@ -65,7 +67,7 @@ def quantize_int4(w: torch.Tensor, group: int = GROUP):
 
 
 def study(shapes: list[str], rows: tuple[int, ...]) -> dict:
-    from vlmslim import gemv as vgemv
+    from vlmslim import gemv as vgemv, gemv_cuda
     from vlmslim.int4 import Int4WeightOnlyLinear, k_split_fits, pack
 
     dev = torch.device("cuda")
@@ -111,6 +113,7 @@ def study(shapes: list[str], rows: tuple[int, ...]) -> dict:
         except RuntimeError as e:
             logger.warning("no gemlite column: %s", e)
             gemlite_layers = []
+        cuda_s = [(t[0], gemv_cuda.interleave(t[1], t[2])) for t in ours_s]  # vlmslim.gemv_cuda's pairs
         # fp8 e4m3 row-wise
         sw = w.float().abs().amax(1, keepdim=True) / 448
         w8f = (w.float() / sw).to(torch.float8_e4m3fn)
@@ -149,6 +152,9 @@ def study(shapes: list[str], rows: tuple[int, ...]) -> dict:
                 if "us" in row[f"int4wo_tinygemm_ks{split}"]:
                     out, check = layers[0](xb).float(), xb.float() @ deq_ours.t()
                     row[f"int4wo_tinygemm_ks{split}"]["rel_err"] = float(((out - check).norm() / check.norm()).item())
+            if m == 1:
+                record("int4wo_cuda", [lambda t=t: torch.ops.vlmslim.int4_gemv_cuda(xb, *t, GROUP) for t in cuda_s],
+                       n * k // 2, xb.float() @ deq_ours.t())
             if gemlite_layers:
                 record("int4wo_gemlite", [lambda g=g: g(xb) for g in gemlite_layers], n * k // 2,
                        xb.float() @ deq_ours.t())
@@ -165,6 +171,8 @@ def study(shapes: list[str], rows: tuple[int, ...]) -> dict:
             results["rows"].append(row)
             logger.info("%s", row)
     results["configs"] = {str(key): vars(cfg) for key, cfg in vgemv._BEST.items()}
+    results["configs_cuda"] = {str(key): {str(tuple(vars(c).values())): round(us, 2) for c, us in t.items()}
+                               for key, t in gemv_cuda.TIMINGS.items()}
     return results
 
 

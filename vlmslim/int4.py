@@ -29,14 +29,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vlmslim import gemv
+from vlmslim import gemv, gemv_cuda
 
 GROUP_SIZES = (32, 64, 128, 256)
 # tinygemm is a GEMV kernel: measured on an H200 it makes a 592-token LLaVA prefill 4.6x slower than fp16
 # (docs/performance.md). Above this many rows the weights are dequantised on the fly for a bf16 GEMM.
 GEMV_MAX_ROWS = 16
 KIND = "int4wo"  # the census kind
-KERNELS = ("tinygemm", "triton", "gemlite")  # decode GEMV (rows <= GEMV_MAX_ROWS)
+KERNELS = ("tinygemm", "triton", "gemlite", "cuda")  # decode GEMV (rows <= GEMV_MAX_ROWS; "cuda": one row)
 K_SPLITS = (1, 2, 4)
 TINYGEMM_K_TILE = 128  # tinygemm's packing (8 inner k-tiles of 16) takes K in multiples of this
 
@@ -88,8 +88,10 @@ class Int4WeightOnlyLinear(nn.Module):
                      if bias else None)
         self._packed: torch.Tensor | None = None  # the kernel's layout on the current device (not saved)
         self._scales_zeros: torch.Tensor | None = None
+        self._sz: torch.Tensor | None = None  # kernel "cuda": (N, K/G) int32 scale|zero pairs (vlmslim.gemv_cuda)
         self._gemlite: nn.Module | None = None  # gemlite's layer (kernel "gemlite" on CUDA; not a submodule)
-        # decode GEMV, one of KERNELS: tinygemm is the default (faster than ours, docs/lowbit_kernels.md)
+        # decode GEMV, one of KERNELS: tinygemm is the default (docs/lowbit_kernels.md); "cuda" takes one row of x
+        # (batch-1 decode) and leaves more rows to tinygemm, whose layout it keeps
         self.kernel = "tinygemm"
         self.k_split = 1  # tinygemm's split-K layout (module docstring); `set_k_split`; a layout, not saved
 
@@ -118,6 +120,8 @@ class Int4WeightOnlyLinear(nn.Module):
         A kernel that cannot run here raises before the module changes."""
         if kernel not in KERNELS:
             raise ValueError(f"unknown int4wo kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
+        if kernel == "cuda":
+            _check_cuda_kernel(self)
         self.prepare(kernel)
         return self
 
@@ -141,11 +145,14 @@ class Int4WeightOnlyLinear(nn.Module):
     def prepare(self, kernel: str | None = None, k_split: int | None = None) -> None:
         """Derive `kernel`'s layout (default: the current one) from the stored tensors: tinygemm's packed weight
         and (K/G, N, 2) scales-and-zeros (with K split `k_split` ways: (S*N, K/S) and (K/(G*S), S*N, 2)), or
-        gemlite's layer. Everything is built first and assigned last."""
+        gemlite's layer; kernel "cuda" adds its scale|zero pairs on CUDA. Everything is built first and assigned
+        last."""
         kernel = kernel or self.kernel
         split = k_split or self.k_split
-        gem = packed = scales_zeros = None
+        gem = packed = scales_zeros = pairs = None
         if not self.weight.is_meta:
+            if kernel == "cuda" and self.weight.is_cuda:  # the codes are read where they are stored
+                pairs = gemv_cuda.interleave(self.scales, self.zeros)
             if kernel == "gemlite":
                 gem = _gemlite_layer(self)  # one derived copy of the weights is enough: no tinygemm layout
             else:
@@ -160,6 +167,7 @@ class Int4WeightOnlyLinear(nn.Module):
                 else:
                     packed = torch._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1)
         self.kernel, self.k_split, self._packed, self._scales_zeros = kernel, split, packed, scales_zeros
+        self._sz = pairs
         # not through nn.Module.__setattr__: a derived layout, not a submodule (kept out of the state_dict)
         object.__setattr__(self, "_gemlite", gem)
 
@@ -173,6 +181,8 @@ class Int4WeightOnlyLinear(nn.Module):
         x2 = x.reshape(-1, shape[-1]).to(torch.bfloat16)  # (M, K)
         if x2.shape[0] > GEMV_MAX_ROWS:  # prefill: compute-bound, a GEMM on dequantised bf16 weights
             y = torch.nn.functional.linear(x2, self.dequantized(torch.bfloat16))
+        elif self._sz is not None and x2.shape[0] == 1 and x2.is_cuda:  # kernel "cuda": batch-1 decode
+            y = torch.ops.vlmslim.int4_gemv_cuda(x2, self.weight, self._sz, self.group_size)
         elif self._use_triton(x2):
             y = torch.ops.vlmslim.int4_gemv(x2, self.weight, self.scales, self.zeros, self.group_size)
         elif self._gemlite is not None:
@@ -204,6 +214,15 @@ class Int4WeightOnlyLinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}, "
                 f"kernel={self.kernel}" + (f", k_split={self.k_split}" if self.k_split > 1 else ""))
+
+
+def _check_cuda_kernel(m: Int4WeightOnlyLinear) -> None:
+    """Kernel "cuda" (vlmslim.gemv_cuda) needs CUDA weights, NVRTC and K, G in whole 32-input chunks."""
+    if not gemv_cuda.available(m.weight.device):
+        raise RuntimeError(f"int4wo kernel 'cuda' runs on CUDA GPUs with NVRTC only (weights on {m.weight.device})")
+    if not gemv_cuda.fits(m.in_features, m.group_size):
+        raise ValueError(f"int4wo kernel 'cuda' needs in_features and the group size in multiples of "
+                         f"{gemv_cuda.CHUNK}; got {m.in_features} and {m.group_size}")
 
 
 def _gemlite_layer(m: Int4WeightOnlyLinear) -> nn.Module:

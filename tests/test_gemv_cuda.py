@@ -1,0 +1,67 @@
+"""vlmslim.gemv_cuda: the int4 GEMV's bit arithmetic on the stored layout (CPU), the kernel itself on a GPU."""
+
+import pytest
+import torch
+
+from vlmslim import gemv_cuda
+from vlmslim.int4 import Int4WeightOnlyLinear, unpack
+
+_CUDA = pytest.mark.skipif(not gemv_cuda.available(torch.device("cuda")) or not torch.cuda.is_available(),
+                           reason="needs a CUDA GPU and NVRTC")
+
+
+def _layer(n: int, k: int, group: int, device="cpu") -> Int4WeightOnlyLinear:
+    torch.manual_seed(n + k + group)
+    lin = torch.nn.Linear(k, n, bias=False, device=device)
+    return Int4WeightOnlyLinear.from_linear(lin, group)
+
+
+def test_codes_become_one_plus_q_over_16_exactly():
+    m = _layer(16, 256, 32)
+    f = gemv_cuda.codes_as_floats(m.weight)
+    assert f.shape == (16, 256)
+    assert torch.equal(f, 1 + unpack(m.weight).float() / 16)
+
+
+@pytest.mark.parametrize("k,group", [(256, 32), (384, 128), (512, 256)])
+def test_reference_arithmetic_equals_the_dequantised_product(k, group):
+    m = _layer(32, k, group)
+    x = torch.randn(1, k).to(torch.bfloat16)
+    pairs = gemv_cuda.interleave(m.scales, m.zeros)
+    assert pairs.shape == (32, k // group) and pairs.dtype == torch.int32
+    # scale in the low half, zero in the high half, both the stored bf16 bits
+    assert torch.equal((pairs & 0xFFFF).to(torch.int16).view(torch.bfloat16), m.scales)
+    want = x.float() @ m.dequantized().T
+    got = gemv_cuda.reference(x, m.weight, pairs, group)
+    assert got.shape == (1, 32)
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+
+
+def test_fits_and_cpu_refusal():
+    assert gemv_cuda.fits(4096, 128) and gemv_cuda.fits(11008, 128)
+    assert not gemv_cuda.fits(4096 + 16, 16)  # K in 16s: not whole 32-input chunks
+    m = _layer(16, 256, 128)
+    x = torch.randn(1, 256)
+    before = m(x)
+    with pytest.raises(RuntimeError, match="runs on CUDA GPUs with NVRTC only"):
+        m.set_kernel("cuda")
+    assert m.kernel == "tinygemm" and m._sz is None and torch.equal(m(x), before)
+
+
+@_CUDA
+@pytest.mark.parametrize("n,k,group", [(4096, 4096, 128), (11008, 4096, 128), (4096, 11008, 128), (112, 256, 32),
+                                       (48, 1024, 64)])
+def test_kernel_equals_reference_and_tinygemm(n, k, group):
+    m = _layer(n, k, group, device="cuda")
+    x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+    tiny = m(x).float()  # tinygemm (the default kernel)
+    m.set_kernel("cuda")
+    got = m(x)
+    assert got.dtype == torch.bfloat16 and got.shape == (1, n)
+    ref = gemv_cuda.reference(x, m.weight, m._sz, group)
+    # the kernel rounds its fp32 sum to bf16 once: within half a bf16 ulp plus fp32 summation order
+    assert ((got.float() - ref).abs() <= ref.abs() * 2**-8 + 1e-4 * ref.abs().max()).all()
+    assert (got.float() - tiny).norm() / tiny.norm() < 1e-2
+    # more rows than one go to tinygemm
+    x2 = torch.randn(3, k, device="cuda", dtype=torch.bfloat16)
+    assert torch.equal(m(x2), m.set_kernel("tinygemm")(x2))

@@ -1,0 +1,253 @@
+"""Batch-1 int4 GEMV in CUDA C, compiled at run time by NVRTC (`torch.cuda._compile_kernel`; no toolchain).
+
+Why: at batch 1 every decode-step Linear is a GEMV whose time is reading W. ATen's tinygemm (the int4wo
+default) reads LLaVA-7B's int4 weights at 1.2-1.75 TB/s of the H100's 3.0 (docs/performance.md): it is a
+tensor-core GEMM that computes 16 activation rows per tile to use one. Our Triton GEMVs were slower still
+(they read x with a stride). This kernel is a plain GEMV on CUDA cores, written for the stored int4 layout
+itself, so it needs no second copy of the weights:
+
+    weight (N, K/2) uint8, read as (N, K/32) 16-byte chunks: 32 codes, nibble i of word j is input 8j + i
+    scales, zeros (N, K/G) bf16, interleaved here once as (N, K/G) 32-bit pairs (scale low, zero high)
+    x (K,) bf16 -> y (N,) bf16,  w = q * scale + zero
+
+Each warp owns R output rows; lane l streams chunks l, l + 32, ... of each row (512 contiguous bytes per
+warp and row per step; U steps are loaded before any is used, to keep enough bytes in flight). A code
+becomes a float without a conversion instruction: its nibble is put into the mantissa of 1.0
+(PRMT), giving f = 1 + q/16 exactly. With X = the sum of the chunk's 32 inputs (computed once per chunk,
+shared by the R rows), sum_k x_k q_k = 16 (sum_k x_k f_k - X), so a chunk costs per weight one PRMT,
+a quarter of the shifts and masks, and one FMA, all in fp32; scale and zero are applied once per chunk:
+    y_n += 16 s (acc - X) + z X
+The warp's lanes are summed with shuffles at the end; y is rounded to bf16 (nearest even).
+
+Launch configurations (R, U, warps per block) are timed per shape on first use (CUDA-graph replays over
+weight copies larger than L2, as `vlmslim.gemv` does) and the fastest is kept. CUDA only, one row of x:
+`Int4WeightOnlyLinear` sends more rows to tinygemm.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from vlmslim import gemv
+
+logger = logging.getLogger(__name__)
+
+CHUNK = 32  # inputs per 16-byte load of codes; K and the group size must be multiples of it
+
+_SOURCE = r"""
+#define R __R__
+#define U __U__
+#define WARPS __WARPS__
+
+__device__ __forceinline__ float lo_bf16(unsigned int v) { return __uint_as_float(v << 16); }
+__device__ __forceinline__ float hi_bf16(unsigned int v) { return __uint_as_float(v & 0xffff0000u); }
+// byte p of b is 0x80 | q << 3 -> the float 1 + q / 16 (bytes: 0x00, 0x00, b_p, 0x3f)
+__device__ __forceinline__ float code(unsigned int b, unsigned int p) {
+    return __uint_as_float(__byte_perm(b, 0x3f000000u, 0x7044u | (p << 8)));
+}
+
+extern "C" __global__ void __launch_bounds__(WARPS * 32)
+int4_gemv_m1(const uint4* __restrict__ w, const unsigned int* __restrict__ sz, const uint4* __restrict__ x,
+             unsigned short* __restrict__ y, int n, int k, int group) {
+    const int lane = threadIdx.x & 31;
+    const int row0 = (blockIdx.x * WARPS + (threadIdx.x >> 5)) * R;
+    const int chunks = k / 32, groups = k / group, per_group = group / 32;
+    const uint4* wr[R];
+    const unsigned int* szr[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        const int row = min(row0 + r, n - 1);  // rows past n read row n - 1 and are not stored
+        wr[r] = w + (size_t)row * chunks;
+        szr[r] = sz + (size_t)row * groups;
+    }
+    float out[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) out[r] = 0.f;
+
+    for (int c0 = lane; c0 < chunks; c0 += 32 * U) {
+        uint4 wv[U][R], xv[U][4];
+        unsigned int szv[U][R];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {  // every load of U steps first
+            const int c = c0 + 32 * u;
+            const bool ok = c < chunks;
+#pragma unroll
+            for (int r = 0; r < R; ++r) {
+                wv[u][r] = ok ? __ldg(wr[r] + c) : make_uint4(0, 0, 0, 0);
+                szv[u][r] = ok ? __ldg(szr[r] + c / per_group) : 0u;
+            }
+#pragma unroll
+            for (int j = 0; j < 4; ++j) xv[u][j] = ok ? __ldg(x + 4 * c + j) : make_uint4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            float xf[32];
+            float xsum = 0.f;
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const unsigned int pr[4] = {xv[u][j].x, xv[u][j].y, xv[u][j].z, xv[u][j].w};
+#pragma unroll
+                for (int p = 0; p < 4; ++p) {
+                    xf[8 * j + 2 * p] = lo_bf16(pr[p]);
+                    xf[8 * j + 2 * p + 1] = hi_bf16(pr[p]);
+                    xsum += xf[8 * j + 2 * p] + xf[8 * j + 2 * p + 1];
+                }
+            }
+#pragma unroll
+            for (int r = 0; r < R; ++r) {
+                const unsigned int ws[4] = {wv[u][r].x, wv[u][r].y, wv[u][r].z, wv[u][r].w};
+                float acc0 = 0.f, acc1 = 0.f;
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    // even inputs' codes to bits 3..6 of each byte, odd inputs' likewise; 0x80 = 1.0's exponent bit
+                    const unsigned int be = ((ws[j] << 3) & 0x78787878u) | 0x80808080u;
+                    const unsigned int bo = ((ws[j] >> 1) & 0x78787878u) | 0x80808080u;
+#pragma unroll
+                    for (int p = 0; p < 4; ++p) {
+                        acc0 = fmaf(xf[8 * j + 2 * p], code(be, p), acc0);
+                        acc1 = fmaf(xf[8 * j + 2 * p + 1], code(bo, p), acc1);
+                    }
+                }
+                const float s = lo_bf16(szv[u][r]), z = hi_bf16(szv[u][r]);
+                out[r] = fmaf(16.f * s, (acc0 + acc1) - xsum, fmaf(z, xsum, out[r]));
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        float v = out[r];
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+        if (lane == r && row0 + r < n) {
+            const unsigned int b = __float_as_uint(v);
+            y[row0 + r] = (unsigned short)((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);  // to bf16, nearest even
+        }
+    }
+}
+"""
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    rows: int  # R: output rows per warp (x is converted once for all of them)
+    steps: int  # U: 16-byte chunks per lane and row loaded before any is used
+    warps: int  # warps per block
+
+
+CONFIGS = tuple(LaunchConfig(*c) for c in (
+    (1, 4, 4), (2, 2, 4), (2, 4, 4), (4, 1, 4), (4, 2, 4), (1, 8, 4), (2, 2, 8), (4, 2, 8), (1, 4, 8), (8, 1, 4),
+))
+_KERNELS: dict[tuple, object] = {}  # (config, device index) -> compiled kernel
+_BEST: dict[tuple, LaunchConfig] = {}
+TIMINGS: dict[tuple, dict[LaunchConfig, float]] = {}  # (N, K, G, device index) -> us per config, from tuning
+
+
+def available(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.version.cuda is not None and hasattr(torch.cuda, "_compile_kernel")
+
+
+def fits(in_features: int, group_size: int) -> bool:
+    return in_features % CHUNK == 0 and group_size % CHUNK == 0 and in_features % group_size == 0
+
+
+def interleave(scales: torch.Tensor, zeros: torch.Tensor) -> torch.Tensor:
+    """(N, K/G) bf16 scales and zeros -> (N, K/G) int32, scale in the low 16 bits (one load per chunk)."""
+    pairs = torch.stack([scales.to(torch.bfloat16), zeros.to(torch.bfloat16)], dim=-1).contiguous()
+    return pairs.view(torch.int32).squeeze(-1)
+
+
+def codes_as_floats(weight: torch.Tensor) -> torch.Tensor:
+    """(N, K/2) uint8 stored codes -> (N, K) fp32 f = 1 + q/16, by the kernel's bit operations (for tests)."""
+    words = weight.contiguous().view(torch.int32).long() & 0xFFFFFFFF  # (N, K/8), nibble i = input 8j + i
+    halves = [((words << 3) & 0x78787878) | 0x80808080, ((words >> 1) & 0x78787878) | 0x80808080]  # even, odd
+    out = torch.empty(*words.shape, 4, 2, dtype=torch.float32)
+    for p in range(4):
+        for h, b in enumerate(halves):  # PRMT: bytes (0x00, 0x00, byte p of b, 0x3f)
+            bits = 0x3F000000 | (((b >> (8 * p)) & 0xFF) << 16)
+            out[..., p, h] = bits.to(torch.int32).view(torch.float32)
+    return out.view(weight.shape[0], -1)
+
+
+def reference(x: torch.Tensor, weight: torch.Tensor, pairs: torch.Tensor, group: int) -> torch.Tensor:
+    """The kernel's arithmetic in torch, fp32 (CPU or GPU): x (1, K), weight (N, K/2) uint8, pairs from
+    `interleave` -> (1, N) fp32, before the kernel's rounding to bf16."""
+    n, k = weight.shape[0], weight.shape[1] * 2
+    xf = x.to(torch.bfloat16).float().view(k // CHUNK, CHUNK)
+    f = codes_as_floats(weight.cpu()).to(x.device).view(n, k // CHUNK, CHUNK)
+    acc, xsum = (f * xf).sum(-1), xf.sum(-1)  # (N, K/32), (K/32,)
+    bits = pairs.long() & 0xFFFFFFFF
+    s = ((bits & 0xFFFF) << 16).to(torch.int32).view(torch.float32).repeat_interleave(group // CHUNK, dim=1)
+    z = (bits & 0xFFFF0000).to(torch.int32).view(torch.float32).repeat_interleave(group // CHUNK, dim=1)
+    return (16 * s * (acc - xsum) + z * xsum).sum(-1)[None]
+
+
+def source(cfg: LaunchConfig) -> str:
+    return (_SOURCE.replace("__R__", str(cfg.rows)).replace("__U__", str(cfg.steps))
+            .replace("__WARPS__", str(cfg.warps)))
+
+
+def _kernel(cfg: LaunchConfig, device: torch.device):
+    key = (cfg, device.index)
+    if key not in _KERNELS:
+        with torch.cuda.device(device):
+            _KERNELS[key] = torch.cuda._compile_kernel(source(cfg), "int4_gemv_m1")
+    return _KERNELS[key]
+
+
+def _launch(cfg: LaunchConfig, x: torch.Tensor, weight: torch.Tensor, sz: torch.Tensor, group: int) -> torch.Tensor:
+    n, k = weight.shape[0], weight.shape[1] * 2
+    y = torch.empty(1, n, dtype=torch.bfloat16, device=x.device)
+    per_block = cfg.rows * cfg.warps
+    _kernel(cfg, x.device)(grid=(-(-n // per_block), 1, 1), block=(32 * cfg.warps, 1, 1),
+                           args=[weight, sz, x, y, n, k, group])
+    return y
+
+
+def _tune(x: torch.Tensor, weight: torch.Tensor, sz: torch.Tensor, group: int) -> LaunchConfig:
+    sets = gemv._copies((weight, sz), x.device)
+    timed = []
+    for cfg in CONFIGS:
+        try:
+            ms = gemv.graph_time_ms([lambda t=t, cfg=cfg: _launch(cfg, x, *t, group) for t in sets])
+        except Exception as e:  # noqa: BLE001 - a config NVRTC or the launch rejects (registers)
+            logger.debug("cuda int4 gemv config %s failed: %s", cfg, e)
+            continue
+        timed.append((ms, cfg))
+    del sets
+    if not timed:
+        raise RuntimeError(f"no CUDA int4 GEMV launch config ran for {tuple(weight.shape)}")
+    TIMINGS[weight.shape[0], weight.shape[1] * 2, group, x.device.index] = {cfg: ms * 1e3 for ms, cfg in timed}
+    ms, best = min(timed, key=lambda t: t[0])
+    logger.info("cuda int4 gemv N=%d K=%d G=%d: %s (%.1f us)", weight.shape[0], weight.shape[1] * 2, group, best,
+                ms * 1e3)
+    return best
+
+
+def set_config(n: int, k: int, group: int, device: torch.device, cfg: LaunchConfig) -> None:
+    """Pin a launch config for a shape (studies compare configs; normal use tunes on first call)."""
+    _BEST[n, k, group, device.index] = cfg
+
+
+@torch.library.custom_op("vlmslim::int4_gemv_cuda", mutates_args=())
+def int4_gemv_cuda(x: torch.Tensor, weight: torch.Tensor, sz: torch.Tensor, group: int) -> torch.Tensor:
+    """x (1, K) bf16, weight (N, K/2) uint8, sz (N, K/G) int32 from `interleave` -> (1, N) bf16."""
+    n, k = weight.shape[0], weight.shape[1] * 2
+    x = x.to(torch.bfloat16).contiguous()
+    if x.data_ptr() % 16:  # read as 16-byte vectors
+        x = x.clone()
+    key = (n, k, group, x.device.index)
+    cfg = _BEST.get(key)
+    if cfg is None:
+        if torch.cuda.is_current_stream_capturing():  # tuning synchronises: impossible inside a CUDA graph
+            raise RuntimeError(f"cuda int4 gemv {n}x{k} reached for the first time inside CUDA-graph capture; "
+                               "run the model once eagerly first (CompiledDecoder does)")
+        cfg = _BEST[key] = _tune(x, weight, sz, group)
+    return _launch(cfg, x, weight, sz, group)
+
+
+@int4_gemv_cuda.register_fake
+def _(x, weight, sz, group):
+    return x.new_empty(1, weight.shape[0], dtype=torch.bfloat16)
