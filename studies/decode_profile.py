@@ -31,7 +31,7 @@ logger = logging.getLogger("decode_profile")
 STEPS = 32
 # first match wins; names as CUPTI reports them (cuBLAS, flash / efficient attention, inductor, ours)
 CATEGORIES = (
-    ("linear: vlmslim int4 / 8-bit GEMV", r"_int4_kernel|_w8_kernel|_fp8_kernel"),
+    ("linear: vlmslim int4 / 8-bit GEMV", r"_int4_kernel|_w8_kernel|_fp8_kernel|int4_gemv_m1"),
     ("linear: tinygemm int4", r"tinygemm|int4pack|_weight_int4"),
     # before cuBLAS: fmha_cutlassF is attention; cuDNN's lean_reduction_kernel combines its SDPA's splits
     ("attention", r"flash|fmha|attention|sdpa|efficient|_split_attn_|cudnn::fusion::lean_reduction"),

@@ -159,6 +159,10 @@ def study(args) -> dict:
                 results["runs"].append(row)
         del model
         torch.cuda.empty_cache()
+        from vlmslim import gemv_cuda
+
+        # the launch configs vlmslim.gemv_cuda's tuning chose, per (N, K, group, device)
+        results["cuda_gemv_configs"] = {str(k): vars(c) for k, c in gemv_cuda._BEST.items()}
         checkpoint(results, args.out_dir)  # partial results survive a time-out
     for quant in args.memory_quants:
         for target in ("language", "vision", "all"):

@@ -39,7 +39,7 @@ def test_reference_arithmetic_equals_the_dequantised_product(k, group):
 
 def test_fits_and_cpu_refusal():
     assert gemv_cuda.fits(4096, 128) and gemv_cuda.fits(11008, 128)
-    assert not gemv_cuda.fits(4096 + 16, 16)  # K in 16s: not whole 32-input chunks
+    assert not gemv_cuda.fits(4096, 16) and not gemv_cuda.fits(4224, 96)  # part chunks; 3 chunks a group
     m = _layer(16, 256, 128)
     x = torch.randn(1, 256)
     before = m(x)
@@ -65,3 +65,15 @@ def test_kernel_equals_reference_and_tinygemm(n, k, group):
     # more rows than one go to tinygemm
     x2 = torch.randn(3, k, device="cuda", dtype=torch.bfloat16)
     assert torch.equal(m(x2), m.set_kernel("tinygemm")(x2))
+
+
+@_CUDA
+def test_every_launch_config_equals_the_reference():
+    """The tuner may pick any config: each one, on a shape with a row tail and a part step."""
+    m = _layer(200, 11008, 128, device="cuda")
+    m.set_kernel("cuda")
+    x = torch.randn(1, 11008, device="cuda", dtype=torch.bfloat16)
+    ref = gemv_cuda.reference(x, m.weight, m._sz, 128)
+    for cfg in gemv_cuda.CONFIGS:
+        got = gemv_cuda._launch(cfg, x, m.weight, m._sz, 128).float()
+        assert ((got - ref).abs() <= ref.abs() * 2**-8 + 1e-4 * ref.abs().max()).all(), cfg

@@ -35,12 +35,25 @@ from vlmslim import gemv
 
 logger = logging.getLogger(__name__)
 
-CHUNK = 32  # inputs per 16-byte load of codes; K and the group size must be multiples of it
+CHUNK = 32  # inputs per 16-byte load of codes; the group size must be a power-of-two multiple of it
 
 _SOURCE = r"""
 #define R __R__
 #define U __U__
 #define WARPS __WARPS__
+#define STREAM __STREAM__
+
+// codes are read once per step: STREAM keeps them out of L1 (x, read by every warp, stays there)
+__device__ __forceinline__ uint4 load_codes(const uint4* p) {
+#if STREAM
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    return v;
+#else
+    return __ldg(p);
+#endif
+}
 
 __device__ __forceinline__ float lo_bf16(unsigned int v) { return __uint_as_float(v << 16); }
 __device__ __forceinline__ float hi_bf16(unsigned int v) { return __uint_as_float(v & 0xffff0000u); }
@@ -51,10 +64,10 @@ __device__ __forceinline__ float code(unsigned int b, unsigned int p) {
 
 extern "C" __global__ void __launch_bounds__(WARPS * 32)
 int4_gemv_m1(const uint4* __restrict__ w, const unsigned int* __restrict__ sz, const uint4* __restrict__ x,
-             unsigned short* __restrict__ y, int n, int k, int group) {
+             unsigned short* __restrict__ y, int n, int k, int group, int chunk_shift) {
     const int lane = threadIdx.x & 31;
     const int row0 = (blockIdx.x * WARPS + (threadIdx.x >> 5)) * R;
-    const int chunks = k / 32, groups = k / group, per_group = group / 32;
+    const int chunks = k / 32, groups = k / group;  // chunk c's group: c >> chunk_shift (group = 32 << shift)
     const uint4* wr[R];
     const unsigned int* szr[R];
 #pragma unroll
@@ -76,8 +89,8 @@ int4_gemv_m1(const uint4* __restrict__ w, const unsigned int* __restrict__ sz, c
             const bool ok = c < chunks;
 #pragma unroll
             for (int r = 0; r < R; ++r) {
-                wv[u][r] = ok ? __ldg(wr[r] + c) : make_uint4(0, 0, 0, 0);
-                szv[u][r] = ok ? __ldg(szr[r] + c / per_group) : 0u;
+                wv[u][r] = ok ? load_codes(wr[r] + c) : make_uint4(0, 0, 0, 0);
+                szv[u][r] = ok ? __ldg(szr[r] + (c >> chunk_shift)) : 0u;
             }
 #pragma unroll
             for (int j = 0; j < 4; ++j) xv[u][j] = ok ? __ldg(x + 4 * c + j) : make_uint4(0, 0, 0, 0);
@@ -135,9 +148,10 @@ class LaunchConfig:
     rows: int  # R: output rows per warp (x is converted once for all of them)
     steps: int  # U: 16-byte chunks per lane and row loaded before any is used
     warps: int  # warps per block
+    stream: bool = False  # codes loaded past L1 (ld.global.nc.L1::no_allocate)
 
 
-CONFIGS = tuple(LaunchConfig(*c) for c in (
+CONFIGS = tuple(LaunchConfig(*c, stream) for stream in (False, True) for c in (
     (1, 4, 4), (2, 2, 4), (2, 4, 4), (4, 1, 4), (4, 2, 4), (1, 8, 4), (2, 2, 8), (4, 2, 8), (1, 4, 8), (8, 1, 4),
 ))
 _KERNELS: dict[tuple, object] = {}  # (config, device index) -> compiled kernel
@@ -150,7 +164,9 @@ def available(device: torch.device) -> bool:
 
 
 def fits(in_features: int, group_size: int) -> bool:
-    return in_features % CHUNK == 0 and group_size % CHUNK == 0 and in_features % group_size == 0
+    """K in whole groups, and the group a power-of-two number of 32-input chunks."""
+    chunks, rest = divmod(group_size, CHUNK)
+    return rest == 0 and chunks & (chunks - 1) == 0 and in_features % group_size == 0
 
 
 def interleave(scales: torch.Tensor, zeros: torch.Tensor) -> torch.Tensor:
@@ -186,7 +202,7 @@ def reference(x: torch.Tensor, weight: torch.Tensor, pairs: torch.Tensor, group:
 
 def source(cfg: LaunchConfig) -> str:
     return (_SOURCE.replace("__R__", str(cfg.rows)).replace("__U__", str(cfg.steps))
-            .replace("__WARPS__", str(cfg.warps)))
+            .replace("__WARPS__", str(cfg.warps)).replace("__STREAM__", str(int(cfg.stream))))
 
 
 def _kernel(cfg: LaunchConfig, device: torch.device):
@@ -202,7 +218,7 @@ def _launch(cfg: LaunchConfig, x: torch.Tensor, weight: torch.Tensor, sz: torch.
     y = torch.empty(1, n, dtype=torch.bfloat16, device=x.device)
     per_block = cfg.rows * cfg.warps
     _kernel(cfg, x.device)(grid=(-(-n // per_block), 1, 1), block=(32 * cfg.warps, 1, 1),
-                           args=[weight, sz, x, y, n, k, group])
+                           args=[weight, sz, x, y, n, k, group, (group // CHUNK).bit_length() - 1])
     return y
 
 

@@ -221,8 +221,8 @@ def _check_cuda_kernel(m: Int4WeightOnlyLinear) -> None:
     if not gemv_cuda.available(m.weight.device):
         raise RuntimeError(f"int4wo kernel 'cuda' runs on CUDA GPUs with NVRTC only (weights on {m.weight.device})")
     if not gemv_cuda.fits(m.in_features, m.group_size):
-        raise ValueError(f"int4wo kernel 'cuda' needs in_features and the group size in multiples of "
-                         f"{gemv_cuda.CHUNK}; got {m.in_features} and {m.group_size}")
+        raise ValueError(f"int4wo kernel 'cuda' needs a group size of {gemv_cuda.CHUNK} times a power of two; "
+                         f"got {m.group_size}")
 
 
 def _gemlite_layer(m: Int4WeightOnlyLinear) -> nn.Module:
