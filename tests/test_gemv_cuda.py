@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from vlmslim import gemv_cuda
-from vlmslim.int4 import Int4WeightOnlyLinear, unpack
+from vlmslim.int4 import DEFAULT_KERNEL, Int4WeightOnlyLinear, unpack
 
 _CUDA = pytest.mark.skipif(not gemv_cuda.available(torch.device("cuda")) or not torch.cuda.is_available(),
                            reason="needs a CUDA GPU and NVRTC")
@@ -43,9 +43,9 @@ def test_fits_and_cpu_refusal():
     m = _layer(16, 256, 128)
     x = torch.randn(1, 256)
     before = m(x)
-    with pytest.raises(RuntimeError, match="runs on CUDA GPUs with NVRTC only"):
+    with pytest.raises(RuntimeError, match="int4wo kernel .cuda. needs a CUDA GPU"):
         m.set_kernel("cuda")
-    assert m.kernel == "tinygemm" and m._sz is None and torch.equal(m(x), before)
+    assert m.kernel == DEFAULT_KERNEL and m._sz is None and torch.equal(m(x), before)
 
 
 @_CUDA
@@ -54,7 +54,8 @@ def test_fits_and_cpu_refusal():
 def test_kernel_equals_reference_and_tinygemm(n, k, group):
     m = _layer(n, k, group, device="cuda")
     x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
-    tiny = m(x).float()  # tinygemm (the default kernel)
+    tiny = m.set_kernel("tinygemm")(x).float()
+    assert m.set_kernel("auto").decode_kernel == "cuda"  # where it runs, "auto" is this kernel
     m.set_kernel("cuda")
     got = m(x)
     assert got.dtype == torch.bfloat16 and got.shape == (1, n)
@@ -77,3 +78,13 @@ def test_every_launch_config_equals_the_reference():
     for cfg in gemv_cuda.CONFIGS:
         got = gemv_cuda._launch(cfg, x, m.weight, m._sz, 128).float()
         assert ((got - ref).abs() <= ref.abs() * 2**-8 + 1e-4 * ref.abs().max()).all(), cfg
+
+
+def test_auto_kernel_is_tinygemm_where_the_cuda_kernel_cannot_run():
+    m = _layer(16, 256, 128)
+    x = torch.randn(1, 256)
+    before = m(x)
+    m.set_kernel("auto")
+    assert m.kernel == "auto" and m.decode_kernel == "tinygemm" and m._sz is None
+    assert torch.equal(m(x), before)
+    assert _layer(16, 256, 128).decode_kernel == m.decode_kernel  # the default picks the same here

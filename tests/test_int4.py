@@ -13,7 +13,7 @@ from vlmslim.census import census, linear_layers
 from vlmslim.cli import cli
 from vlmslim.checkpoint import reference_logits
 from vlmslim.errors import QuantizationError
-from vlmslim.int4 import Int4WeightOnlyLinear, pack, quantize_weight, unpack
+from vlmslim.int4 import DEFAULT_KERNEL, Int4WeightOnlyLinear, pack, quantize_weight, unpack
 from vlmslim.loading import load_model
 from vlmslim.quantization import QuantSpec, make_recipe, quantize, quantize_model
 from vlmslim.testing import tiny_model
@@ -47,7 +47,7 @@ def test_kernel_choice_and_gemlite_layout():
     CUDA-only, so here the choice fails in one line before anything changes (the GPU study runs it)."""
     torch.manual_seed(0)
     m = Int4WeightOnlyLinear.from_linear(torch.nn.Linear(256, 96), 64)
-    with pytest.raises(ValueError, match="unknown int4wo kernel 'marlin'; choose one of tinygemm, triton, gemlite"):
+    with pytest.raises(ValueError, match="unknown int4wo kernel 'marlin'; choose one of auto, tinygemm, triton, gemlite, cuda"):
         m.set_kernel("marlin")
     codes, scales, z = m.gemlite_meta()
     assert codes.shape == (96, 256) and scales.shape == z.shape == (96, 4)
@@ -57,7 +57,7 @@ def test_kernel_choice_and_gemlite_layout():
     before = m(x)
     with pytest.raises(RuntimeError, match="int4wo kernel 'gemlite' runs on CUDA GPUs only"):
         m.set_kernel("gemlite")
-    assert m.kernel == "tinygemm" and torch.equal(m(x), before) and sorted(m.state_dict()) == ["bias", "scales", "weight", "zeros"]
+    assert m.kernel == DEFAULT_KERNEL and torch.equal(m(x), before) and sorted(m.state_dict()) == ["bias", "scales", "weight", "zeros"]
 
 
 def test_split_k_layout_computes_the_same_product():

@@ -203,8 +203,25 @@ _BEST: dict[tuple, LaunchConfig] = {}
 TIMINGS: dict[tuple, dict[LaunchConfig, float]] = {}  # (N, K, G, device index) -> us per config, from tuning
 
 
+_COMPILE_ERRORS: dict[int, str | None] = {}  # device index -> why NVRTC could not build the kernel (None: it did)
+
+
+def unavailable(device: torch.device) -> str | None:
+    """Why the kernel cannot run on `device` (None: it can). On CUDA this compiles one config, once per process."""
+    if device.type != "cuda" or torch.version.cuda is None or not hasattr(torch.cuda, "_compile_kernel"):
+        return f"needs a CUDA GPU and a torch with NVRTC kernels (torch.cuda._compile_kernel); device is {device}"
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _COMPILE_ERRORS:
+        try:
+            _kernel(CONFIGS[0], torch.device("cuda", index))
+            _COMPILE_ERRORS[index] = None
+        except Exception as e:  # noqa: BLE001 - NVRTC missing or rejecting: the reason goes to the caller
+            _COMPILE_ERRORS[index] = f"NVRTC could not build it: {str(e).strip().splitlines()[0][:200]}"
+    return _COMPILE_ERRORS[index]
+
+
 def available(device: torch.device) -> bool:
-    return device.type == "cuda" and torch.version.cuda is not None and hasattr(torch.cuda, "_compile_kernel")
+    return unavailable(device) is None
 
 
 def fits(in_features: int, group_size: int) -> bool:

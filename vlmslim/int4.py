@@ -36,7 +36,10 @@ GROUP_SIZES = (32, 64, 128, 256)
 # (docs/performance.md). Above this many rows the weights are dequantised on the fly for a bf16 GEMM.
 GEMV_MAX_ROWS = 16
 KIND = "int4wo"  # the census kind
-KERNELS = ("tinygemm", "triton", "gemlite", "cuda")  # decode GEMV (rows <= GEMV_MAX_ROWS; "cuda": one row)
+# decode GEMV (rows <= GEMV_MAX_ROWS). "cuda" takes one row of x and leaves more to tinygemm; "auto" is "cuda" where
+# it runs (a CUDA GPU, NVRTC, a power-of-two group of 32s) and tinygemm elsewhere
+KERNELS = ("auto", "tinygemm", "triton", "gemlite", "cuda")
+DEFAULT_KERNEL = "tinygemm"
 K_SPLITS = (1, 2, 4)
 TINYGEMM_K_TILE = 128  # tinygemm's packing (8 inner k-tiles of 16) takes K in multiples of this
 
@@ -90,9 +93,7 @@ class Int4WeightOnlyLinear(nn.Module):
         self._scales_zeros: torch.Tensor | None = None
         self._sz: torch.Tensor | None = None  # kernel "cuda": (N, K/G) int32 scale|zero pairs (vlmslim.gemv_cuda)
         self._gemlite: nn.Module | None = None  # gemlite's layer (kernel "gemlite" on CUDA; not a submodule)
-        # decode GEMV, one of KERNELS: tinygemm is the default (docs/lowbit_kernels.md); "cuda" takes one row of x
-        # (batch-1 decode) and leaves more rows to tinygemm, whose layout it keeps
-        self.kernel = "tinygemm"
+        self.kernel = DEFAULT_KERNEL  # decode GEMV, one of KERNELS (docs/lowbit_kernels.md)
         self.k_split = 1  # tinygemm's split-K layout (module docstring); `set_k_split`; a layout, not saved
 
     @classmethod
@@ -151,8 +152,8 @@ class Int4WeightOnlyLinear(nn.Module):
         split = k_split or self.k_split
         gem = packed = scales_zeros = pairs = None
         if not self.weight.is_meta:
-            if kernel == "cuda" and self.weight.is_cuda:  # the codes are read where they are stored
-                pairs = gemv_cuda.interleave(self.scales, self.zeros)
+            if self.weight.is_cuda and (kernel == "cuda" or kernel == "auto" and self._cuda_kernel_runs()):
+                pairs = gemv_cuda.interleave(self.scales, self.zeros)  # the codes are read where they are stored
             if kernel == "gemlite":
                 gem = _gemlite_layer(self)  # one derived copy of the weights is enough: no tinygemm layout
             else:
@@ -170,6 +171,16 @@ class Int4WeightOnlyLinear(nn.Module):
         self._sz = pairs
         # not through nn.Module.__setattr__: a derived layout, not a submodule (kept out of the state_dict)
         object.__setattr__(self, "_gemlite", gem)
+
+    def _cuda_kernel_runs(self) -> bool:
+        return gemv_cuda.fits(self.in_features, self.group_size) and gemv_cuda.available(self.weight.device)
+
+    @property
+    def decode_kernel(self) -> str:
+        """The kernel a batch-1 decode step runs here ("auto" resolved)."""
+        if self._sz is not None:
+            return "cuda"
+        return "tinygemm" if self.kernel == "auto" else self.kernel
 
     def _apply(self, fn, recurse=True):
         out = super()._apply(fn, recurse)
@@ -217,9 +228,10 @@ class Int4WeightOnlyLinear(nn.Module):
 
 
 def _check_cuda_kernel(m: Int4WeightOnlyLinear) -> None:
-    """Kernel "cuda" (vlmslim.gemv_cuda) needs CUDA weights, NVRTC and K, G in whole 32-input chunks."""
-    if not gemv_cuda.available(m.weight.device):
-        raise RuntimeError(f"int4wo kernel 'cuda' runs on CUDA GPUs with NVRTC only (weights on {m.weight.device})")
+    """Kernel "cuda" (vlmslim.gemv_cuda) needs CUDA weights, NVRTC and a group of a power-of-two 32-input chunks."""
+    why = gemv_cuda.unavailable(m.weight.device)
+    if why:
+        raise RuntimeError(f"int4wo kernel 'cuda' {why}")
     if not gemv_cuda.fits(m.in_features, m.group_size):
         raise ValueError(f"int4wo kernel 'cuda' needs a group size of {gemv_cuda.CHUNK} times a power of two; "
                          f"got {m.group_size}")
