@@ -35,8 +35,9 @@ CATEGORIES = (
     ("linear: tinygemm int4", r"tinygemm|int4pack|_weight_int4"),
     # before cuBLAS: fmha_cutlassF is attention; cuDNN's lean_reduction_kernel combines its SDPA's splits
     ("attention", r"flash|fmha|attention|sdpa|efficient|_split_attn_|cudnn::fusion::lean_reduction"),
-    ("linear: cuBLAS GEMV/GEMM", r"gemv|gemm|sm90_xmma|cutlass|Kernel2|splitKreduce|nvjet|xmma"),
+    # before cuBLAS: inductor names its kernels after the ops they fuse ("..._int4_gemv_cuda_mean_...")
     ("inductor fused (norms, RoPE, SiLU*up, residuals, dequant)", r"^triton_"),
+    ("linear: cuBLAS GEMV/GEMM", r"gemv|gemm|sm90_xmma|cutlass|Kernel2|splitKreduce|nvjet|xmma"),
     ("copies / cache writes / indexing", r"copy|index|scatter|memcpy|memset|fill|cat"),
     ("argmax / reductions", r"reduce|argmax|max"),
 )

@@ -54,7 +54,8 @@ BASES = {
     "int8": Variant(quant="int8"),
     "nf4": Variant(quant="nf4"),
     "glu30+nf4": Variant({"glu": 0.3}, "nf4"),
-    "int4wo": Variant(quant="int4wo"),  # vlmslim.int4, group size 128: decode on ATen tinygemm
+    "int4wo": Variant(quant="int4wo"),  # vlmslim.int4, group size 128, its default kernel ("auto": CUDA GEMV at batch 1)
+    "int4wo-tinygemm": Variant(quant="int4wo", kernel="tinygemm"),  # ATen tinygemm (the default until 2026-12-06)
     "int4wo-triton": Variant(quant="int4wo", kernel="triton"),  # the same weights on vlmslim.gemv's Triton GEMV
     "int4wo-gemlite": Variant(quant="int4wo", kernel="gemlite"),  # ... on gemlite's GEMV (optional package)
     "int4wo-cuda": Variant(quant="int4wo", kernel="cuda"),  # ... on vlmslim.gemv_cuda (NVRTC, batch 1)
@@ -66,12 +67,14 @@ BASES = {
 # in bf16, so an fp16 int4 model casts around every product), "-split" (vlmslim.attention's decode attention).
 VARIANTS = dict(BASES)
 VARIANTS.update({f"{name}-fused": replace(BASES[name], fused=True)
-                 for name in ("base", "glu30", "int4wo", "int4wo-triton", "int4wo-gemlite", "int4wo-cuda", "fp8")})
+                 for name in ("base", "glu30", "int4wo", "int4wo-tinygemm", "int4wo-triton", "int4wo-gemlite",
+                              "int4wo-cuda", "fp8")})
 VARIANTS.update({f"{name}-bf16": replace(VARIANTS[name], dtype="bfloat16")
-                 for name in ("base-fused", "int4wo-fused", "int4wo-cuda-fused")})
+                 for name in ("base-fused", "int4wo-fused", "int4wo-tinygemm-fused", "int4wo-cuda-fused")})
 VARIANTS.update({f"{name}-split": replace(v, attention="split") for name, v in list(VARIANTS.items()) if v.fused})
-# "-ks2" / "-ks4": int4wo's tinygemm layout with K split 2 / 4 ways (vlmslim.int4, `set_k_split`)
-VARIANTS.update({f"int4wo-fused-bf16{suffix}-ks{s}": replace(VARIANTS[f"int4wo-fused-bf16{suffix}"], k_split=s)
+# "-ks2" / "-ks4": int4wo on tinygemm with its layout's K split 2 / 4 ways (vlmslim.int4, `set_k_split`)
+VARIANTS.update({f"int4wo-fused-bf16{suffix}-ks{s}": replace(VARIANTS[f"int4wo-fused-bf16{suffix}"], k_split=s,
+                                                             kernel="tinygemm")
                  for suffix in ("", "-split") for s in (2, 4)})
 NEW_TOKENS = 64
 CONFIG, DEVICE = "llava-1.5-7b", "cuda"  # what is built (a tests' smoke run swaps in the demo's config, CPU)
@@ -125,7 +128,7 @@ def measure(model, batch: int, engines: list[str], backend: str, bandwidth: floa
                "params": r["params"], "floor_ms_per_token": r["decode_floor_ms_per_token"],
                "roofline_fraction": r["roofline_fraction"]}
         row.update({k: r[k] for k in ("compile_s", "fused_projections", "tokens_match_eager", "tokens_compared",
-                                      "first_mismatch_top2_gap") if k in r})
+                                      "first_mismatch_top2_gap", "int4_decode_kernels") if k in r})
         rows.append(row)
     return rows
 

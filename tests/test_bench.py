@@ -264,6 +264,7 @@ def test_bench_end_to_end_files_and_keys(tmp_path, ckpt, minilm):
 
     assert set(PROTOCOL_KEYS) <= set(s["protocol"]), set(PROTOCOL_KEYS) - set(s["protocol"])
     assert (s["protocol"]["engine"], s["protocol"]["fuse"], s["protocol"]["attention"]) == ("eager", False, "sdpa")
+    assert s["protocol"]["int4_decode_kernels"] is None  # no int4 layers in the fp32 demo
     assert s["protocol"]["prompt_example"].endswith(PROMPT + " ASSISTANT:")
     assert len(s["checkpoint_sha256"]) == 64 and s["environment"]["torch"] == torch.__version__
     rows = res.read_jsonl(out / "samples.jsonl")

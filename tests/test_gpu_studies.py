@@ -38,6 +38,9 @@ def test_study_variant_builds_and_measures_on_the_demo_shape(monkeypatch, name):
     rows = study.measure(model, 1, ["eager"], "inductor", bandwidth=1.0, variant=variant)
     (row,) = rows
     assert row["decode_ms_per_token"] > 0 and row["floor_ms_per_token"] > 0 and row["prompt_tokens"] > 16
+    int4_layers = sum(isinstance(m, Int4WeightOnlyLinear) for m in model.modules())
+    # on a CPU every int4 layer decodes on tinygemm, whatever the variant's kernel choice
+    assert row["int4_decode_kernels"] == ({"tinygemm": int4_layers} if "int4wo" in name else None)
     if "glu30" in name:
         base = study.measure(study.build("base"), 1, ["eager"], "inductor", bandwidth=1.0,
                              variant=study.VARIANTS["base"])[0]

@@ -1,22 +1,28 @@
-"""Int4 weight-only Linear on ATen's tinygemm kernels (or vlmslim's Triton GEMV, or gemlite's: `set_kernel`).
+"""Int4 weight-only Linear: batch-1 decode on vlmslim's CUDA GEMV, more rows on ATen's tinygemm (`set_kernel`).
 
-Decode rows go through ATen's tinygemm (`torch._weight_int4pack_mm`, CUDA and CPU; it ships with torch,
-so no torchao version has to match the installed torch), or, with `kernel = "triton"`, through
-`vlmslim.gemv.int4_gemv`. Measured (docs/lowbit_kernels.md) tinygemm is the faster of the two on an H100;
-it halves each LLaVA-7B GEMV but reaches only 700-1700 GB/s. `kernel = "gemlite"` decodes on the GEMV of
-the optional `gemlite` package (Triton kernels, CUDA only; `pip install gemlite`), built from the same
-stored codes. Prefill rows are a GEMM on dequantised bf16 weights.
+Decode GEMVs (rows of x <= GEMV_MAX_ROWS), by `kernel`:
+    "auto" (default)  `vlmslim.gemv_cuda` (CUDA C compiled by NVRTC, reads the stored codes in place) for one row
+                      of x where it runs (a CUDA GPU whose torch has NVRTC kernels, a group of 32 x 2^i), ATen's
+                      tinygemm (`torch._weight_int4pack_mm`, CUDA and CPU; ships with torch, so no torchao version
+                      has to match the installed torch) for more rows and everywhere else. On one H100 the CUDA
+                      GEMV takes 6.2 / 12.6 / 20.2 / 13.6 us where tinygemm takes 6.9 / 15.9 / 26.0 / 14.6 us (LLaVA-7B's
+                      o, q|k|v, gate|up, down; docs/lowbit_kernels.md).
+    "cuda"            the same, refused where it cannot run; "tinygemm" tinygemm only;
+    "triton"          `vlmslim.gemv.int4_gemv` (slower than both, kept for comparison);
+    "gemlite"         the optional `gemlite` package's GEMV (Triton, CUDA only; `pip install gemlite`), built from
+                      the same stored codes.
+Prefill rows are a GEMM on dequantised bf16 weights.
 
 Storage (what `save_pretrained` writes; device independent), per Linear of shape (N, K), group size G:
     weight  (N, K/2) uint8   two 4-bit codes per byte, even k in the low nibble (named `weight` so that a
                              stock `from_pretrained` of the dir fails on the shape instead of loading noise)
     scales  (N, K/G) bf16    w = q * scale + zero  (asymmetric, per group of G inputs)
     zeros   (N, K/G) bf16
-The device's packed layout is derived from these whenever the module moves (`_apply`) and is not saved.
+The kernels' layouts are derived from these whenever the module moves (`_apply`) and are not saved.
 
-Split K (`k_split = S`): tinygemm's decode is short of parallel work on the 4096-row matrices (o_proj,
-down_proj read at 1.2-1.5 TB/s of 3.0, docs/lowbit_kernels.md). Its layout can hold the S column blocks of W
-stacked as rows, W' = [W[:, :K/S]; ...; W[:, (S-1)K/S:]] of shape (S*N, K/S), with x reshaped to (S*M, K/S):
+Split K (`k_split = S`, tinygemm only): tinygemm's decode is short of parallel work on the 4096-row matrices
+(o_proj, down_proj read at 1.2-1.5 TB/s of 3.0, docs/lowbit_kernels.md). Its layout can hold the S column blocks
+of W stacked as rows, W' = [W[:, :K/S]; ...; W[:, (S-1)K/S:]] of shape (S*N, K/S), with x reshaped to (S*M, K/S):
 Y' = x' @ W'^T holds every block's partial product, and y = the sum over s of Y'[s-th row, s-th block]
 (fused by inductor into the next kernel). The same bytes are read by S times as many output tiles; the
 wasted products cost nothing at M <= 16 (tinygemm computes 16 rows per tile anyway). Measured on one H100
@@ -39,7 +45,7 @@ KIND = "int4wo"  # the census kind
 # decode GEMV (rows <= GEMV_MAX_ROWS). "cuda" takes one row of x and leaves more to tinygemm; "auto" is "cuda" where
 # it runs (a CUDA GPU, NVRTC, a power-of-two group of 32s) and tinygemm elsewhere
 KERNELS = ("auto", "tinygemm", "triton", "gemlite", "cuda")
-DEFAULT_KERNEL = "tinygemm"
+DEFAULT_KERNEL = "auto"  # measured: docs/lowbit_kernels.md, docs/performance.md
 K_SPLITS = (1, 2, 4)
 TINYGEMM_K_TILE = 128  # tinygemm's packing (8 inner k-tiles of 16) takes K in multiples of this
 
@@ -225,6 +231,15 @@ class Int4WeightOnlyLinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}, "
                 f"kernel={self.kernel}" + (f", k_split={self.k_split}" if self.k_split > 1 else ""))
+
+
+def decode_kernels(model: nn.Module) -> dict[str, int]:
+    """How many int4 layers decode a batch-1 step on each kernel ({} without int4 layers), for the results."""
+    counts: dict[str, int] = {}
+    for m in model.modules():
+        if isinstance(m, Int4WeightOnlyLinear):
+            counts[m.decode_kernel] = counts.get(m.decode_kernel, 0) + 1
+    return counts
 
 
 def _check_cuda_kernel(m: Int4WeightOnlyLinear) -> None:

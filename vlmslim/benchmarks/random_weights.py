@@ -21,6 +21,7 @@ from vlmslim.benchmarks.engine import ENGINES, CompiledDecoder, decode_attention
 from vlmslim.benchmarks.generate import FirstTokenTimer
 from vlmslim.census import census
 from vlmslim.inputs import synthetic_inputs
+from vlmslim.int4 import decode_kernels
 from vlmslim.benchmarks.efficiency import measure_bandwidth_gb_s
 from vlmslim.benchmarks.summary import environment, precision
 from vlmslim.families import get_family
@@ -159,7 +160,8 @@ def _measure(model, family, inputs, cfg: ArchBenchConfig, bandwidth_gb_s: float 
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
-        row = {"engine": engine, "batch_size": cfg.batch_size, "prompt_tokens": length, "new_tokens": n}
+        row = {"engine": engine, "batch_size": cfg.batch_size, "prompt_tokens": length, "new_tokens": n,
+               "int4_decode_kernels": decode_kernels(model) or None}  # which GEMV decodes int4 layers at batch 1
         if engine == "eager":
             eager_decode(model, inputs, 4, device)  # warm-up
             runs = [eager_decode(model, inputs, n, device) for _ in range(cfg.repeats)]

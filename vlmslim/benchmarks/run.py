@@ -45,6 +45,7 @@ from vlmslim.tokens import TokenSpec, check_supported
 from vlmslim.errors import BenchmarkError, DataError, VlmslimError
 from vlmslim.families import get_family
 from vlmslim.fusion import fused_groups
+from vlmslim.int4 import decode_kernels
 from vlmslim.io import output_lock, sha256_file, write_errors, write_json
 
 logger = logging.getLogger(__name__)
@@ -384,6 +385,7 @@ def _generate(model, processor, dataset, todo, task, cfg, writer, session, progr
             session["peak_vram_mb_per_device"] = {str(d): torch.cuda.max_memory_allocated(d) / MB for d in devices}
         session["peak_rss_mb"] = peak_rss_mb()
         session["fused_projections"] = fused_groups(model)  # 0 unless the compiled engine fused them
+        session["int4_decode_kernels"] = decode_kernels(model)  # which GEMV decoded the int4 layers at batch 1
 
 
 def _read_baseline(cfg: BenchConfig, task, dataset_sha: str) -> dict:

@@ -230,7 +230,7 @@ def score_and_summarise(cfg, task, dataset, out, rows, sessions, record, baselin
             "device": cfg.device, "device_map": cfg.device_map, "max_memory": cfg.max_memory,
             "placement": last.get("placement"), "processes": last["environment"].get("processes", 1),
             "engine": cfg.engine, "fuse": cfg.fuse, "fused_projections": last.get("fused_projections"),
-            "attention": cfg.attention,
+            "attention": cfg.attention, "int4_decode_kernels": last.get("int4_decode_kernels") or None,
             "image_tokens": cfg.image_tokens,
             "token_method": cfg.token_method if cfg.image_tokens else None, "quant": cfg.quant, "ocr_tokens": cfg.ocr_tokens, "seed": cfg.seed,
             "bootstrap": cfg.bootstrap, "warmup_batches": cfg.warmup,
