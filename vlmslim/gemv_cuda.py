@@ -42,7 +42,6 @@ _SOURCE = r"""
 #define U __U__
 #define WARPS __WARPS__
 #define STREAM __STREAM__
-#define XSMEM __XSMEM__
 
 // codes are read once per step: STREAM keeps them out of L1 (x, read by every warp, stays there)
 __device__ __forceinline__ uint4 load_codes(const uint4* p) {
@@ -80,32 +79,9 @@ int4_gemv_m1(const uint4* __restrict__ w, const unsigned int* __restrict__ sz, c
     float out[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) out[r] = 0.f;
-#if XSMEM
-    // x once per block, in fp32, with its chunk sums: float4 t (inputs 4t..4t+3) of chunk c sits at
-    // c * 8 + (t ^ (c & 7)), so the 8 lanes of a quarter-warp (chunks c..c+7) read 8 different bank groups
-    extern __shared__ float4 xs4[];
-    float* xsum_s = (float*)(xs4 + k / 4);
-    for (int c = threadIdx.x; c < chunks; c += WARPS * 32) {
-        float sum = 0.f;
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const uint4 v = __ldg(x + 4 * c + j);  // inputs 8j..8j+7
-            const float4 a = make_float4(lo_bf16(v.x), hi_bf16(v.x), lo_bf16(v.y), hi_bf16(v.y));
-            const float4 b = make_float4(lo_bf16(v.z), hi_bf16(v.z), lo_bf16(v.w), hi_bf16(v.w));
-            xs4[c * 8 + ((2 * j) ^ (c & 7))] = a;
-            xs4[c * 8 + ((2 * j + 1) ^ (c & 7))] = b;
-            sum += ((a.x + a.y) + (a.z + a.w)) + ((b.x + b.y) + (b.z + b.w));
-        }
-        xsum_s[c] = sum;
-    }
-    __syncthreads();
-#endif
 
     for (int c0 = lane; c0 < chunks; c0 += 32 * U) {
-        uint4 wv[U][R];
-#if !XSMEM
-        uint4 xv[U][4];
-#endif
+        uint4 wv[U][R], xv[U][4];
         unsigned int szv[U][R];
 #pragma unroll
         for (int u = 0; u < U; ++u) {  // every load of U steps first
@@ -116,26 +92,12 @@ int4_gemv_m1(const uint4* __restrict__ w, const unsigned int* __restrict__ sz, c
                 wv[u][r] = ok ? load_codes(wr[r] + c) : make_uint4(0, 0, 0, 0);
                 szv[u][r] = ok ? __ldg(szr[r] + (c >> chunk_shift)) : 0u;
             }
-#if !XSMEM
 #pragma unroll
             for (int j = 0; j < 4; ++j) xv[u][j] = ok ? __ldg(x + 4 * c + j) : make_uint4(0, 0, 0, 0);
-#endif
         }
-        // keep every load above this line: the compiler otherwise sinks them next to their use, leaving a
-        // warp one or two loads in flight instead of U * R
-        asm volatile("" ::: "memory");
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             float xf[32];
-#if XSMEM
-            const int cc = min(c0 + 32 * u, chunks - 1);  // past the end: codes, scale and zero are 0
-#pragma unroll
-            for (int t = 0; t < 8; ++t) {
-                const float4 v = xs4[cc * 8 + (t ^ (cc & 7))];
-                xf[4 * t] = v.x; xf[4 * t + 1] = v.y; xf[4 * t + 2] = v.z; xf[4 * t + 3] = v.w;
-            }
-            const float xsum = xsum_s[cc];
-#else
             float xsum = 0.f;
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
@@ -147,7 +109,6 @@ int4_gemv_m1(const uint4* __restrict__ w, const unsigned int* __restrict__ sz, c
                     xsum += xf[8 * j + 2 * p] + xf[8 * j + 2 * p + 1];
                 }
             }
-#endif
 #pragma unroll
             for (int r = 0; r < R; ++r) {
                 const unsigned int ws[4] = {wv[u][r].x, wv[u][r].y, wv[u][r].z, wv[u][r].w};
@@ -188,14 +149,9 @@ class LaunchConfig:
     steps: int  # U: 16-byte chunks per lane and row loaded before any is used
     warps: int  # warps per block
     stream: bool = False  # codes loaded past L1 (ld.global.nc.L1::no_allocate)
-    xsmem: bool = False  # x converted to fp32 once per block into shared memory, with its chunk sums
-
-    def shared_bytes(self, k: int) -> int:
-        return (4 * k + 4 * (k // CHUNK)) if self.xsmem else 0
 
 
-SHARED_MAX = 48 * 1024  # without opting in to more per block
-CONFIGS = tuple(LaunchConfig(*c, stream, xsmem) for xsmem in (False, True) for stream in (False, True) for c in (
+CONFIGS = tuple(LaunchConfig(*c, stream) for stream in (False, True) for c in (
     (1, 4, 4), (2, 2, 4), (2, 4, 4), (4, 1, 4), (4, 2, 4), (1, 8, 4), (2, 2, 8), (4, 2, 8), (1, 4, 8), (8, 1, 4),
 ))
 _KERNELS: dict[tuple, object] = {}  # (config, device index) -> compiled kernel
@@ -263,8 +219,7 @@ def reference(x: torch.Tensor, weight: torch.Tensor, pairs: torch.Tensor, group:
 
 def source(cfg: LaunchConfig) -> str:
     return (_SOURCE.replace("__R__", str(cfg.rows)).replace("__U__", str(cfg.steps))
-            .replace("__WARPS__", str(cfg.warps)).replace("__STREAM__", str(int(cfg.stream)))
-            .replace("__XSMEM__", str(int(cfg.xsmem))))
+            .replace("__WARPS__", str(cfg.warps)).replace("__STREAM__", str(int(cfg.stream))))
 
 
 def _kernel(cfg: LaunchConfig, device: torch.device):
@@ -280,8 +235,7 @@ def _launch(cfg: LaunchConfig, x: torch.Tensor, weight: torch.Tensor, sz: torch.
     y = torch.empty(1, n, dtype=torch.bfloat16, device=x.device)
     per_block = cfg.rows * cfg.warps
     _kernel(cfg, x.device)(grid=(-(-n // per_block), 1, 1), block=(32 * cfg.warps, 1, 1),
-                           args=[weight, sz, x, y, n, k, group, (group // CHUNK).bit_length() - 1],
-                           shared_mem=cfg.shared_bytes(k))
+                           args=[weight, sz, x, y, n, k, group, (group // CHUNK).bit_length() - 1])
     return y
 
 
@@ -289,8 +243,6 @@ def _tune(x: torch.Tensor, weight: torch.Tensor, sz: torch.Tensor, group: int) -
     sets = gemv._copies((weight, sz), x.device)
     timed = []
     for cfg in CONFIGS:
-        if cfg.shared_bytes(weight.shape[1] * 2) > SHARED_MAX:
-            continue
         try:
             ms = gemv.graph_time_ms([lambda t=t, cfg=cfg: _launch(cfg, x, *t, group) for t in sets])
         except Exception as e:  # noqa: BLE001 - a config NVRTC or the launch rejects (registers)
