@@ -26,6 +26,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout (outputs default below it)
 
+from vlmslim import gemv_cuda
 from vlmslim.benchmarks import random_weights as arch
 from vlmslim.fusion import fuse_projections
 from vlmslim.benchmarks.efficiency import measure_bandwidth_gb_s
@@ -54,7 +55,7 @@ BASES = {
     "int8": Variant(quant="int8"),
     "nf4": Variant(quant="nf4"),
     "glu30+nf4": Variant({"glu": 0.3}, "nf4"),
-    "int4wo": Variant(quant="int4wo"),  # vlmslim.int4, group size 128, its default kernel ("auto": CUDA GEMV at batch 1)
+    "int4wo": Variant(quant="int4wo"),  # vlmslim.int4, group 128, default kernel ("auto": CUDA GEMV at batch 1)
     "int4wo-tinygemm": Variant(quant="int4wo", kernel="tinygemm"),  # ATen tinygemm (the default until 2026-12-06)
     "int4wo-triton": Variant(quant="int4wo", kernel="triton"),  # the same weights on vlmslim.gemv's Triton GEMV
     "int4wo-gemlite": Variant(quant="int4wo", kernel="gemlite"),  # ... on gemlite's GEMV (optional package)
@@ -162,8 +163,6 @@ def study(args) -> dict:
                 results["runs"].append(row)
         del model
         torch.cuda.empty_cache()
-        from vlmslim import gemv_cuda
-
         # the launch configs vlmslim.gemv_cuda's tuning chose, per (N, K, group, device)
         results["cuda_gemv_configs"] = {str(k): vars(c) for k, c in gemv_cuda._BEST.items()}
         checkpoint(results, args.out_dir)  # partial results survive a time-out

@@ -19,7 +19,6 @@ of Hkv (grouped-query attention), mask (B, 1, 1, L) bool, True = attend.
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 
@@ -28,7 +27,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
-from vlmslim.gemv import graph_time_ms
+from vlmslim.gemv import copies_past_l2, fastest, tuned
 
 try:  # the GPU image ships Triton with torch; the CPU wheel does not
     import triton
@@ -36,7 +35,6 @@ try:  # the GPU image ships Triton with torch; the CPU wheel does not
 except ImportError:  # pragma: no cover - depends on the install
     triton = None
 
-logger = logging.getLogger(__name__)
 
 NAME = "vlmslim_decode"
 BLOCK_L = 64  # cache positions per inner step (a 64 x D tile of K and of V)
@@ -172,20 +170,10 @@ def _tune(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor 
     """The fastest of CONFIGS for this shape: CUDA-graph replays over copies of the cache larger than L2 (as in
     a decode step, where every layer's cache is new), as vlmslim.gemv tunes its GEMVs."""
     sms = torch.cuda.get_device_properties(q.device).multi_processor_count
-    l2 = torch.cuda.get_device_properties(q.device).L2_cache_size
-    copies = min(32, max(2, -(-4 * l2 // (k.numel() * k.element_size() * 2))))
-    caches = [(k, v)] + [(k.clone(), v.clone()) for _ in range(copies - 1)]
-    timed = []
-    for cfg in CONFIGS:
-        calls = [lambda kv=kv, cfg=cfg: _launch(q, *kv, mask, scale, cfg.per_sm * sms, cfg) for kv in caches]
-        try:
-            timed.append((graph_time_ms(calls), cfg))
-        except Exception as e:  # noqa: BLE001 - a config the compiler rejects (registers, shared memory)
-            logger.debug("split attention config %s failed: %s", cfg, e)
-    if not timed:
-        raise RuntimeError(f"no split-attention launch config compiled for q {tuple(q.shape)}, k {tuple(k.shape)}")
-    ms, best = min(timed, key=lambda t: t[0])
-    logger.info("split attention q %s k %s: %s (%.1f us)", tuple(q.shape), tuple(k.shape), best, ms * 1e3)
+    caches = copies_past_l2((k, v), q.device)
+    best, _ = fastest(CONFIGS, lambda cfg: [lambda kv=kv: _launch(q, *kv, mask, scale, cfg.per_sm * sms, cfg)
+                                            for kv in caches],
+                      f"split attention q {tuple(q.shape)} k {tuple(k.shape)}")
     return best
 
 
@@ -195,12 +183,7 @@ def tuned_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
     capture: the compiled engine runs one eager step first)."""
     _check(q, k, v)
     key = (tuple(q.shape), tuple(k.shape), q.dtype, mask is None, q.device.index)
-    cfg = _BEST.get(key)
-    if cfg is None:
-        if torch.cuda.is_current_stream_capturing():  # tuning synchronises: impossible inside a CUDA graph
-            raise RuntimeError("split attention reached for the first time inside CUDA-graph capture; "
-                               "run the model once eagerly first (CompiledDecoder does)")
-        cfg = _BEST[key] = _tune(q, k, v, mask, scale)
+    cfg = tuned(_BEST, key, lambda: _tune(q, k, v, mask, scale), "split attention")
     return _split_attention(q, k, v, mask, scale, cfg=cfg)
 
 

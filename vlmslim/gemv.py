@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 
@@ -248,45 +249,56 @@ def graph_time_ms(calls: list, replays: int = 5) -> float:
     return statistics.median(times)
 
 
-def _copies(tensors: tuple, device: torch.device) -> list[tuple]:
-    """Enough copies of the weights that each timed call reads from HBM, as in a decode step (where every
-    layer's weights are new), not from L2."""
+def copies_past_l2(tensors: tuple, device: torch.device) -> list[tuple]:
+    """`tensors` and enough clones of them that each timed call reads from HBM, as in a decode step (where every
+    layer's weights / cache are new), not from L2."""
     size = sum(t.numel() * t.element_size() for t in tensors)
     l2 = torch.cuda.get_device_properties(device).L2_cache_size
     n = min(32, max(2, -(-4 * l2 // size)))
     return [tensors] + [tuple(t.clone() for t in tensors) for _ in range(n - 1)]
 
 
+def fastest(configs, calls: Callable[[Any], list[Callable]], what: str) -> tuple[Any, dict[Any, float]]:
+    """The config whose `calls(config)` take the least device time (`graph_time_ms`), and every config's ms.
+    A config that does not compile or launch (registers, shared memory) is skipped; none running raises."""
+    timed = {}
+    for cfg in configs:
+        try:
+            timed[cfg] = graph_time_ms(calls(cfg))
+        except Exception as e:  # noqa: BLE001 - whatever the compiler or the launch rejects
+            logger.debug("%s: config %s failed: %s", what, cfg, e)
+    if not timed:
+        raise RuntimeError(f"no launch config compiled and ran for {what}")
+    best = min(timed, key=timed.get)
+    logger.info("%s: %s (%.1f us)", what, best, timed[best] * 1e3)
+    return best, timed
+
+
+def tuned(best: dict, key: tuple, tune: Callable[[], Any], what: str) -> Any:
+    """`best[key]`, tuned by `tune()` on first use. Tuning synchronises, so a first use inside CUDA-graph capture
+    raises (the compiled engine runs one eager step before it captures)."""
+    cfg = best.get(key)
+    if cfg is None:
+        if torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(f"{what} reached for the first time inside CUDA-graph capture; "
+                               "run the model once eagerly first (CompiledDecoder does)")
+        cfg = best[key] = tune()
+    return cfg
+
+
 def _tune(kind: str, x: torch.Tensor, tensors: tuple, n: int, k: int, group: int | None) -> LaunchConfig:
     """The fastest fitting config for this shape (CUDA-graph replays over rotating weight copies)."""
     block_m = _block_m(x.shape[0])
-    sets = _copies(tensors, x.device)
-    timed = []
-    for cfg in CONFIGS[kind, 1 if block_m == 1 else MAX_ROWS]:
-        if not _fits(cfg, block_m, group):
-            continue
-        try:
-            ms = graph_time_ms([lambda t=t, cfg=cfg: _launch(kind, cfg, x, t, n, k, group) for t in sets])
-        except Exception as e:  # noqa: BLE001 - a config the compiler rejects (registers, shared memory)
-            logger.debug("gemv %s config %s failed: %s", kind, cfg, e)
-            continue
-        timed.append((ms, cfg))
-    del sets
-    if not timed:
-        raise RuntimeError(f"no {kind} GEMV launch config compiled for {x.shape[0]}x{k} @ {n}x{k}")
-    ms, best = min(timed, key=lambda t: t[0])
-    logger.info("gemv %s M=%d N=%d K=%d: %s (%.1f us)", kind, x.shape[0], n, k, best, ms * 1e3)
+    sets = copies_past_l2(tensors, x.device)
+    configs = [c for c in CONFIGS[kind, 1 if block_m == 1 else MAX_ROWS] if _fits(c, block_m, group)]
+    best, _ = fastest(configs, lambda cfg: [lambda t=t: _launch(kind, cfg, x, t, n, k, group) for t in sets],
+                      f"gemv {kind} M={x.shape[0]} N={n} K={k}")
     return best
 
 
 def _gemv(kind: str, x: torch.Tensor, tensors: tuple, n: int, k: int, group: int | None) -> torch.Tensor:
     key = (kind, _block_m(x.shape[0]), n, k, group, x.device.index)
-    cfg = _BEST.get(key)
-    if cfg is None:
-        if torch.cuda.is_current_stream_capturing():  # tuning synchronises: impossible inside a CUDA graph
-            raise RuntimeError(f"gemv {kind} {n}x{k} reached for the first time inside CUDA-graph capture; "
-                               "run the model once eagerly first (CompiledDecoder does)")
-        cfg = _BEST[key] = _tune(kind, x, tensors, n, k, group)
+    cfg = tuned(_BEST, key, lambda: _tune(kind, x, tensors, n, k, group), f"gemv {kind} {n}x{k}")
     return _launch(kind, cfg, x, tensors, n, k, group)
 
 

@@ -26,14 +26,11 @@ weight copies larger than L2, as `vlmslim.gemv` does) and the fastest is kept. C
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import torch
 
 from vlmslim import gemv
-
-logger = logging.getLogger(__name__)
 
 CHUNK = 32  # inputs per 16-byte load of codes; the group size must be a power-of-two multiple of it
 
@@ -240,22 +237,11 @@ def _launch(cfg: LaunchConfig, x: torch.Tensor, weight: torch.Tensor, sz: torch.
 
 
 def _tune(x: torch.Tensor, weight: torch.Tensor, sz: torch.Tensor, group: int) -> LaunchConfig:
-    sets = gemv._copies((weight, sz), x.device)
-    timed = []
-    for cfg in CONFIGS:
-        try:
-            ms = gemv.graph_time_ms([lambda t=t, cfg=cfg: _launch(cfg, x, *t, group) for t in sets])
-        except Exception as e:  # noqa: BLE001 - a config NVRTC or the launch rejects (registers)
-            logger.debug("cuda int4 gemv config %s failed: %s", cfg, e)
-            continue
-        timed.append((ms, cfg))
-    del sets
-    if not timed:
-        raise RuntimeError(f"no CUDA int4 GEMV launch config ran for {tuple(weight.shape)}")
-    TIMINGS[weight.shape[0], weight.shape[1] * 2, group, x.device.index] = {cfg: ms * 1e3 for ms, cfg in timed}
-    ms, best = min(timed, key=lambda t: t[0])
-    logger.info("cuda int4 gemv N=%d K=%d G=%d: %s (%.1f us)", weight.shape[0], weight.shape[1] * 2, group, best,
-                ms * 1e3)
+    sets = gemv.copies_past_l2((weight, sz), x.device)
+    n, k = weight.shape[0], weight.shape[1] * 2
+    best, timed = gemv.fastest(CONFIGS, lambda cfg: [lambda t=t: _launch(cfg, x, *t, group) for t in sets],
+                               f"cuda int4 gemv N={n} K={k} G={group}")
+    TIMINGS[n, k, group, x.device.index] = {cfg: ms * 1e3 for cfg, ms in timed.items()}
     return best
 
 
@@ -271,13 +257,8 @@ def int4_gemv_cuda(x: torch.Tensor, weight: torch.Tensor, sz: torch.Tensor, grou
     x = x.to(torch.bfloat16).contiguous()
     if x.data_ptr() % 16:  # read as 16-byte vectors
         x = x.clone()
-    key = (n, k, group, x.device.index)
-    cfg = _BEST.get(key)
-    if cfg is None:
-        if torch.cuda.is_current_stream_capturing():  # tuning synchronises: impossible inside a CUDA graph
-            raise RuntimeError(f"cuda int4 gemv {n}x{k} reached for the first time inside CUDA-graph capture; "
-                               "run the model once eagerly first (CompiledDecoder does)")
-        cfg = _BEST[key] = _tune(x, weight, sz, group)
+    cfg = gemv.tuned(_BEST, (n, k, group, x.device.index), lambda: _tune(x, weight, sz, group),
+                     f"cuda int4 gemv {n}x{k}")
     return _launch(cfg, x, weight, sz, group)
 
 

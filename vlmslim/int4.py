@@ -4,9 +4,9 @@ Decode GEMVs (rows of x <= GEMV_MAX_ROWS), by `kernel`:
     "auto" (default)  `vlmslim.gemv_cuda` (CUDA C compiled by NVRTC, reads the stored codes in place) for one row
                       of x where it runs (a CUDA GPU whose torch has NVRTC kernels, a group of 32 x 2^i), ATen's
                       tinygemm (`torch._weight_int4pack_mm`, CUDA and CPU; ships with torch, so no torchao version
-                      has to match the installed torch) for more rows and everywhere else. On one H100 the CUDA
-                      GEMV takes 6.2 / 12.6 / 20.2 / 13.6 us where tinygemm takes 6.9 / 15.9 / 26.0 / 14.6 us (LLaVA-7B's
-                      o, q|k|v, gate|up, down; docs/lowbit_kernels.md).
+                      has to match the installed torch) for more rows and everywhere else. On one H100 the
+                      CUDA GEMV takes 6.2 / 12.6 / 20.2 / 13.6 us where tinygemm takes 6.9 / 15.9 / 26.0 / 14.6
+                      us (LLaVA-7B's o, q|k|v, gate|up, down; docs/lowbit_kernels.md).
     "cuda"            the same, refused where it cannot run; "tinygemm" tinygemm only;
     "triton"          `vlmslim.gemv.int4_gemv` (slower than both, kept for comparison);
     "gemlite"         the optional `gemlite` package's GEMV (Triton, CUDA only; `pip install gemlite`), built from
