@@ -1,7 +1,7 @@
 """Batch-1 int4 GEMV in CUDA C, compiled at run time by NVRTC (`torch.cuda._compile_kernel`; no toolchain).
 
-Why: at batch 1 every decode-step Linear is a GEMV whose time is reading W. ATen's tinygemm (the int4wo
-default) reads LLaVA-7B's int4 weights at 1.2-1.75 TB/s of the H100's 3.0 (docs/performance.md): it is a
+Why: at batch 1 every decode-step Linear is a GEMV whose time is reading W. ATen's tinygemm (int4wo's kernel
+before this one) reads LLaVA-7B's int4 weights at 1.2-1.75 TB/s of the H100's 3.0 (docs/performance.md): it is a
 tensor-core GEMM that computes 16 activation rows per tile to use one. Our Triton GEMVs were slower still
 (they read x with a stride). This kernel is a plain GEMV on CUDA cores, written for the stored int4 layout
 itself, so it needs no second copy of the weights:
@@ -11,7 +11,8 @@ itself, so it needs no second copy of the weights:
     x (K,) bf16 -> y (N,) bf16,  w = q * scale + zero
 
 Each warp owns R output rows; lane l streams chunks l, l + 32, ... of each row (512 contiguous bytes per
-warp and row per step; U steps are loaded before any is used, to keep enough bytes in flight). A code
+warp and row per step; the source loads U steps before using any, to keep bytes in flight, though the compiler
+may interleave those loads with the math). A code
 becomes a float without a conversion instruction: its nibble is put into the mantissa of 1.0
 (PRMT), giving f = 1 + q/16 exactly. With X = the sum of the chunk's 32 inputs (computed once per chunk,
 shared by the R rows), sum_k x_k q_k = 16 (sum_k x_k f_k - X), so a chunk costs per weight one PRMT,
@@ -19,9 +20,10 @@ a quarter of the shifts and masks, and one FMA, all in fp32; scale and zero are 
     y_n += 16 s (acc - X) + z X
 The warp's lanes are summed with shuffles at the end; y is rounded to bf16 (nearest even).
 
-Launch configurations (R, U, warps per block) are timed per shape on first use (CUDA-graph replays over
-weight copies larger than L2, as `vlmslim.gemv` does) and the fastest is kept. CUDA only, one row of x:
-`Int4WeightOnlyLinear` sends more rows to tinygemm.
+Launch configurations (R, U, warps per block, codes loaded past L1 or not) are timed per shape on first use
+(`vlmslim.gemv.fastest`: CUDA-graph replays over weight copies larger than L2) and the fastest is kept. Measured
+on one H100 (docs/lowbit_kernels.md): 1.07-1.28x faster than tinygemm on LLaVA-7B's shapes. CUDA only, one row
+of x: `Int4WeightOnlyLinear` sends more rows to tinygemm.
 """
 
 from __future__ import annotations
@@ -154,8 +156,6 @@ CONFIGS = tuple(LaunchConfig(*c, stream) for stream in (False, True) for c in (
 _KERNELS: dict[tuple, object] = {}  # (config, device index) -> compiled kernel
 _BEST: dict[tuple, LaunchConfig] = {}
 TIMINGS: dict[tuple, dict[LaunchConfig, float]] = {}  # (N, K, G, device index) -> us per config, from tuning
-
-
 _COMPILE_ERRORS: dict[int, str | None] = {}  # device index -> why NVRTC could not build the kernel (None: it did)
 
 
@@ -243,11 +243,6 @@ def _tune(x: torch.Tensor, weight: torch.Tensor, sz: torch.Tensor, group: int) -
                                f"cuda int4 gemv N={n} K={k} G={group}")
     TIMINGS[n, k, group, x.device.index] = {cfg: ms * 1e3 for cfg, ms in timed.items()}
     return best
-
-
-def set_config(n: int, k: int, group: int, device: torch.device, cfg: LaunchConfig) -> None:
-    """Pin a launch config for a shape (studies compare configs; normal use tunes on first call)."""
-    _BEST[n, k, group, device.index] = cfg
 
 
 @torch.library.custom_op("vlmslim::int4_gemv_cuda", mutates_args=())
