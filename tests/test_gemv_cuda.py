@@ -88,3 +88,34 @@ def test_auto_kernel_is_tinygemm_where_the_cuda_kernel_cannot_run():
     assert m.kernel == "auto" and m.decode_kernel == "tinygemm" and m._sz is None
     assert torch.equal(m(x), before)
     assert _layer(16, 256, 128).decode_kernel == m.decode_kernel  # the default picks the same here
+
+
+def test_the_shared_tuner_picks_the_fastest_that_runs_and_refuses_first_use_in_capture(monkeypatch):
+    """`gemv.fastest` / `gemv.tuned` (behind the Triton GEMVs, the split attention and this kernel), with the
+    CUDA-graph timer replaced by known times."""
+    from vlmslim import gemv
+
+    times = {"a": 3.0, "b": 1.0, "c": 2.0}
+
+    def fake_time(calls):
+        (cfg,) = calls
+        if cfg == "broken":
+            raise RuntimeError("too many registers")
+        return times[cfg]
+
+    monkeypatch.setattr(gemv, "graph_time_ms", fake_time)
+    best, timed = gemv.fastest(["a", "broken", "b", "c"], lambda cfg: [cfg], "test kernel")
+    assert best == "b" and timed == times  # the failing config is skipped, not fatal
+    with pytest.raises(RuntimeError, match="no launch config compiled and ran for test kernel"):
+        gemv.fastest(["broken"], lambda cfg: [cfg], "test kernel")
+
+    cache, tunes = {}, []
+    tune = lambda: tunes.append(1) or "b"  # noqa: E731
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    assert gemv.tuned(cache, ("k",), tune, "test kernel") == "b"
+    assert gemv.tuned(cache, ("k",), tune, "test kernel") == "b" and len(tunes) == 1  # tuned once per key
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    assert gemv.tuned(cache, ("k",), tune, "test kernel") == "b"  # known keys replay inside capture
+    with pytest.raises(RuntimeError, match="test kernel reached for the first time inside CUDA-graph capture"):
+        gemv.tuned(cache, ("new",), tune, "test kernel")
+    assert ("new",) not in cache and len(tunes) == 1
