@@ -172,6 +172,7 @@ def _measure(model, family, inputs, cfg: ArchBenchConfig, bandwidth_gb_s: float 
             dec = CompiledDecoder(model, cfg.batch_size, length + n + 8, backend=cfg.compile_backend, fuse=cfg.fuse,
                                   attention=cfg.attention)
             row["fused_projections"], row["attention"] = dec.fused, dec.attention
+            row["int4_decode_kernels"] = decode_kernels(model) or None  # the fused layers, when it fused
             first = dec.decode(inputs, n, ignore_eos=True)  # compiles and records the graphs
             dec.decode(inputs, n, ignore_eos=True)
             row["compile_s"] = round(time.perf_counter() - t, 1)
