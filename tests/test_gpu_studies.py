@@ -53,8 +53,11 @@ def test_study_compiled_row_of_a_fused_int4_variant_decodes_the_eager_tokens(mon
     monkeypatch.setattr(study, "DEVICE", "cpu")
     monkeypatch.setattr(study, "NEW_TOKENS", 4)
     torch._dynamo.reset()
-    eager, compiled = study.measure(study.build("int4wo-fused"), 1, ["eager", "compiled"], "inductor",
+    model = study.build("int4wo-fused")
+    eager, compiled = study.measure(model, 1, ["eager", "compiled"], "inductor",
                                     bandwidth=1.0, variant=study.VARIANTS["int4wo-fused"])
     assert compiled["fused_projections"] is True
+    fused_int4 = sum(isinstance(m, Int4WeightOnlyLinear) for m in model.modules())  # q|k|v, o, gate|up, down
+    assert compiled["int4_decode_kernels"] == eager["int4_decode_kernels"] == {"tinygemm": fused_int4}
     assert compiled["tokens_match_eager"] == compiled["tokens_compared"] == 4
     torch._dynamo.reset()

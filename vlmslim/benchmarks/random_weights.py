@@ -160,8 +160,7 @@ def _measure(model, family, inputs, cfg: ArchBenchConfig, bandwidth_gb_s: float 
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
-        row = {"engine": engine, "batch_size": cfg.batch_size, "prompt_tokens": length, "new_tokens": n,
-               "int4_decode_kernels": decode_kernels(model) or None}  # which GEMV decodes int4 layers at batch 1
+        row = {"engine": engine, "batch_size": cfg.batch_size, "prompt_tokens": length, "new_tokens": n}
         if engine == "eager":
             eager_decode(model, inputs, 4, device)  # warm-up
             runs = [eager_decode(model, inputs, n, device) for _ in range(cfg.repeats)]
@@ -172,7 +171,6 @@ def _measure(model, family, inputs, cfg: ArchBenchConfig, bandwidth_gb_s: float 
             dec = CompiledDecoder(model, cfg.batch_size, length + n + 8, backend=cfg.compile_backend, fuse=cfg.fuse,
                                   attention=cfg.attention)
             row["fused_projections"], row["attention"] = dec.fused, dec.attention
-            row["int4_decode_kernels"] = decode_kernels(model) or None  # the fused layers, when it fused
             first = dec.decode(inputs, n, ignore_eos=True)  # compiles and records the graphs
             dec.decode(inputs, n, ignore_eos=True)
             row["compile_s"] = round(time.perf_counter() - t, 1)
@@ -187,6 +185,8 @@ def _measure(model, family, inputs, cfg: ArchBenchConfig, bandwidth_gb_s: float 
                     r = int((first.tokens[:, agree] != eager_tokens[:, agree]).nonzero()[0])
                     top2 = eager_scores[r, agree].topk(2).values
                     row["first_mismatch_top2_gap"] = float(top2[0] - top2[1])
+        # which GEMV decoded the int4 layers at batch 1 (after the compiled engine fused them, the fused ones)
+        row["int4_decode_kernels"] = decode_kernels(model) or None
         row.update(prefill_s=prefill, decode_ms_per_token=1000 * step,
                    throughput_images_per_s=cfg.batch_size / (prefill + (n - 1) * step),
                    tokens_per_s=cfg.batch_size / step,
