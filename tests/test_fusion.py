@@ -58,6 +58,11 @@ def test_fused_quantized_layers_give_the_same_logits(recipe):
     n = fuse_projections(model)
     assert n == 2 * len(get_family(model).decoder_layers(model))
     fused = _logits(model, inputs)
+    first = next(m for m in model.modules() if isinstance(m, FusedProjection))
+    if recipe != "int8wo":  # while fused, the originals hold no derived kernel layout (a second copy otherwise)
+        assert all(m._packed is None for m in first._originals)
+    if recipe == "int4wo":
+        assert all(m._scales_zeros is None and m._sz is None for m in first._originals)
     unfuse_projections(model)
     # int8dq quantizes the activations per tensor: one tensor for q|k|v is the same tensor
     torch.testing.assert_close(fused, ref, rtol=1e-4, atol=1e-4)

@@ -126,9 +126,8 @@ def _share_storage(fused: nn.Module, mods: list[nn.Module]) -> None:
                 owner._parameters[leaf] = nn.Parameter(view, requires_grad=False)
             else:
                 owner._buffers[leaf] = view
-        for layout in ("_packed", "_gemlite", "_sz"):  # derived kernel layouts: rebuilt by `prepare()` on unfuse
-            if hasattr(m, layout):
-                setattr(m, layout, None)
+        if hasattr(m, "release"):  # derived kernel layouts: rebuilt by `prepare()` on unfuse
+            m.release()
         start = stop
 
 

@@ -178,6 +178,11 @@ class Int4WeightOnlyLinear(nn.Module):
         # not through nn.Module.__setattr__: a derived layout, not a submodule (kept out of the state_dict)
         object.__setattr__(self, "_gemlite", gem)
 
+    def release(self) -> None:
+        """Drop every derived kernel layout (`prepare()` rebuilds them); fusion does while these rows are fused."""
+        self._packed = self._scales_zeros = self._sz = None
+        object.__setattr__(self, "_gemlite", None)
+
     def _cuda_kernel_runs(self) -> bool:
         return gemv_cuda.fits(self.in_features, self.group_size) and gemv_cuda.available(self.weight.device)
 

@@ -101,9 +101,13 @@ class Int8DynamicLinear(nn.Module):
     def dequantized(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return (self.codes().float() * self.weight_scale[:, None]).to(dtype)
 
+    def release(self) -> None:
+        """Drop the derived kernel layout (`prepare()` rebuilds it); fusion does while these rows are fused."""
+        self._packed = None
+
     @torch.no_grad()
     def prepare(self) -> None:
-        self._packed = None
+        self.release()
         if self.weight.is_meta or self.weight.device.type != "cpu":
             return
         n = self.out_features
