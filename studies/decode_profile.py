@@ -7,6 +7,10 @@ For each variant (random weights, language model quantized where named), the com
 difference of the two profiles, divided by STEPS, is one decode step with the prefill removed. Kernels
 are grouped by name (`CATEGORIES`) and listed; "wall" is the engine's own decode ms/token from an
 unprofiled run, so wall - kernel sum = time the GPU sat idle between kernels. Writes decode_profile.json.
+
+`--bench-path` builds the model as `vlmslim bench --random-weights --engine compiled` does instead: plain
+`generate` decodes first (the eager row), then the engine fuses the projections itself and decodes with
+split-K attention (the bench's defaults). Use an unfused variant (`int4wo-bf16`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pathlib import Path
 import torch
 
 from vlmslim.benchmarks.engine import CompiledDecoder
+from vlmslim.benchmarks.random_weights import eager_decode
 from vlmslim.inputs import synthetic_inputs
 from studies.llava7b_gpu import SDPA, VARIANTS, build, set_decode_options
 
@@ -66,14 +71,18 @@ def kernel_times(decoder: CompiledDecoder, inputs: dict, tokens: int) -> tuple[d
     return times, count
 
 
-def profile_variant(name: str) -> dict:
+def profile_variant(name: str, bench_path: bool = False) -> dict:
     torch._dynamo.reset()
     model = build(name)
     inputs = {k: v.cuda() for k, v in synthetic_inputs(model, 1, 16, 0).items()}
     inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
     length = inputs["input_ids"].shape[1]
-    dec = CompiledDecoder(model, 1, length + STEPS + 8, fuse=False,  # build() fused the "-fused" variants
-                          attention=VARIANTS[name].attention)
+    if bench_path:  # as the bench's eager row: warm-up plus one timed-length generate
+        eager_decode(model, inputs, 4, torch.device("cuda"))
+        eager_decode(model, inputs, STEPS + 1, torch.device("cuda"))
+    # build() fused the "-fused" variants; on the bench path the engine fuses, with the bench's default attention
+    dec = CompiledDecoder(model, 1, length + STEPS + 8, fuse=bench_path,
+                          attention="split" if bench_path else VARIANTS[name].attention)
     for _ in range(2):
         dec.decode(inputs, STEPS + 1, ignore_eos=True)  # compile, record the CUDA graphs
     walls = []
@@ -89,7 +98,8 @@ def profile_variant(name: str) -> dict:
         cats[category(k)] += v
     total_us = sum(per_step.values())
     top = sorted(per_step.items(), key=lambda kv: -kv[1])[:25]
-    row = {"variant": name, "wall_ms_per_token": statistics.median(walls), "kernel_ms_per_token": total_us / 1e3,
+    row = {"variant": name, "bench_path": bench_path, "compile_stats": dec.compile_stats,
+           "wall_ms_per_token": statistics.median(walls), "kernel_ms_per_token": total_us / 1e3,
            "idle_ms_per_token": statistics.median(walls) - total_us / 1e3,
            "kernels_per_token": (long_count - short_count) / STEPS,  # GPU activities per step: a gap after each
            "categories_ms": {k: round(v / 1e3, 4) for k, v in sorted(cats.items(), key=lambda kv: -kv[1])},
@@ -106,15 +116,17 @@ def main() -> None:
     ap.add_argument("--out-dir", type=Path, default=Path("."))
     ap.add_argument("--sdpa", default="default", choices=tuple(SDPA), help="As in studies.llava7b_gpu.")
     ap.add_argument("--coordinate-descent", action="store_true", help="As in studies.llava7b_gpu.")
+    ap.add_argument("--bench-path", action="store_true",
+                    help="Eager generate first, then the engine fuses (as `vlmslim bench --random-weights`).")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     set_decode_options(args.sdpa, args.coordinate_descent)
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
-               "steps": STEPS, "sdpa": args.sdpa, "coordinate_descent_tuning": args.coordinate_descent, "rows": []}
+               "steps": STEPS, "bench_path": args.bench_path, "sdpa": args.sdpa, "coordinate_descent_tuning": args.coordinate_descent, "rows": []}
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for name in args.variants.split(","):
         try:
-            results["rows"].append(profile_variant(name))
+            results["rows"].append(profile_variant(name, args.bench_path))
         except Exception as e:  # noqa: BLE001 - recorded; the next variant still runs
             logger.exception("%s failed", name)
             results["rows"].append({"variant": name, "error": f"{type(e).__name__}: {e}"[:300]})

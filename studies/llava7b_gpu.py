@@ -71,7 +71,8 @@ VARIANTS.update({f"{name}-fused": replace(BASES[name], fused=True)
                  for name in ("base", "glu30", "int4wo", "int4wo-tinygemm", "int4wo-triton", "int4wo-gemlite",
                               "int4wo-cuda", "fp8")})
 VARIANTS.update({f"{name}-bf16": replace(VARIANTS[name], dtype="bfloat16")
-                 for name in ("base-fused", "int4wo-fused", "int4wo-tinygemm-fused", "int4wo-cuda-fused")})
+                 for name in ("base", "int4wo", "base-fused", "int4wo-fused", "int4wo-tinygemm-fused",
+                              "int4wo-cuda-fused")})
 VARIANTS.update({f"{name}-split": replace(v, attention="split") for name, v in list(VARIANTS.items()) if v.fused})
 # "-ks2" / "-ks4": int4wo on tinygemm with its layout's K split 2 / 4 ways (vlmslim.int4, `set_k_split`)
 VARIANTS.update({f"int4wo-fused-bf16{suffix}-ks{s}": replace(VARIANTS[f"int4wo-fused-bf16{suffix}"], k_split=s,
@@ -129,7 +130,7 @@ def measure(model, batch: int, engines: list[str], backend: str, bandwidth: floa
                "params": r["params"], "floor_ms_per_token": r["decode_floor_ms_per_token"],
                "roofline_fraction": r["roofline_fraction"]}
         row.update({k: r[k] for k in ("compile_s", "fused_projections", "tokens_match_eager", "tokens_compared",
-                                      "first_mismatch_top2_gap", "int4_decode_kernels") if k in r})
+                                      "first_mismatch_top2_gap", "int4_decode_kernels", "compile_stats") if k in r})
         rows.append(row)
     return rows
 

@@ -18,6 +18,25 @@ def test_static_cache_decoder_matches_generate_with_left_padding(compile_step):
     out = dec.decode(inputs, 12, eos_token_id=None, ignore_eos=True)
     assert out.tokens.shape == (3, 12) and out.decode_steps == 11
     assert torch.equal(out.tokens, ref)
+    # the step traced as one graph, no break (on a CPU there is no CUDA graph to skip)
+    expected = {"graphs": 1 if compile_step else 0, "graph_breaks": 0, "cudagraph_skips": 0,
+                "cudagraph_copied_inputs": 0}
+    assert dec.compile_stats == expected
+
+
+def test_dynamo_counts_see_a_graph_break():
+    from vlmslim.benchmarks.engine import dynamo_counts
+
+    def f(x):
+        x = x + 1
+        torch._dynamo.graph_break()
+        return x * 2
+
+    torch._dynamo.reset()
+    before = dynamo_counts()
+    assert torch.equal(torch.compile(f, backend="eager")(torch.ones(3)), torch.full((3,), 4.0))
+    after = dynamo_counts()
+    assert after["graphs"] - before["graphs"] == 2 and after["graph_breaks"] - before["graph_breaks"] == 1
 
 
 def test_decoder_refuses_unsupported_family_and_oversized_input():

@@ -47,6 +47,18 @@ def decode_attention(attention: str, device: torch.device | str) -> str:
     return "split" if attention == "split" and split_attention.available(torch.device(device)) else "sdpa"
 
 
+def dynamo_counts() -> dict[str, int]:
+    """Process-wide torch.compile counters (`torch._dynamo.utils.counters`); `CompiledDecoder.compile_stats`
+    is their change over one decoder. A step that is one graph replayed by one CUDA graph has graphs 1, graph
+    breaks 0 and cudagraph skips 0; a skipped CUDA graph runs inductor's kernels one launch at a time, which a
+    fast (int4) step cannot hide. Non-static inputs are copied into the graph's buffers on every replay."""
+    from torch._dynamo.utils import counters
+
+    return {"graphs": counters["stats"]["unique_graphs"], "graph_breaks": sum(counters["graph_break"].values()),
+            "cudagraph_skips": counters["inductor"]["cudagraph_skips"],
+            "cudagraph_copied_inputs": counters["inductor"]["cudagraph_recorded_non_static_inputs"]}
+
+
 @dataclass
 class DecodeResult:
     tokens: torch.Tensor  # (B, new_tokens) generated ids, pad after EOS
@@ -98,6 +110,14 @@ class CompiledDecoder:
         # first use (vlmslim.gemv) do so outside CUDA-graph capture. Same token, same position: it writes
         # the cache entry the compiled step then writes again.
         self._warm = not (compile and self.device.type == "cuda")
+        self._counts_at_start = dynamo_counts()
+
+    @property
+    def compile_stats(self) -> dict[str, int]:
+        """What compiling this decoder's step has produced so far (`dynamo_counts` since it was built): read it
+        after a decode; bench records it with the compiled row."""
+        now = dynamo_counts()
+        return {k: now[k] - self._counts_at_start[k] for k in now}
 
     def _step(self, tok: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor, cache) -> torch.Tensor:
         # tok (B, 1), position_ids (B, 1), mask (B, max_cache_len) -> next token (B,)

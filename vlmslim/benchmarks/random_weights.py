@@ -174,6 +174,7 @@ def _measure(model, family, inputs, cfg: ArchBenchConfig, bandwidth_gb_s: float 
             first = dec.decode(inputs, n, ignore_eos=True)  # compiles and records the graphs
             dec.decode(inputs, n, ignore_eos=True)
             row["compile_s"] = round(time.perf_counter() - t, 1)
+            row["compile_stats"] = dec.compile_stats  # graphs, graph breaks, skipped CUDA graphs
             runs = [dec.decode(inputs, n, ignore_eos=True) for _ in range(cfg.repeats)]
             prefill = statistics.median(r.prefill_s for r in runs)
             step = statistics.median(r.decode_s / r.decode_steps for r in runs)
