@@ -104,8 +104,10 @@ def test_the_shared_tuner_picks_the_fastest_that_runs_and_refuses_first_use_in_c
         return times[cfg]
 
     monkeypatch.setattr(gemv, "graph_time_ms", fake_time)
+    monkeypatch.setattr(gemv, "TUNED", {})  # this process's record stays clean
     best, timed = gemv.fastest(["a", "broken", "b", "c"], lambda cfg: [cfg], "test kernel")
     assert best == "b" and timed == times  # the failing config is skipped, not fatal
+    assert gemv.TUNED["test kernel"] == {"config": "b", "us": 1000.0}  # what bench records: the choice, in us
     with pytest.raises(RuntimeError, match="no launch config compiled and ran for test kernel"):
         gemv.fastest(["broken"], lambda cfg: [cfg], "test kernel")
 

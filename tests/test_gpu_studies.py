@@ -60,4 +60,7 @@ def test_study_compiled_row_of_a_fused_int4_variant_decodes_the_eager_tokens(mon
     fused_int4 = sum(isinstance(m, Int4WeightOnlyLinear) for m in model.modules())  # q|k|v, o, gate|up, down
     assert compiled["int4_decode_kernels"] == eager["int4_decode_kernels"] == {"tinygemm": fused_int4}
     assert compiled["tokens_match_eager"] == compiled["tokens_compared"] == 4
+    # the int4 step traced whole: one graph, no break (the user command's record: docs/performance.md)
+    assert compiled["compile_stats"] == {"graphs": 1, "graph_breaks": 0, "cudagraph_skips": 0,
+                                         "cudagraph_copied_inputs": 0}
     torch._dynamo.reset()

@@ -16,7 +16,7 @@ Both return (M, N) fp32. CUDA only (`available`); the CPU paths of the modules d
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from typing import Any, Callable
 
 import torch
@@ -29,6 +29,9 @@ try:  # the GPU image ships Triton with torch; the CPU wheel does not
 except ImportError:  # pragma: no cover - depends on the install
     triton = None
 
+# every tuning's choice in this process, by what was tuned (kernel and shape): {"config": fields, "us": device time}.
+# Bench records it with each row, so a slow run shows which launch configs it decoded with.
+TUNED: dict[str, dict] = {}
 MAX_ROWS = 8  # rows of x (batch x new tokens) these kernels take; more rows are a GEMM's job
 
 
@@ -271,6 +274,7 @@ def fastest(configs, calls: Callable[[Any], list[Callable]], what: str) -> tuple
         raise RuntimeError(f"no launch config compiled and ran for {what}")
     best = min(timed, key=timed.get)
     logger.info("%s: %s (%.1f us)", what, best, timed[best] * 1e3)
+    TUNED[what] = {"config": asdict(best) if is_dataclass(best) else best, "us": round(timed[best] * 1e3, 2)}
     return best, timed
 
 

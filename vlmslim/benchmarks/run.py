@@ -45,6 +45,7 @@ from vlmslim.tokens import TokenSpec, check_supported
 from vlmslim.errors import BenchmarkError, DataError, VlmslimError
 from vlmslim.families import get_family
 from vlmslim.fusion import fused_groups
+from vlmslim.gemv import TUNED
 from vlmslim.int4 import decode_kernels
 from vlmslim.io import output_lock, sha256_file, write_errors, write_json
 
@@ -386,6 +387,7 @@ def _generate(model, processor, dataset, todo, task, cfg, writer, session, progr
         session["peak_rss_mb"] = peak_rss_mb()
         session["fused_projections"] = fused_groups(model)  # 0 unless the compiled engine fused them
         session["int4_decode_kernels"] = decode_kernels(model)  # which GEMV decoded the int4 layers at batch 1
+        session["tuned_kernels"] = dict(TUNED) or None  # launch configs the tuned GPU kernels chose (vlmslim.gemv)
 
 
 def _read_baseline(cfg: BenchConfig, task, dataset_sha: str) -> dict:
