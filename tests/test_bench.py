@@ -486,6 +486,22 @@ def test_several_models_one_failure_recorded_others_go_on(tmp_path, ckpt, stub_s
     assert failure["model"].endswith("such-model") and "does not exist" in failure["message"]
 
 
+@pytest.mark.slow  # inductor compiles the demo's decode step on the CPU
+def test_compiled_bench_records_how_the_step_compiled(tmp_path, ckpt, stub_scores):
+    data = make_dataset(tmp_path / "data", n=2)
+    out = tmp_path / "res"
+    r = run_cli(ckpt, "--data", data, "--out", out, "--batch-size", "2", "--engine", "compiled", *FAST)
+    assert r.exit_code == 0, r.output
+    start, session = res.read_jsonl(out / "sessions.jsonl")  # the session's start record, then its end record
+    assert start["event"] == "start" and session["session"] == start["session"]
+    # warm-up and measured batches share one decoder: its step traced once, whole (no CUDA graphs on a CPU)
+    assert session["compile_stats"] == {"graphs": 1, "graph_breaks": 0, "cudagraph_skips": 0,
+                                        "cudagraph_copied_inputs": 0}
+    assert session["tuned_kernels"] is None and session["int4_decode_kernels"] == {}  # nothing tuned on a CPU
+    s = json.loads((out / "summary.json").read_text())
+    assert (s["protocol"]["engine"], s["protocol"]["fused_projections"]) == ("compiled", 2 * 2)  # 2 layers
+
+
 def test_vqa_task_pins_its_protocol(tmp_path, ckpt, stub_scores):
     data = make_dataset(tmp_path / "data", n=2, task="vqa")
     r = run_cli(ckpt, "--data", data, "--out", tmp_path / "ocr", "--ocr-tokens", "--no-energy")

@@ -55,6 +55,7 @@ SUBSTITUTIONS = [
      r"\1\3 --source {source_\2}", "no hub: a local copy in the dataset's published layout"),
     (r"--limit \d+", "--limit 2", "small n"),
     (r"--n \d+", "--n 4", "small n"),
+    (r"--steps \d{2,}", "--steps 2", "few recovery steps (the CPU trains the demo model; recovery.md measures more)"),
     (r"--calibration-samples \d+", "--calibration-samples 2", "the calibration sets here have 4 samples"),
     (r"^vlmslim bench .*", _bench_flags, "small n, no energy tracker, BERTScore with the offline MiniLM"),
     (r"--text-layers 32 --vision-layers 24", "--text-layers 2 --vision-layers 2 --config {demo}/config.json",

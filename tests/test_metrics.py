@@ -200,6 +200,26 @@ def test_lcs_matches_pycocoevalcap():
         assert lcs_length(a, b) == my_lcs(a, b)
 
 
+def test_ptb_tokens_of_a_line_do_not_depend_on_its_neighbours_so_each_line_is_tokenized_once(monkeypatch):
+    from vlmslim.benchmarks.metrics import tokenize
+
+    tricky = ['He said "hello', 'and then" she left.', "It's the U.S. etc.", "Dr. Smith (left) and Mr.",
+              "a 'single quote", "rock 'n' roll isn't", "", "end with U.S.", "Next line", '"', "ça va? café"]
+    java = tokenize.require_java()
+    batch = tokenize._run_ptb(java, tricky)  # one JVM, lines side by side (unmatched quotes carry no state)
+    assert batch == [tokenize._run_ptb(java, [s])[0] for s in tricky]
+    assert batch[0] == "he said hello" and batch[5] == "rock 'n' roll is n't" and batch[6] == ""
+    monkeypatch.setattr(tokenize, "_MEMO", {})
+    runs = []
+    real = tokenize._run_ptb
+    monkeypatch.setattr(tokenize, "_run_ptb", lambda j, s: runs.append(list(s)) or real(j, s))
+    assert tokenize.ptb_tokenize(tricky[:3] + tricky[:2]) == batch[:3] + batch[:2]
+    assert runs == [tricky[:3]]  # distinct lines only
+    assert tokenize.ptb_tokenize(tricky) == batch
+    assert runs[1] == tricky[3:]  # the rest; the first three are remembered
+    assert tokenize.ptb_tokenize(tricky[::-1]) == batch[::-1] and len(runs) == 2  # no JVM at all
+
+
 def test_java_missing_raises_or_labels_fallback(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))  # no java on PATH
     with pytest.raises(JavaMissingError, match="allow_fallback"):

@@ -31,7 +31,7 @@ from vlmslim.data.hashes import check_disjoint
 from vlmslim.benchmarks.efficiency import EnergyMeter, measure_bandwidth_gb_s, peak_memory_mb, peak_rss_mb
 from vlmslim.benchmarks.efficiency import MB, reset_peak_memory
 from vlmslim.benchmarks.parallel import Ranks, check_processes, combine_sessions, current_ranks, shard_batches
-from vlmslim.benchmarks.engine import ENGINES, decode_attention
+from vlmslim.benchmarks.engine import ENGINES, decode_attention, dynamo_counts
 from vlmslim.benchmarks.devices import cuda_devices, device_sync
 from vlmslim.benchmarks.generate import generate_batch, generate_batch_compiled, prompt_text
 from vlmslim.benchmarks.summary import compact_manifest, environment, model_label, now, score_and_summarise
@@ -332,6 +332,7 @@ def _generate(model, processor, dataset, todo, task, cfg, writer, session, progr
     if cfg.token_spec is not None:
         check_supported(model)  # before any sample is generated
     gen = functools.partial(generate_batch, tokens=cfg.token_spec)
+    counts_at_start = dynamo_counts()
     if cfg.engine == "compiled":
         gen = functools.partial(generate_batch_compiled, decoders={}, tokens=cfg.token_spec, fuse=cfg.fuse,
                                 attention=cfg.attention)
@@ -388,6 +389,8 @@ def _generate(model, processor, dataset, todo, task, cfg, writer, session, progr
         session["fused_projections"] = fused_groups(model)  # 0 unless the compiled engine fused them
         session["int4_decode_kernels"] = decode_kernels(model)  # which GEMV decoded the int4 layers at batch 1
         session["tuned_kernels"] = dict(TUNED) or None  # launch configs the tuned GPU kernels chose (vlmslim.gemv)
+        if cfg.engine == "compiled":  # graphs, breaks, skipped CUDA graphs of this session's decode steps
+            session["compile_stats"] = {k: v - counts_at_start[k] for k, v in dynamo_counts().items()}
 
 
 def _read_baseline(cfg: BenchConfig, task, dataset_sha: str) -> dict:

@@ -5,7 +5,11 @@ so the tokens equal the library's; differences, on purpose:
 - the temp file goes to the system temp dir, not into site-packages (often read-only);
 - every character Java treats as a line break is replaced by a space (the library replaces only
   "\\n", so a caption containing e.g. "\\r" or U+2028 silently shifts all later captions there);
-- the number of output lines is checked.
+- the number of output lines is checked;
+- each distinct sentence is tokenized once per process (`_MEMO`): a sweep scores the same references and
+  predictions several times (the run, the paired comparison, the next variant), and every Java call costs
+  a JVM start (~0.5 s). A line's tokens do not depend on its neighbours (`-preserveLines`; checked by
+  tests/test_metrics.py on quotes, abbreviations and brackets), so a remembered line equals a fresh one.
 """
 
 from __future__ import annotations
@@ -51,11 +55,25 @@ def require_java() -> str:
     return java
 
 
+_MEMO: dict[str, str] = {}  # sentence -> its tokens, as `ptb_tokenize` returns them
+_MEMO_MAX = 200_000
+
+
 def ptb_tokenize(sentences: list[str]) -> list[str]:
-    """PTB-tokenize every sentence in one JVM run; returns space-joined lowercase tokens, punctuation removed."""
+    """PTB-tokenize every sentence (the ones this process has not tokenized yet in one JVM run); returns
+    space-joined lowercase tokens, punctuation removed."""
     java = require_java()
-    if not sentences:
-        return []
+    known = {s: _MEMO[s] for s in sentences if s in _MEMO}
+    todo = list(dict.fromkeys(s for s in sentences if s not in known))
+    if todo:
+        known.update(zip(todo, _run_ptb(java, todo)))
+        if len(_MEMO) + len(todo) > _MEMO_MAX:
+            _MEMO.clear()
+        _MEMO.update(known)
+    return [known[s] for s in sentences]
+
+
+def _run_ptb(java: str, sentences: list[str]) -> list[str]:
     text = "\n".join(_LINE_BREAKS.sub(" ", s) for s in sentences)
     fd, path = tempfile.mkstemp(prefix="vlmslim-ptb-", suffix=".txt")
     try:
