@@ -24,6 +24,22 @@ def test_static_cache_decoder_matches_generate_with_left_padding(compile_step):
     assert dec.compile_stats == expected
 
 
+def test_every_decode_reuses_one_cache_at_the_same_addresses_and_starts_empty():
+    """The K/V tensors are static inputs of the recorded CUDA graph: a new address re-records the step inside a
+    timed decode (docs/performance.md). Reuse must not leak one decode's cache into the next."""
+    model, proc = tiny_model("llava")
+    long = processor_inputs(model, proc, [fixed_image(seed=1)], ["Provide a one-sentence caption for the provided image."])
+    short = processor_inputs(model, proc, [fixed_image(seed=2)], ["what shape"])
+    dec = CompiledDecoder(model, batch_size=1, max_cache_len=96, compile=False)
+    first = dec.decode(long, 10, ignore_eos=True).tokens
+    keys = [layer.keys.data_ptr() for layer in dec._cache.layers]
+    after_long = dec.decode(short, 10, ignore_eos=True).tokens
+    assert [layer.keys.data_ptr() for layer in dec._cache.layers] == keys
+    fresh = CompiledDecoder(model, batch_size=1, max_cache_len=96, compile=False)
+    assert torch.equal(after_long, fresh.decode(short, 10, ignore_eos=True).tokens)  # nothing left over
+    assert torch.equal(dec.decode(long, 10, ignore_eos=True).tokens, first)
+
+
 def test_dynamo_counts_see_a_graph_break():
     from vlmslim.benchmarks.engine import dynamo_counts
 
