@@ -51,7 +51,9 @@ def dynamo_counts() -> dict[str, int]:
     """Process-wide torch.compile counters (`torch._dynamo.utils.counters`); `CompiledDecoder.compile_stats`
     is their change over one decoder. A step that is one graph replayed by one CUDA graph has graphs 1, graph
     breaks 0 and cudagraph skips 0; a skipped CUDA graph runs inductor's kernels one launch at a time, which a
-    fast (int4) step cannot hide. Non-static inputs are copied into the graph's buffers on every replay."""
+    fast (int4) step cannot hide. `cudagraph_copied_inputs` sums the non-static inputs (copied into the graph's
+    buffers on every replay: token, positions, mask) over every graph the tree recorded, so it grows with each
+    re-recording (an H100 run that re-recorded inside timed decodes counted 12 where a clean one counts 6)."""
     from torch._dynamo.utils import counters
 
     return {"graphs": counters["stats"]["unique_graphs"], "graph_breaks": sum(counters["graph_break"].values()),
