@@ -237,6 +237,7 @@ _SUMMARY_SKELETON = {
 
 
 
+@pytest.mark.slow  # real METEOR, PTB and BERTScore (MiniLM) scoring; the stubbed-metric tests cover the plumbing
 def test_bench_end_to_end_files_and_keys(tmp_path, ckpt, minilm):
     data = make_dataset(tmp_path / "data", n=4)
     out = tmp_path / "res"
