@@ -31,6 +31,8 @@ from vlmslim.benchmarks.devices import sync
 from vlmslim import attention as split_attention
 from vlmslim.families import FAMILIES, get_family
 from vlmslim.fusion import fuse_projections, fused_groups
+from vlmslim.gemv import TUNED
+from vlmslim.int4 import decode_kernels
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +61,13 @@ def dynamo_counts() -> dict[str, int]:
     return {"graphs": counters["stats"]["unique_graphs"], "graph_breaks": sum(counters["graph_break"].values()),
             "cudagraph_skips": counters["inductor"]["cudagraph_skips"],
             "cudagraph_copied_inputs": counters["inductor"]["cudagraph_recorded_non_static_inputs"]}
+
+
+def kernels_record(model) -> dict:
+    """What decoded, for bench's rows and sessions: which GEMV ran the int4 layers at batch 1 (the fused ones once
+    the compiled engine fused them; None without int4 layers) and the launch config every self-tuning kernel chose
+    in this process, with its device time (`vlmslim.gemv.TUNED`; None where nothing was tuned, e.g. on a CPU)."""
+    return {"int4_decode_kernels": decode_kernels(model) or None, "tuned_kernels": dict(TUNED) or None}
 
 
 @dataclass

@@ -17,12 +17,10 @@ from pathlib import Path
 import torch
 
 from vlmslim.benchmarks.devices import main_device, sync
-from vlmslim.benchmarks.engine import ENGINES, CompiledDecoder, decode_attention
+from vlmslim.benchmarks.engine import ENGINES, CompiledDecoder, decode_attention, kernels_record
 from vlmslim.benchmarks.generate import FirstTokenTimer
 from vlmslim.census import census
 from vlmslim.inputs import synthetic_inputs
-from vlmslim.gemv import TUNED
-from vlmslim.int4 import decode_kernels
 from vlmslim.benchmarks.efficiency import measure_bandwidth_gb_s
 from vlmslim.benchmarks.summary import environment, precision
 from vlmslim.families import get_family
@@ -187,9 +185,7 @@ def _measure(model, family, inputs, cfg: ArchBenchConfig, bandwidth_gb_s: float 
                     r = int((first.tokens[:, agree] != eager_tokens[:, agree]).nonzero()[0])
                     top2 = eager_scores[r, agree].topk(2).values
                     row["first_mismatch_top2_gap"] = float(top2[0] - top2[1])
-        # which GEMV decoded the int4 layers at batch 1 (after the compiled engine fused them, the fused ones)
-        row["int4_decode_kernels"] = decode_kernels(model) or None
-        row["tuned_kernels"] = dict(TUNED) or None  # the launch configs the tuned kernels chose, with device time
+        row.update(kernels_record(model))  # after the compiled engine's fusion: the fused layers' kernel
         row.update(prefill_s=prefill, decode_ms_per_token=1000 * step,
                    throughput_images_per_s=cfg.batch_size / (prefill + (n - 1) * step),
                    tokens_per_s=cfg.batch_size / step,

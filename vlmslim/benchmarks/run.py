@@ -31,7 +31,7 @@ from vlmslim.data.hashes import check_disjoint
 from vlmslim.benchmarks.efficiency import EnergyMeter, measure_bandwidth_gb_s, peak_memory_mb, peak_rss_mb
 from vlmslim.benchmarks.efficiency import MB, reset_peak_memory
 from vlmslim.benchmarks.parallel import Ranks, check_processes, combine_sessions, current_ranks, shard_batches
-from vlmslim.benchmarks.engine import ENGINES, decode_attention, dynamo_counts
+from vlmslim.benchmarks.engine import ENGINES, decode_attention, dynamo_counts, kernels_record
 from vlmslim.benchmarks.devices import cuda_devices, device_sync
 from vlmslim.benchmarks.generate import generate_batch, generate_batch_compiled, prompt_text
 from vlmslim.benchmarks.summary import compact_manifest, environment, model_label, now, score_and_summarise
@@ -45,8 +45,6 @@ from vlmslim.tokens import TokenSpec, check_supported
 from vlmslim.errors import BenchmarkError, DataError, VlmslimError
 from vlmslim.families import get_family
 from vlmslim.fusion import fused_groups
-from vlmslim.gemv import TUNED
-from vlmslim.int4 import decode_kernels
 from vlmslim.io import output_lock, sha256_file, write_errors, write_json
 
 logger = logging.getLogger(__name__)
@@ -387,8 +385,7 @@ def _generate(model, processor, dataset, todo, task, cfg, writer, session, progr
             session["peak_vram_mb_per_device"] = {str(d): torch.cuda.max_memory_allocated(d) / MB for d in devices}
         session["peak_rss_mb"] = peak_rss_mb()
         session["fused_projections"] = fused_groups(model)  # 0 unless the compiled engine fused them
-        session["int4_decode_kernels"] = decode_kernels(model)  # which GEMV decoded the int4 layers at batch 1
-        session["tuned_kernels"] = dict(TUNED) or None  # launch configs the tuned GPU kernels chose (vlmslim.gemv)
+        session.update(kernels_record(model))
         if cfg.engine == "compiled":  # graphs, breaks, skipped CUDA graphs of this session's decode steps
             session["compile_stats"] = {k: v - counts_at_start[k] for k, v in dynamo_counts().items()}
 
