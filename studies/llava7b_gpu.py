@@ -26,7 +26,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout (outputs default below it)
 
-from vlmslim import gemv_cuda
+from vlmslim.gemv import TUNED
 from vlmslim.benchmarks import random_weights as arch
 from vlmslim.fusion import fuse_projections
 from vlmslim.benchmarks.efficiency import measure_bandwidth_gb_s
@@ -164,8 +164,8 @@ def study(args) -> dict:
                 results["runs"].append(row)
         del model
         torch.cuda.empty_cache()
-        # the launch configs vlmslim.gemv_cuda's tuning chose, per (N, K, group, device)
-        results["cuda_gemv_configs"] = {str(k): vars(c) for k, c in gemv_cuda._BEST.items()}
+        # every tuned kernel (CUDA GEMV, Triton GEMVs, split attention) and shape: the chosen config and all times
+        results["tuned_kernels"] = dict(TUNED)
         checkpoint(results, args.out_dir)  # partial results survive a time-out
     for quant in args.memory_quants:
         for target in ("language", "vision", "all"):

@@ -13,8 +13,8 @@ and the weight bandwidth it reaches:
 - int4 and fp8 weight-only through vlmslim's Triton GEMVs (`vlmslim.gemv`, tuned per shape on first use);
 - int4 weight-only through gemlite's GEMV (`Int4WeightOnlyLinear.set_kernel("gemlite")`), where the optional
   gemlite package is installed;
-- int4 weight-only through vlmslim's CUDA GEMV (`vlmslim.gemv_cuda`, NVRTC, one row of x; its launch configs'
-  times per shape are in the JSON's `configs_cuda`).
+- int4 weight-only through vlmslim's CUDA GEMV (`vlmslim.gemv_cuda`, NVRTC, one row of x).
+Every tuned kernel's launch configs and their times per shape are in the JSON's `tuned` (`vlmslim.gemv.TUNED`).
 Every candidate's output is checked against the float reference of the same dequantised weights. Each
 timed call reads a different copy of the weights (enough copies to exceed 4x the L2 cache), so small
 matrices are timed from HBM as in a real decode step, not from L2. The fused shapes (q|k|v, gate|up)
@@ -72,7 +72,7 @@ def study(shapes: list[str], rows: tuple[int, ...]) -> dict:
 
     dev = torch.device("cuda")
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
-               "triton": getattr(vgemv.triton, "__version__", None), "rows": [], "configs": {}}
+               "triton": getattr(vgemv.triton, "__version__", None), "rows": [], "tuned": {}}
     for name in shapes:
         n, k = SHAPES[name]
         w = torch.randn(n, k, device=dev, dtype=torch.float16) * 0.02
@@ -170,9 +170,7 @@ def study(shapes: list[str], rows: tuple[int, ...]) -> dict:
                        n * k, x.float() @ (w8f.float() * sw).t())
             results["rows"].append(row)
             logger.info("%s", row)
-    results["configs"] = {str(key): vars(cfg) for key, cfg in vgemv._BEST.items()}
-    results["configs_cuda"] = {str(key): {str(tuple(vars(c).values())): round(us, 2) for c, us in t.items()}
-                               for key, t in gemv_cuda.TIMINGS.items()}
+    results["tuned"] = dict(vgemv.TUNED)  # every tuned kernel and shape: chosen config, its us, every config's us
     return results
 
 

@@ -107,7 +107,8 @@ def test_the_shared_tuner_picks_the_fastest_that_runs_and_refuses_first_use_in_c
     monkeypatch.setattr(gemv, "TUNED", {})  # this process's record stays clean
     best, timed = gemv.fastest(["a", "broken", "b", "c"], lambda cfg: [cfg], "test kernel")
     assert best == "b" and timed == times  # the failing config is skipped, not fatal
-    assert gemv.TUNED["test kernel"] == {"config": "b", "us": 1000.0}  # what bench records: the choice, in us
+    # what bench records: the choice and every config's time that ran, in us
+    assert gemv.TUNED["test kernel"] == {"config": "b", "us": 1000.0, "all_us": {"a": 3000.0, "b": 1000.0, "c": 2000.0}}
     with pytest.raises(RuntimeError, match="no launch config compiled and ran for test kernel"):
         gemv.fastest(["broken"], lambda cfg: [cfg], "test kernel")
 

@@ -29,8 +29,9 @@ try:  # the GPU image ships Triton with torch; the CPU wheel does not
 except ImportError:  # pragma: no cover - depends on the install
     triton = None
 
-# every tuning's choice in this process, by what was tuned (kernel and shape): {"config": fields, "us": device time}.
-# Bench records it with each row, so a slow run shows which launch configs it decoded with.
+# every tuning in this process, by what was tuned (kernel and shape): {"config": the chosen config's fields, "us": its
+# device time, "all_us": every config that ran -> its time}. Bench records it with each row, so a slow run shows
+# which launch configs it decoded with; studies read the per-config times.
 TUNED: dict[str, dict] = {}
 MAX_ROWS = 8  # rows of x (batch x new tokens) these kernels take; more rows are a GEMM's job
 
@@ -274,7 +275,8 @@ def fastest(configs, calls: Callable[[Any], list[Callable]], what: str) -> tuple
         raise RuntimeError(f"no launch config compiled and ran for {what}")
     best = min(timed, key=timed.get)
     logger.info("%s: %s (%.1f us)", what, best, timed[best] * 1e3)
-    TUNED[what] = {"config": asdict(best) if is_dataclass(best) else best, "us": round(timed[best] * 1e3, 2)}
+    TUNED[what] = {"config": asdict(best) if is_dataclass(best) else best, "us": round(timed[best] * 1e3, 2),
+                   "all_us": {str(cfg): round(ms * 1e3, 2) for cfg, ms in timed.items()}}
     return best, timed
 
 

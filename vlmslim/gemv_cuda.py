@@ -155,7 +155,6 @@ CONFIGS = tuple(LaunchConfig(*c, stream) for stream in (False, True) for c in (
 ))
 _KERNELS: dict[tuple, object] = {}  # (config, device index) -> compiled kernel
 _BEST: dict[tuple, LaunchConfig] = {}
-TIMINGS: dict[tuple, dict[LaunchConfig, float]] = {}  # (N, K, G, device index) -> us per config, from tuning
 _COMPILE_ERRORS: dict[int, str | None] = {}  # device index -> why NVRTC could not build the kernel (None: it did)
 
 
@@ -239,9 +238,8 @@ def _launch(cfg: LaunchConfig, x: torch.Tensor, weight: torch.Tensor, sz: torch.
 def _tune(x: torch.Tensor, weight: torch.Tensor, sz: torch.Tensor, group: int) -> LaunchConfig:
     sets = gemv.copies_past_l2((weight, sz), x.device)
     n, k = weight.shape[0], weight.shape[1] * 2
-    best, timed = gemv.fastest(CONFIGS, lambda cfg: [lambda t=t: _launch(cfg, x, *t, group) for t in sets],
-                               f"cuda int4 gemv N={n} K={k} G={group}")
-    TIMINGS[n, k, group, x.device.index] = {cfg: ms * 1e3 for cfg, ms in timed.items()}
+    best, _ = gemv.fastest(CONFIGS, lambda cfg: [lambda t=t: _launch(cfg, x, *t, group) for t in sets],
+                           f"cuda int4 gemv N={n} K={k} G={group}")  # every config's time: gemv.TUNED
     return best
 
 
