@@ -88,6 +88,8 @@ def test_auto_kernel_is_tinygemm_where_the_cuda_kernel_cannot_run():
     assert m.kernel == "auto" and m.decode_kernel == "tinygemm" and m._sz is None
     assert torch.equal(m(x), before)
     assert _layer(16, 256, 128).decode_kernel == m.decode_kernel  # the default picks the same here
+    m.prepare("cuda")  # what `_apply` does to a "cuda" module moved to a CPU: no pairs, so tinygemm decodes
+    assert m.kernel == "cuda" and m.decode_kernel == "tinygemm" and torch.equal(m(x), before)
 
 
 def test_the_shared_tuner_picks_the_fastest_that_runs_and_refuses_first_use_in_capture(monkeypatch):

@@ -188,10 +188,13 @@ class Int4WeightOnlyLinear(nn.Module):
 
     @property
     def decode_kernel(self) -> str:
-        """The kernel a batch-1 decode step runs here ("auto" resolved)."""
+        """The kernel a batch-1 decode step runs here, read from the layouts `forward` dispatches on ("auto"
+        resolved; a "cuda" or "gemlite" module moved to a CPU decodes on tinygemm)."""
         if self._sz is not None:
             return "cuda"
-        return "tinygemm" if self.kernel == "auto" else self.kernel
+        if self.kernel == "triton":
+            return "triton"
+        return "gemlite" if self._gemlite is not None else "tinygemm"
 
     def _apply(self, fn, recurse=True):
         out = super()._apply(fn, recurse)
